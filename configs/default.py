@@ -1,0 +1,56 @@
+"""The embedded default: the paper's model on our synthetic colposcopy data, sized for `make demo`
+(train + evaluate in under 5 minutes on 2 CPU cores). Every other config imports this one."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    # Image = grid_size x grid_size patches of patch_size px (paper: 42 x 28 px = 1176 px).
+    config.grid_size = 16
+    config.patch_size = 28
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "synthetic_cervix"  # | "iarc_colposcopy_atlas" | "cervix_folder"
+    config.data.data_dir = ""  # "" -> <workdir>/tfds
+    config.data.manual_dir = ""
+    config.data.csv = ""
+    config.data.num_images = 560
+    config.data.synthetic_seed = 0
+    config.data.resize = "stretch"  # | "pad" (keep aspect, letterbox)
+    config.data.include_variants = False
+    config.data.val_fraction = 0.15
+    config.data.test_fraction = 0.2
+    config.data.num_folds = 0  # 0: one train/val/test split; k: grouped k-fold CV
+    config.data.splits_file = ""
+    config.data.augment = False  # horizontal flip + colour jitter only, never vertical
+    config.data.num_workers = 0
+    config.data.prefetch = 2
+
+    config.model = ml_collections.ConfigDict()
+    config.model.conv_features = (12, 24, 48)
+    config.model.weight_hidden = (800, 512, 128)
+    config.model.classifier_hidden = (128, 32)
+    config.model.aggregation = "mean"  # | "sum" | "concat"
+    config.model.dropout = 0.0
+    config.model.dtype = "float32"  # | "bfloat16" (compute; params and loss stay float32)
+    config.model.remat = False
+
+    config.regulator = ml_collections.ConfigDict()
+    config.regulator.mode = "iterative"  # | "fixed" (G0 for every image) | "none"
+    config.regulator.lam = 0.1  # lambda of Eq. 11
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 16  # global batch: must divide by the device count
+    config.train.epochs = 12
+    config.train.learning_rate = 1e-3
+    config.train.patience = 5  # early stopping, epochs without a better validation loss
+    config.train.log_every_steps = 10
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 32
+    config.eval.threshold_criterion = "youden"
+    config.eval.num_heatmaps = 6
+    config.eval.bootstrap = 200
+    return config

@@ -1,0 +1,446 @@
+"""The embedded synthetic colposcopy generator: the default dataset, so nothing is ever downloaded.
+
+Each image is a colposcope's view: a pink cervix (an ellipse whose centre, size, aspect and rotation
+vary) with a dark os near its centre, darker vaginal walls, grey speculum blades and specular
+highlights. Every image has smooth acetowhite areas in the transformation zone around the os
+(immature metaplasia). In abnormal images (label 1, CIN grade 2-4) some of those areas carry a fine
+mosaic or punctation texture: they are the lesions. Both classes carry the same texture on
+background objects (walls, speculum), so the only class signal is fine texture *inside the cervix*:
+a model must learn where to look, and at full resolution, since the texture has periods of 2 or 4
+px with zero mean over every period, so 8x8 box averages remove it exactly (8 is a multiple of
+both periods) and the acetowhite areas of both classes then look alike.
+
+Sessions (1-3 photos of one screening) share label, grade, days to diagnosis, cervix geometry and
+acetowhite areas, with a small jitter in cervix position and pose per photo. Sessions never cross
+a block of ``BLOCK`` consecutive indices, and every random draw is seeded by (seed, block or
+session or index), so ``generate(i)`` is random-access and a dataset of N images is a prefix of one
+of N' > N images.
+
+Truth geometry, in patch units (patch (row i, col j) has centre h = j + 0.5, v = i + 0.5):
+``cervix`` = [mu_h, mu_v, s_hh, s_hv, s_vv] is the mean and covariance of the *uniform distribution
+over the cervix ellipse* (semi-axes a, b along angle theta): Sigma = R diag(a^2/4, b^2/4) R^T. So
+the ellipse boundary is the 2-sigma contour (Mahalanobis distance 2), and a maximum-likelihood
+Gaussian fitted to a patch-weight map that is uniform over the cervix recovers it.
+``lesion`` marks the patches that contain at least one lesion pixel (textured acetowhite).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+BLOCK = 6  # sessions are cut from blocks of this many consecutive indices
+PERIODS = (2, 4)  # texture periods in px: both divide 8, so 8x8 box means cancel them exactly
+MAX_SESSION = 3
+
+
+
+def _planes(rgb) -> np.ndarray:
+    """A colour as (3, 1, 1), to broadcast over the (3, S, S) colour planes ``render`` paints."""
+    return np.asarray(rgb, np.float32).reshape(3, 1, 1)
+
+
+_AW_COLOUR = _planes([222.0, 200.0, 202.0])  # acetowhite epithelium
+_VESSEL = _planes([0.45, 1.0, 0.85])  # texture direction: dark red vessels
+_OS_COLOUR = _planes([95.0, 30.0, 42.0])
+_MUCUS = _planes([190.0, 190.0, 195.0])  # whitish tint of background distractors
+_BAR_TINT = _planes([1.0, 1.0, 1.04])  # steel is a touch blue
+_CERVIX_INNER = 0.85  # acetowhite areas stay inside this fraction of the cervix ellipse
+
+
+@dataclasses.dataclass(frozen=True)
+class Blob:
+    """An ellipse in pixel coordinates (u = col + 0.5, v = row + 0.5) with a wavy rim."""
+
+    cx: float
+    cy: float
+    rx: float  # semi-axis along angle theta
+    ry: float
+    theta: float
+    wobble: float = 0.0  # relative rim amplitude
+    lobes: int = 3
+    phase: float = 0.0
+
+    def extent(self) -> float:
+        return max(self.rx, self.ry) * (1.0 + self.wobble) + 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Texture:
+    """Zero-mean periodic modulation along ``_VESSEL``: mosaic lines or punctation dots."""
+
+    kind: str  # "mosaic" | "punctation"
+    period: int
+    amplitude: float  # grey levels between texture elements and the ground
+    offset: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Area:
+    """A whitened blob; textured inside the cervix = lesion, textured outside = distractor."""
+
+    blob: Blob
+    whiten: float  # blend weight towards the whitening colour at the blob's core
+    texture: Texture | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Bar:
+    """A speculum blade along one image edge, its width going linearly from w0 to w1 px."""
+
+    edge: str  # "top" | "bottom" | "left" | "right"
+    w0: float
+    w1: float
+    grey: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """Everything that determines one image; ``render`` turns it into pixels."""
+
+    index: int
+    size: int
+    patch: int
+    label: int
+    grade: int
+    session: str
+    days_to_diagnosis: float
+    wall: tuple[float, float, float]
+    folds: tuple[float, float, float, float]  # spatial frequencies (rad/px) u, v; phase; depth
+    bars: tuple[Bar, ...]
+    distractors: tuple[Area, ...]
+    cervix: Blob
+    pink: tuple[float, float, float]
+    areas: tuple[Area, ...]  # acetowhite areas in the transformation zone
+    os: Blob
+    highlights: tuple[tuple[float, float, float, float], ...]  # (u, v, sigma px, strength)
+    noise_seed: int
+
+    @property
+    def id(self) -> str:
+        return f"syn_{self.index:06d}"
+
+    def cervix_gaussian(self) -> np.ndarray:
+        """[mu_h, mu_v, s_hh, s_hv, s_vv] in patch units; the ellipse boundary is at 2 sigma."""
+        c = self.cervix
+        cos, sin = math.cos(c.theta), math.sin(c.theta)
+        a2, b2 = c.rx**2 / 4.0, c.ry**2 / 4.0
+        p2 = float(self.patch) ** 2
+        return np.array(
+            [
+                c.cx / self.patch,
+                c.cy / self.patch,
+                (a2 * cos * cos + b2 * sin * sin) / p2,
+                (a2 - b2) * sin * cos / p2,
+                (a2 * sin * sin + b2 * cos * cos) / p2,
+            ],
+            np.float32,
+        )
+
+
+def _rng(seed: int, stream: int, key: int) -> np.random.Generator:
+    """Independent streams: 0 block layout, 1 session, 2 photo, 3 acetowhite area."""
+    return np.random.default_rng([seed, stream, key])
+
+
+def _sessions_of_block(seed: int, block: int) -> list[tuple[int, int, int]]:
+    """(first index, size, label) of each session in a block; labels alternate from a random
+    start, which keeps classes close to 50/50 even in small datasets."""
+    rng = _rng(seed, 0, block)
+    start, out, label = block * BLOCK, [], int(rng.integers(2))
+    while start < (block + 1) * BLOCK:
+        size = min(int(rng.integers(1, MAX_SESSION + 1)), (block + 1) * BLOCK - start)
+        out.append((start, size, label))
+        start, label = start + size, 1 - label
+    return out
+
+
+def session_of(index: int, *, seed: int) -> tuple[int, int, int]:
+    """(first index, size, label) of the session holding image ``index``."""
+    for first, size, label in _sessions_of_block(seed, index // BLOCK):
+        if first <= index < first + size:
+            return first, size, label
+    raise AssertionError("blocks are covered by their sessions")
+
+
+def _texture(rng: np.random.Generator) -> Texture:
+    kind = ("mosaic", "punctation")[int(rng.integers(2))]
+    period = PERIODS[int(rng.integers(len(PERIODS)))]
+    if kind == "mosaic":
+        period = 4  # 1-px lines at period 2 would cover 3/4 of the area: not a mosaic
+    return Texture(
+        kind, period, float(rng.uniform(55.0, 75.0)), tuple(int(x) for x in rng.integers(0, 4, 2))
+    )
+
+
+def _wobbly(rng: np.random.Generator, cx: float, cy: float, r: float, theta: float) -> Blob:
+    aspect = math.sqrt(rng.uniform(0.7, 1.4))
+    return Blob(
+        cx, cy, r * aspect, r / aspect, theta,
+        wobble=float(rng.uniform(0.05, 0.25)),
+        lobes=int(rng.integers(2, 6)),
+        phase=float(rng.uniform(0, 2 * math.pi)),
+    )  # fmt: skip
+
+
+def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
+    """Draw the scene of image ``index``: session-level draws first, then per-photo jitter."""
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    size = grid * patch
+    first, _, label = session_of(index, seed=seed)
+
+    # Session: diagnosis, cervix geometry, os and acetowhite areas in cervix-relative units.
+    rs = _rng(seed, 1, first)
+    grade = int(rs.choice([0, 1])) if label == 0 else int(rs.choice([2, 3, 4], p=[0.45, 0.35, 0.2]))
+    days = float(rs.uniform(0.0, 365.0))
+    radius = rs.uniform(0.25, 0.40) * size  # geometric-mean semi-axis
+    aspect = math.sqrt(rs.uniform(1.0, 1.35))
+    theta = rs.uniform(0.0, math.pi)
+    off_r, off_a = 0.25 * size * math.sqrt(rs.uniform()), rs.uniform(0.0, 2 * math.pi)
+    pink = rs.uniform([215.0, 105.0, 115.0], [235.0, 135.0, 145.0])
+    os_rel = rs.uniform(-0.12, 0.12, 2)  # os centre, cervix-normalised coordinates
+    os_shape = (rs.uniform(0.06, 0.12), rs.uniform(0.02, 0.045), rs.uniform(-0.3, 0.3))
+    n_areas = int(rs.integers(1, 5))
+    n_lesions = min(max(grade - 1, 1), n_areas) if label else 0
+
+    # Photo: jitter the cervix, then draw the background.
+    ri = _rng(seed, 2, index)
+    radius *= ri.uniform(0.95, 1.05)
+    theta += ri.uniform(-0.12, 0.12)
+    a, b = radius * aspect, radius / aspect
+    cos, sin = math.cos(theta), math.sin(theta)
+    half_u = math.sqrt((a * cos) ** 2 + (b * sin) ** 2)
+    half_v = math.sqrt((a * sin) ** 2 + (b * cos) ** 2)
+    centre = []
+    for off, half in ((off_r * math.cos(off_a), half_u), (off_r * math.sin(off_a), half_v)):
+        c = size / 2 + off + ri.uniform(-0.03, 0.03) * size
+        lo, hi = 0.75 * half, size - 0.75 * half  # at most a quarter of each half sticks out
+        centre.append(size / 2 if lo > hi else float(np.clip(c, lo, hi)))
+    cervix = Blob(centre[0], centre[1], a, b, theta)
+    pink = tuple(float(x) for x in np.clip(pink + ri.uniform(-6.0, 6.0, 3), 0, 235))
+
+    def to_pixels(p: float, q: float) -> tuple[float, float]:
+        return cervix.cx + p * a * cos - q * b * sin, cervix.cy + p * a * sin + q * b * cos
+
+    ox, oy = to_pixels(*os_rel)
+    os = Blob(ox, oy, os_shape[0] * radius, os_shape[1] * radius, os_shape[2])
+
+    areas = []
+    for k in range(n_areas):  # each area's own stream: shared by the session's photos
+        ra = np.random.default_rng([seed, 3, first, k])
+        rho, phi = ra.uniform(0.2, 0.55), ra.uniform(0.0, 2 * math.pi)
+        u, v = to_pixels(os_rel[0] + rho * math.cos(phi), os_rel[1] + rho * math.sin(phi))
+        blob = _wobbly(ra, u, v, ra.uniform(0.12, 0.22) * radius, theta + ra.uniform(0, math.pi))
+        whiten = float(ra.uniform(0.45, 0.75))
+        areas.append(Area(blob, whiten, _texture(ra) if k < n_lesions else None))
+
+    wall = tuple(float(x) for x in ri.uniform([115.0, 45.0, 50.0], [140.0, 65.0, 70.0]))
+    folds = (*(2 * math.pi * ri.uniform(1.0, 3.0, 2) / size), ri.uniform(0, 2 * math.pi),
+             ri.uniform(0.04, 0.10))  # fmt: skip
+    edges = ("top", "bottom") if ri.uniform() < 0.7 else ("left", "right")
+    bars = tuple(
+        Bar(e, *(ri.uniform(0.04, 0.13, 2) * size), ri.uniform(130.0, 190.0))
+        for e in edges
+        if ri.uniform() < 0.9
+    )
+    distractors = []
+    for _ in range(int(ri.integers(1, 4))):
+        r = ri.uniform(0.03, 0.08) * size
+        for _try in range(20):
+            u, v = ri.uniform(r, size - r, 2)
+            if _cervix_radius(cervix, u, v) > 1.0 + 1.2 * r / min(a, b):
+                blob = _wobbly(ri, u, v, r, ri.uniform(0, math.pi))
+                distractors.append(Area(blob, float(ri.uniform(0.0, 0.35)), _texture(ri)))
+                break
+    highlights = []
+    for _ in range(int(ri.integers(3, 9))):
+        if ri.uniform() < 0.6:
+            rho, phi = 0.9 * math.sqrt(ri.uniform()), ri.uniform(0, 2 * math.pi)
+            u, v = to_pixels(rho * math.cos(phi), rho * math.sin(phi))
+        else:
+            u, v = ri.uniform(0, size, 2)
+        sigma = max(1.5, ri.uniform(0.004, 0.012) * size)
+        highlights.append((float(u), float(v), float(sigma), float(ri.uniform(0.5, 0.95))))
+
+    return Scene(
+        index=index, size=size, patch=patch, label=label, grade=grade,
+        session=f"syn_s{first:06d}", days_to_diagnosis=days, wall=wall,
+        folds=tuple(float(x) for x in folds), bars=bars, distractors=tuple(distractors),
+        cervix=cervix, pink=pink, areas=tuple(areas), os=os, highlights=tuple(highlights),
+        noise_seed=int(ri.integers(2**63 - 1)),
+    )  # fmt: skip
+
+
+def _cervix_radius(c: Blob, u, v, squared: bool = False):
+    """Normalised elliptical radius (1 on the rim) of points (u, v); arrays broadcast."""
+    du, dv = u - c.cx, v - c.cy
+    cos, sin = math.cos(c.theta), math.sin(c.theta)
+    p, q = (du * cos + dv * sin) / c.rx, (dv * cos - du * sin) / c.ry
+    return p * p + q * q if squared else np.sqrt(p * p + q * q)
+
+
+def _box(blob: Blob, size: int, reach: float | None = None):
+    """Slices of the pixel box around a blob and its pixel-centre coordinates (rows, cols)."""
+    reach = blob.extent() if reach is None else reach
+    r0, r1 = max(0, int(blob.cy - reach)), min(size, int(math.ceil(blob.cy + reach)))
+    c0, c1 = max(0, int(blob.cx - reach)), min(size, int(math.ceil(blob.cx + reach)))
+    v = np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5
+    u = np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5
+    return (slice(r0, r1), slice(c0, c1)), u, v
+
+
+def _blob_radius(blob: Blob, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Normalised radius of the wavy blob (1 on its rim)."""
+    du, dv = u - blob.cx, v - blob.cy
+    cos, sin = math.cos(blob.theta), math.sin(blob.theta)
+    p, q = (du * cos + dv * sin) / blob.rx, (dv * cos - du * sin) / blob.ry
+    t = np.sqrt(p * p + q * q)
+    if blob.wobble:
+        t /= 1.0 + blob.wobble * np.sin(blob.lobes * np.arctan2(q, p) + blob.phase)
+    return t
+
+
+def _pattern(tex: Texture, rows: slice, cols: slice) -> np.ndarray:
+    """The texture's zero-mean modulation (grey levels) on a pixel box."""
+    p = tex.period
+    y = (np.arange(rows.start, rows.stop) + tex.offset[0]) % p
+    x = (np.arange(cols.start, cols.stop) + tex.offset[1]) % p
+    if tex.kind == "mosaic":  # 1-px lines
+        on = (y == 0)[:, None] | (x == 0)[None, :]
+        frac = 1.0 - (1.0 - 1.0 / p) ** 2
+    else:  # square dots of half the period
+        d = p // 2
+        on = (y < d)[:, None] & (x < d)[None, :]
+        frac = (d / p) ** 2
+    return (frac - on.astype(np.float32)) * np.float32(tex.amplitude)
+
+
+def _blend(region: np.ndarray, target, alpha) -> None:
+    """region += (target - region) * alpha, in place with one temporary."""
+    tmp = np.subtract(target, region, dtype=np.float32)
+    tmp *= alpha
+    region += tmp
+
+
+def _paint_area(img, area: Area, whiten_to: np.ndarray, cervix: Blob | None, lesion_px=None):
+    """Whiten a blob with a soft rim and add its texture with a sharper rim; inside the cervix
+    (``cervix`` given) both are cut to the transformation zone and textured pixels are lesion."""
+    (rows, cols), u, v = _box(area.blob, img.shape[1])
+    if rows.start >= rows.stop or cols.start >= cols.stop:
+        return
+    t = _blob_radius(area.blob, u, v)
+    inside = 1.0 if cervix is None else (_cervix_radius(cervix, u, v) < _CERVIX_INNER)
+    region = img[:, rows, cols]
+    _blend(region, whiten_to, area.whiten * np.clip((1.0 - t) / 0.35, 0.0, 1.0) * inside)
+    if area.texture is not None:
+        weight = np.clip((1.0 - t) / 0.12, 0.0, 1.0) * inside
+        region += _pattern(area.texture, rows, cols) * weight * _VESSEL
+        if lesion_px is not None:
+            lesion_px[rows, cols] |= weight > 0
+
+
+def _paint_bar(img: np.ndarray, bar: Bar) -> None:
+    """A grey metal blade: shaded across its width, a bright ridge, a soft 1.5-px edge."""
+    size = img.shape[1]
+    depth = min(size, int(math.ceil(max(bar.w0, bar.w1))) + 2)
+    along = (np.arange(size, dtype=np.float32) + 0.5)[None, :]
+    across = (np.arange(depth, dtype=np.float32) + 0.5)[:, None]
+    width = bar.w0 + (bar.w1 - bar.w0) * along / size
+    mask = np.clip((width - across) / 1.5, 0.0, 1.0)  # (depth, size): rows = from the edge
+    x = across / width
+    grey = np.float32(bar.grey) * (0.75 + 0.3 * x + 0.25 * np.exp(-(((x - 0.35) / 0.12) ** 2)))
+    # Orient the small maps, not the image, so the image is touched along contiguous rows.
+    if bar.edge in ("bottom", "right"):
+        mask, grey = mask[::-1], grey[::-1]
+    if bar.edge in ("left", "right"):
+        mask, grey = mask.T, grey.T
+    region = {
+        "top": img[:, :depth],
+        "bottom": img[:, size - depth :],
+        "left": img[:, :, :depth],
+        "right": img[:, :, size - depth :],
+    }[bar.edge]
+    _blend(region, grey * _BAR_TINT, mask)
+
+
+def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of a scene: (image uint8 (S, S, 3), lesion pixels bool (S, S)).
+
+    Painting happens on colour planes (3, S, S): numpy is slow when the innermost axis has length
+    3, and this layout keeps every operation on long contiguous rows."""
+    s = scene.size
+    coord = np.arange(s, dtype=np.float32) + 0.5
+    # Walls: darker away from the cervix, with a few soft folds (separable, so cheap).
+    du2 = ((coord - scene.cervix.cx) / s) ** 2
+    dv2 = ((coord - scene.cervix.cy) / s) ** 2
+    fu, fv, phase, depth = scene.folds
+    shade = 1.0 - 0.9 * (du2[None, :] + dv2[:, None])
+    shade += depth * np.cos(fu * coord + phase)[None, :] * np.cos(fv * coord)[:, None]
+    img = np.clip(shade, 0.35, 1.0) * _planes(scene.wall)
+    for bar in scene.bars:
+        _paint_bar(img, bar)
+    for area in scene.distractors:
+        _paint_area(img, area, _MUCUS, None)
+
+    # Cervix: pink, slightly darker towards the rim, anti-aliased edge.
+    c = scene.cervix
+    (rows, cols), u, v = _box(c, s, max(c.rx, c.ry) + 2.0)
+    t2 = _cervix_radius(c, u, v, squared=True)
+    mask = np.clip((1.0 - np.sqrt(t2)) * (min(c.rx, c.ry) / 1.5) + 0.5, 0.0, 1.0)
+    _blend(img[:, rows, cols], (1.0 - 0.15 * t2) * _planes(scene.pink), mask)
+
+    lesion_px = np.zeros((s, s), bool)
+    for area in scene.areas:
+        _paint_area(img, area, _AW_COLOUR, c, lesion_px)
+
+    (rows, cols), u, v = _box(scene.os, s)
+    mask = np.clip((1.0 - _blob_radius(scene.os, u, v)) * min(scene.os.rx, scene.os.ry) + 0.5, 0, 1)
+    _blend(img[:, rows, cols], _OS_COLOUR, mask)
+    lesion_px[rows, cols] &= mask < 0.5
+
+    for hu, hv, sigma, strength in scene.highlights:
+        (rows, cols), u, v = _box(Blob(hu, hv, 3 * sigma, 3 * sigma, 0.0), s)
+        h = strength * np.exp(((u - hu) ** 2 + (v - hv) ** 2) / (-2 * sigma * sigma))
+        _blend(img[:, rows, cols], 250.0, h)
+
+    # Mild sensor noise, uniform in [-4, 4] grey levels (sd 2.6), shared by the channels.
+    noise = np.frombuffer(np.random.default_rng(scene.noise_seed).bytes(s * s), np.uint8)
+    noise = (noise % 9).astype(np.float32).reshape(s, s) - 4.0
+    out = np.empty((s, s, 3), np.uint8)
+    for k in range(3):
+        plane = img[k]
+        plane += noise
+        out[..., k] = np.clip(plane, 0.0, 255.0, out=plane)
+    return out, lesion_px
+
+
+def patch_any(mask: np.ndarray, patch: int) -> np.ndarray:
+    """(S, S) bool -> (grid, grid) uint8: 1 where a patch has any True pixel."""
+    g = mask.shape[0] // patch
+    return mask.reshape(g, patch, g, patch).any(axis=(1, 3)).astype(np.uint8)
+
+
+def generate(index: int, *, seed: int, grid: int, patch: int) -> dict:
+    """One sample (see the module docstring for the fields' meaning)."""
+    scene = make_scene(index, seed=seed, grid=grid, patch=patch)
+    image, lesion_px = render(scene)
+    return {
+        "image": image,
+        "label": scene.label,
+        "grade": scene.grade,
+        "id": scene.id,
+        "session": scene.session,
+        "days_to_diagnosis": scene.days_to_diagnosis,
+        "cervix": scene.cervix_gaussian(),
+        "lesion": patch_any(lesion_px, patch),
+    }
+
+
+def generate_all(num_images: int, *, seed: int, grid: int, patch: int) -> Iterator[dict]:
+    """Samples 0 .. num_images - 1 in order (what dataset builders iterate)."""
+    for index in range(num_images):
+        yield generate(index, seed=seed, grid=grid, patch=patch)

@@ -1,0 +1,26 @@
+"""Command line: `python -m jaxcerv.main --config=configs/default.py --workdir=DIR`.
+
+Rerunning the same command resumes from the workdir's latest checkpoint. Multi-host: pass
+--coordinator/--num_processes/--process_id, or let JAX auto-detect a TPU pod or SLURM job.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxcerv import parallel, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and results go.")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-process).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

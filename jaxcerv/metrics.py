@@ -1,0 +1,345 @@
+"""Evaluation metrics: classification (Table 1 of the paper), session bootstrap, CV summary, and
+explanation quality against synthetic ground truth.
+
+Everything here is a pure numpy function so it runs on the host after JAX is done, and so the tests
+can check it against scikit-learn and hand computations.
+
+Conventions:
+  * A prediction is positive (CIN2+) when ``prob >= threshold``.
+  * Ratios with an empty denominator are 0 (precision with no predicted positives, F1 when precision
+    and recall are both 0), as scikit-learn's ``zero_division=0``; sensitivity and specificity
+    cannot have an empty denominator because both classes are required.
+  * Metrics that need both classes raise :class:`MetricsError` instead of returning NaN, so that a
+    degenerate split fails loudly rather than silently writing NaN into results.json.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+THRESHOLD_CRITERIA = ("youden", "balanced_accuracy", "eer")
+
+# Metric names whose bootstrap interval is meaningful (threshold/n/n_pos are not statistics).
+CI_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "specificity",
+    "roc_auc",
+    "one_minus_eer",
+    "ece",
+)
+
+
+class MetricsError(ValueError):
+    """Raised when a metric is undefined for the given data (e.g. one class only)."""
+
+
+def _check_binary(labels, probs, split: str = "evaluation") -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert inputs; both classes must be present (ROC-based metrics need them)."""
+    y = np.asarray(labels).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise MetricsError(f"labels ({y.size}) and probabilities ({p.size}) differ in length")
+    if y.size == 0:
+        raise MetricsError(f"the {split} split is empty")
+    if not np.all(np.isin(y, (0, 1))):
+        raise MetricsError(f"labels must be 0/1, got values {np.unique(y)[:10].tolist()}")
+    if not np.all(np.isfinite(p)):
+        raise MetricsError(f"{int(np.sum(~np.isfinite(p)))} probabilities are NaN or infinite")
+    if p.min() < 0.0 or p.max() > 1.0:
+        raise MetricsError(f"probabilities must lie in [0, 1], got [{p.min():.4g}, {p.max():.4g}]")
+    y = y.astype(np.int64)
+    present = np.unique(y)
+    if present.size < 2:
+        raise MetricsError(
+            f"ROC AUC needs both classes; the {split} split has only label {int(present[0])} "
+            f"({y.size} images)"
+        )
+    return y, p
+
+
+def roc_points(labels, probs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve at every distinct score: ``(fpr, tpr, thresholds)``, starting at (0, 0).
+
+    ``thresholds[k]`` is the score cut giving ``(fpr[k], tpr[k])`` under ``prob >= threshold``;
+    the first is +inf (nothing predicted positive).
+    """
+    y, p = _check_binary(labels, probs)
+    order = np.argsort(-p, kind="stable")
+    p_sorted, y_sorted = p[order], y[order]
+    # Last index of each run of equal scores: ties move the curve diagonally, as they should.
+    ends = np.r_[np.flatnonzero(np.diff(p_sorted)), p_sorted.size - 1]
+    tps = np.cumsum(y_sorted)[ends]
+    fps = ends + 1 - tps
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    return fpr, tpr, np.r_[np.inf, p_sorted[ends]]
+
+
+def roc_auc(labels, probs) -> float:
+    """Area under the ROC curve (trapezoid rule, ties count one half)."""
+    fpr, tpr, _ = roc_points(labels, probs)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def equal_error_rate(labels, probs) -> float:
+    """Rate where FPR equals FNR, linearly interpolated between adjacent ROC points."""
+    fpr, tpr, _ = roc_points(labels, probs)
+    fnr = 1.0 - tpr
+    diff = fpr - fnr  # -1 at the first point, +1 at the last, non-decreasing
+    k = int(np.argmax(diff >= 0.0))
+    if diff[k] == 0.0:
+        return float(fpr[k])
+    t = -diff[k - 1] / (diff[k] - diff[k - 1])
+    return float(fpr[k - 1] + t * (fpr[k] - fpr[k - 1]))
+
+
+def expected_calibration_error(labels, probs, n_bins: int = 10) -> float:
+    """ECE of the positive-class probability over ``n_bins`` equal-width bins on [0, 1].
+
+    Sum over non-empty bins of (bin share of images) * |fraction positive - mean probability|.
+    Bins are half-open [a, b) except the last, which includes 1.0.
+    """
+    y = np.asarray(labels, dtype=np.float64).reshape(-1)
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.digitize(p, edges[1:-1])
+    count = np.bincount(bins, minlength=n_bins)
+    sum_y = np.bincount(bins, weights=y, minlength=n_bins)
+    sum_p = np.bincount(bins, weights=p, minlength=n_bins)
+    # |mean_y - mean_p| * count / n == |sum_y - sum_p| / n; empty bins contribute 0.
+    return float(np.abs(sum_y - sum_p).sum() / p.size)
+
+
+def _safe_ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 0.0
+
+
+def binary_metrics(labels, probs, threshold: float, *, split: str = "evaluation") -> dict:
+    """Table-1 metrics plus calibration at a fixed decision threshold.
+
+    ``split`` only names the data in error messages. Returns floats for: accuracy,
+    balanced_accuracy, f1, precision, recall (sensitivity), specificity, roc_auc, one_minus_eer,
+    ece, threshold; ints for n, n_pos.
+    """
+    y, p = _check_binary(labels, probs, split)
+    pred = p >= threshold
+    pos = y == 1
+    tp = int(np.sum(pred & pos))
+    fp = int(np.sum(pred & ~pos))
+    fn = int(np.sum(~pred & pos))
+    tn = int(np.sum(~pred & ~pos))
+    recall = tp / (tp + fn)
+    specificity = tn / (tn + fp)
+    precision = _safe_ratio(tp, tp + fp)
+    return {
+        "accuracy": (tp + tn) / y.size,
+        "balanced_accuracy": 0.5 * (recall + specificity),
+        "f1": _safe_ratio(2.0 * precision * recall, precision + recall),
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+        "roc_auc": roc_auc(y, p),
+        "one_minus_eer": 1.0 - equal_error_rate(y, p),
+        "ece": expected_calibration_error(y, p),
+        "threshold": float(threshold),
+        "n": int(y.size),
+        "n_pos": int(pos.sum()),
+    }
+
+
+def choose_threshold(labels, probs, criterion: str = "youden") -> float:
+    """Pick a decision threshold on validation data (the caller applies it to test).
+
+    ``youden`` maximises TPR - FPR; ``balanced_accuracy`` maximises (TPR + TNR) / 2, which is the
+    same objective (J = 2 * BA - 1) and is accepted as a name for clarity; ``eer`` minimises
+    |FPR - FNR|. Ties go to the highest threshold. The threshold returned is the midpoint between
+    the chosen score and the next lower distinct score, so the validation partition is unchanged
+    but test scores close to the cut are not decided by one validation image.
+    """
+    if criterion not in THRESHOLD_CRITERIA:
+        raise MetricsError(f"unknown criterion {criterion!r}; expected one of {THRESHOLD_CRITERIA}")
+    fpr, tpr, cuts = roc_points(labels, probs)
+    fpr, tpr, cuts = fpr[1:], tpr[1:], cuts[1:]  # drop "nothing positive": it is never useful
+    if criterion == "eer":
+        k = int(np.argmin(np.abs(fpr - (1.0 - tpr))))
+    else:
+        k = int(np.argmax(tpr - fpr))
+    if k + 1 < cuts.size:
+        mid = 0.5 * (cuts[k] + cuts[k + 1])
+        # Adjacent floats can have a midpoint equal to the lower one; keep the exact cut then.
+        return float(mid) if mid > cuts[k + 1] else float(cuts[k])
+    return float(cuts[k])
+
+
+def bootstrap_ci(
+    labels,
+    probs,
+    threshold: float,
+    groups,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    max_redraws: int | None = None,
+) -> dict:
+    """Percentile bootstrap intervals, resampling whole sessions (``groups``) with replacement.
+
+    Images from one screening session are correlated, so the session is the resampling unit.
+    A resample lacking one class is redrawn (the metrics are undefined there); redraws are counted
+    and capped at ``max_redraws`` (default ``10 * n_boot``) to fail loudly on hopeless data.
+
+    Returns ``{"ci": {metric: (lo, hi)}, "n_units": sessions, "n_boot", "n_redrawn", "alpha"}``.
+    """
+    y, p = _check_binary(labels, probs)
+    g = np.asarray(groups).reshape(-1)
+    if g.shape != y.shape:
+        raise MetricsError(f"groups ({g.size}) and labels ({y.size}) differ in length")
+    if n_boot < 1 or not 0.0 < alpha < 1.0:
+        raise MetricsError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    _, unit = np.unique(g, return_inverse=True)
+    n_units = int(unit.max()) + 1
+    if n_units < 2:
+        raise MetricsError("bootstrap over sessions needs at least 2 sessions, got 1")
+    members = np.split(np.argsort(unit, kind="stable"), np.cumsum(np.bincount(unit))[:-1])
+    unit_pos = np.bincount(unit, weights=y, minlength=n_units)
+    unit_size = np.bincount(unit, minlength=n_units)
+    cap = 10 * n_boot if max_redraws is None else max_redraws
+
+    rng = np.random.default_rng(seed)
+    samples = {name: np.empty(n_boot) for name in CI_METRICS}
+    redrawn = 0
+    b = 0
+    while b < n_boot:
+        draw = rng.integers(0, n_units, size=n_units)
+        n_pos = unit_pos[draw].sum()
+        if n_pos == 0 or n_pos == unit_size[draw].sum():
+            redrawn += 1
+            if redrawn > cap:
+                raise MetricsError(
+                    f"more than {cap} bootstrap resamples lacked a class; too few sessions "
+                    f"contain both labels ({n_units} sessions, {int(y.sum())} positive images)"
+                )
+            continue
+        idx = np.concatenate([members[u] for u in draw])
+        m = binary_metrics(y[idx], p[idx], threshold)
+        for name in CI_METRICS:
+            samples[name][b] = m[name]
+        b += 1
+    q = (alpha / 2.0, 1.0 - alpha / 2.0)
+    ci = {
+        name: tuple(float(v) for v in np.quantile(samples[name], q)) for name in CI_METRICS
+    }
+    return {"ci": ci, "n_units": n_units, "n_boot": n_boot, "n_redrawn": redrawn, "alpha": alpha}
+
+
+def summarize_folds(fold_metrics: Sequence[Mapping[str, float]]) -> dict:
+    """Mean and sample standard deviation (ddof=1) of each numeric metric across CV folds."""
+    if len(fold_metrics) < 2:
+        raise MetricsError(f"summarising folds needs at least 2 folds, got {len(fold_metrics)}")
+
+    def numeric(m: Mapping) -> set[str]:
+        return {
+            k for k, v in m.items() if isinstance(v, int | float | np.number) and not isinstance(v, bool)
+        }
+
+    keys = numeric(fold_metrics[0])
+    for i, m in enumerate(fold_metrics[1:], start=1):
+        if numeric(m) != keys:
+            raise MetricsError(
+                f"fold {i} has metrics {sorted(numeric(m) ^ keys)} that fold 0 does not share"
+            )
+    table = {k: np.array([float(m[k]) for m in fold_metrics]) for k in sorted(keys)}
+    return {
+        "mean": {k: float(v.mean()) for k, v in table.items()},
+        "sd": {k: float(v.std(ddof=1)) for k, v in table.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanation quality (synthetic data, where lesion masks and cervix ellipses are known).
+
+
+def _check_maps(weights, name: str = "weights") -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 3:
+        raise MetricsError(f"{name} must be (N, H, W), got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise MetricsError(f"{name} contain NaN or infinite values")
+    return w
+
+
+def pointing_game(weights, lesion, tolerance: int = 1) -> float:
+    """Fraction of lesion-bearing images whose top-weight patch hits a lesion patch.
+
+    A hit is a Chebyshev distance <= ``tolerance`` patches from any lesion patch. Ties for the top
+    weight go to the first patch in row-major order (a flat map is not rewarded for ties). Images
+    without any lesion are skipped; if none has one, :class:`MetricsError` is raised.
+    """
+    w = _check_maps(weights)
+    les = np.asarray(lesion).astype(bool)
+    if les.shape != w.shape:
+        raise MetricsError(f"lesion shape {les.shape} differs from weights shape {w.shape}")
+    keep = les.reshape(les.shape[0], -1).any(axis=1)
+    if not keep.any():
+        raise MetricsError("pointing game needs at least one image with a lesion; none has one")
+    hits = []
+    for wi, li in zip(w[keep], les[keep], strict=True):
+        top = np.unravel_index(int(np.argmax(wi)), wi.shape)
+        rows, cols = np.nonzero(li)
+        dist = np.maximum(np.abs(rows - top[0]), np.abs(cols - top[1]))
+        hits.append(dist.min() <= tolerance)
+    return float(np.mean(hits))
+
+
+def _precision_matrices(params: np.ndarray) -> np.ndarray:
+    """Inverse covariances (N, 2, 2) from [mu_h, mu_v, s_hh, s_hv, s_vv]; must be positive definite."""
+    s_hh, s_hv, s_vv = params[:, 2], params[:, 3], params[:, 4]
+    det = s_hh * s_vv - s_hv**2
+    if not np.all((s_hh > 0) & (det > 0)):
+        bad = np.flatnonzero(~((s_hh > 0) & (det > 0)))
+        raise MetricsError(f"covariance not positive definite for rows {bad[:10].tolist()}")
+    return np.stack([np.stack([s_vv, -s_hv], -1), np.stack([-s_hv, s_hh], -1)], -2) / det[:, None, None]
+
+
+def mass_in_ellipse(weights, cervix_params, n_sigma: float = 2.0) -> float:
+    """Mean (over images) share of heatmap mass whose patch centre lies inside the cervix ellipse.
+
+    Patch (row i, col j) has centre (h = j + 0.5, v = i + 0.5); inside means Mahalanobis distance
+    <= ``n_sigma`` under the true cervix Gaussian [mu_h, mu_v, s_hh, s_hv, s_vv] (patch units).
+    """
+    w = _check_maps(weights)
+    if np.any(w < 0):
+        raise MetricsError("heatmap weights must be non-negative to be read as mass")
+    total = w.sum(axis=(1, 2))
+    if np.any(total <= 0):
+        raise MetricsError(f"{int(np.sum(total <= 0))} heatmaps have zero total mass")
+    params = np.asarray(cervix_params, dtype=np.float64).reshape(-1, 5)
+    if params.shape[0] != w.shape[0]:
+        raise MetricsError(f"{params.shape[0]} ellipses for {w.shape[0]} heatmaps")
+    _, height, width = w.shape
+    v, h = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    dh = h[None] - params[:, 0, None, None]
+    dv = v[None] - params[:, 1, None, None]
+    prec = _precision_matrices(params)
+    m2 = (
+        prec[:, 0, 0, None, None] * dh**2
+        + 2.0 * prec[:, 0, 1, None, None] * dh * dv
+        + prec[:, 1, 1, None, None] * dv**2
+    )
+    inside = m2 <= n_sigma**2
+    return float(np.mean((w * inside).sum(axis=(1, 2)) / total))
+
+
+def centre_error(params_a, params_b) -> float:
+    """Mean Euclidean distance (patch units) between the centres (mu_h, mu_v) of two ellipse sets."""
+    a = np.asarray(params_a, dtype=np.float64).reshape(-1, 5)
+    b = np.asarray(params_b, dtype=np.float64).reshape(-1, 5)
+    if a.shape != b.shape:
+        raise MetricsError(f"{a.shape[0]} and {b.shape[0]} ellipses cannot be paired")
+    return float(np.mean(np.hypot(a[:, 0] - b[:, 0], a[:, 1] - b[:, 1])))

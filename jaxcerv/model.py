@@ -1,0 +1,134 @@
+"""The patch-wise model (paper Eq. 1, 4 and Fig. 2) in Flax linen.
+
+image -> patchify (a reshape on device) -> patch CNN g(x_j), vmapped over the patch axis ->
+patch weight a_j = sigmoid(MLP(g(x_j))) -> aggregation of a_j * g(x_j) -> classifier logit.
+The weights, arranged on the patch grid, are the heatmap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# The paper Xavier-initialises every layer.
+xavier = nn.initializers.xavier_uniform()
+
+
+class ModelOutput(NamedTuple):
+    logits: jax.Array  # (B,) classifier logit, float32
+    weights: jax.Array  # (B, H, W) patch weights a_j in (0, 1), float32
+    features: jax.Array  # (B, F) aggregated image feature f(I), for t-SNE
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """(B, H*P, W*P, C) -> (B, H*W, P, P, C), row-major over the patch grid, without copies on host."""
+    b, height, width, c = images.shape
+    rows, cols = height // patch_size, width // patch_size
+    if rows * patch_size != height or cols * patch_size != width:
+        raise ValueError(
+            f"image of {height}x{width} px is not a whole number of {patch_size}-px patches"
+        )
+    x = images.reshape(b, rows, patch_size, cols, patch_size, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, rows * cols, patch_size, patch_size, c)
+
+
+class PatchEncoder(nn.Module):
+    """g(x | w, theta): 3x3 convs, each ReLU + 2x2 max-pool, flattened (one patch batch at a time)."""
+
+    features: Sequence[int] = (12, 24, 48)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for f in self.features:
+            x = nn.Conv(f, (3, 3), padding="SAME", kernel_init=xavier, dtype=self.dtype)(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        return x.reshape(x.shape[0], -1)
+
+
+class MLP(nn.Module):
+    """ReLU hidden layers, then ``out`` linear units."""
+
+    hidden: Sequence[int]
+    out: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width, kernel_init=xavier, dtype=self.dtype)(x))
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.out, kernel_init=xavier, dtype=self.dtype)(x)
+
+
+def aggregate(weighted: jax.Array, how: str) -> jax.Array:
+    """Eq. 4's aggregation of a_j * g(x_j) over the patch axis (B, K, F) -> (B, F')."""
+    if how == "mean":
+        return jnp.mean(weighted, axis=1)
+    if how == "sum":
+        return jnp.sum(weighted, axis=1)
+    if how == "concat":
+        return weighted.reshape(weighted.shape[0], -1)
+    raise ValueError(f"unknown aggregation {how!r}: use 'mean', 'sum' or 'concat'")
+
+
+class PatchWiseModel(nn.Module):
+    """The whole network; ``__call__`` takes uint8 or float images (B, S, S, 3)."""
+
+    patch_size: int = 28
+    conv_features: Sequence[int] = (12, 24, 48)
+    weight_hidden: Sequence[int] = (800, 512, 128)
+    classifier_hidden: Sequence[int] = (128, 32)
+    aggregation: str = "mean"
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
+        rows, cols = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
+        x = patchify(images.astype(self.dtype) / 255.0 - 0.5, self.patch_size)
+        encoder_cls = nn.remat(PatchEncoder) if self.remat else PatchEncoder
+        # One set of encoder parameters shared by all patches; XLA folds the vmapped axis into the
+        # convolution batch.
+        encoder = nn.vmap(
+            encoder_cls,
+            in_axes=1,
+            out_axes=1,
+            variable_axes={"params": None},
+            split_rngs={"params": False},
+        )(self.conv_features, self.dtype, name="encoder")
+        g = encoder(x)  # (B, K, F)
+        logit_a = MLP(self.weight_hidden, 1, dtype=self.dtype, name="weight_mlp")(g)
+        a = nn.sigmoid(logit_a.astype(jnp.float32))  # (B, K, 1)
+        f = aggregate(a.astype(self.dtype) * g, self.aggregation)
+        logits = MLP(
+            self.classifier_hidden, 1, self.dropout, dtype=self.dtype, name="classifier"
+        )(f, train)
+        return ModelOutput(
+            logits=logits[:, 0].astype(jnp.float32),
+            weights=a[..., 0].reshape(-1, rows, cols),
+            features=f.astype(jnp.float32),
+        )
+
+
+def from_config(config: Any) -> PatchWiseModel:
+    """Build the model from ``config.model`` (and the shared ``config.patch_size``)."""
+    m = config.model
+    return PatchWiseModel(
+        patch_size=config.patch_size,
+        conv_features=tuple(m.conv_features),
+        weight_hidden=tuple(m.weight_hidden),
+        classifier_hidden=tuple(m.classifier_hidden),
+        aggregation=m.aggregation,
+        dropout=m.dropout,
+        dtype=jnp.dtype(m.dtype),
+        remat=m.remat,
+    )

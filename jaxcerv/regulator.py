@@ -1,0 +1,86 @@
+"""The spatial regulator: a per-image 2-D Gaussian over the patch grid (paper Eq. 5-6, 8-10, Alg. 1).
+
+Pure jittable functions, no Flax state, so the mathematics can be checked line by line against the
+paper. Coordinates are in patch units: patch (row i, column j) has centre (h = j + 0.5, v = i + 0.5).
+A regulator is the 5-vector ``[mu_h, mu_v, s_hh, s_hv, s_vv]`` (mean and covariance entries).
+Every function broadcasts over leading batch axes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Variances below this (in squared patches) are treated as degenerate: a fit that collapses onto a
+# single patch would give an infinitely sharp density and a meaningless spatial loss.
+MIN_VARIANCE = 1e-3
+# Guards the min-max normalisation of a constant map (Eq. 6) against a zero range.
+RANGE_EPS = 1e-12
+
+
+def patch_centres(grid_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """Horizontal and vertical centre coordinates of every patch, each shaped (H, W)."""
+    rows, cols = grid_hw
+    v, h = jnp.meshgrid(jnp.arange(rows) + 0.5, jnp.arange(cols) + 0.5, indexing="ij")
+    return h, v
+
+
+def initial_params(grid_hw: tuple[int, int]) -> jax.Array:
+    """G0 of Alg. 1: mu = (w0, h0), s_hh = w0, s_vv = h0, s_hv = 0 (w0, h0 = half the grid)."""
+    rows, cols = grid_hw
+    w0, h0 = cols / 2.0, rows / 2.0
+    return jnp.array([w0, h0, w0, 0.0, h0], dtype=jnp.float32)
+
+
+def gaussian_density(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    """Eq. 10: the 2-D normal density of ``params`` (..., 5) at every patch centre -> (..., H, W)."""
+    h, v = patch_centres(grid_hw)
+    p = params[..., None, None, :]
+    mu_h, mu_v, s_hh, s_hv, s_vv = (p[..., k] for k in range(5))
+    det = s_hh * s_vv - s_hv**2
+    dh, dv = h - mu_h, v - mu_v
+    # (d^T S^-1 d) with the closed-form inverse of a 2x2 covariance.
+    mahalanobis = (s_vv * dh**2 - 2.0 * s_hv * dh * dv + s_hh * dv**2) / det
+    return jnp.exp(-0.5 * mahalanobis) / (2.0 * jnp.pi * jnp.sqrt(det))
+
+
+def _min_max(x: jax.Array) -> jax.Array:
+    """Per-image min-max normalisation over the last two axes, 0 where the map is constant."""
+    lo = jnp.min(x, axis=(-2, -1), keepdims=True)
+    hi = jnp.max(x, axis=(-2, -1), keepdims=True)
+    return (x - lo) / jnp.maximum(hi - lo, RANGE_EPS)
+
+
+def spatial_loss(weights: jax.Array, density: jax.Array) -> jax.Array:
+    """Eq. 5-6 for one image: sum over its patches of 1 - norm(a_m) * norm(s_m) -> (...)."""
+    return jnp.sum(1.0 - _min_max(weights) * _min_max(density), axis=(-2, -1))
+
+
+def fit_gaussian(weights: jax.Array) -> jax.Array:
+    """Weighted maximum likelihood (Alg. 1): weighted mean and covariance of the patch centres.
+
+    ``weights`` (..., H, W) are the patch weights a_m; the result is (..., 5). A map whose weights
+    sum to zero yields NaNs, which ``is_valid`` rejects, so the old regulator is kept.
+    """
+    h, v = patch_centres(weights.shape[-2:])
+    w = weights.astype(jnp.float32)
+    total = jnp.sum(w, axis=(-2, -1))
+
+    def moment(x: jax.Array) -> jax.Array:
+        return jnp.sum(w * x, axis=(-2, -1)) / total
+
+    mu_h, mu_v = moment(h), moment(v)
+    dh = h - mu_h[..., None, None]
+    dv = v - mu_v[..., None, None]
+    return jnp.stack([mu_h, mu_v, moment(dh * dh), moment(dh * dv), moment(dv * dv)], axis=-1)
+
+
+def is_valid(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    """A fit may replace the old regulator only if its centre lies inside the grid, its covariance
+    is symmetric positive definite (not degenerate) and all entries are finite -> bool (...)."""
+    rows, cols = grid_hw
+    mu_h, mu_v, s_hh, s_hv, s_vv = (params[..., k] for k in range(5))
+    finite = jnp.all(jnp.isfinite(params), axis=-1)
+    inside = (mu_h >= 0) & (mu_h <= cols) & (mu_v >= 0) & (mu_v <= rows)
+    definite = (s_hh > MIN_VARIANCE) & (s_vv > MIN_VARIANCE) & (s_hh * s_vv - s_hv**2 > MIN_VARIANCE**2)
+    return finite & inside & definite

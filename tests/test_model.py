@@ -1,0 +1,70 @@
+"""The model's structure against straightforward loops."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcerv import model as model_lib
+
+
+def test_patchify_matches_slicing():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, size=(2, 3 * 4, 5 * 4, 3), dtype=np.uint8)
+    got = np.asarray(model_lib.patchify(jnp.asarray(img), 4))
+    assert got.shape == (2, 15, 4, 4, 3)
+    for i in range(3):
+        for j in range(5):
+            np.testing.assert_array_equal(got[:, i * 5 + j], img[:, i * 4:(i + 1) * 4, j * 4:(j + 1) * 4])
+
+
+def test_patchify_rejects_partial_patches():
+    with pytest.raises(ValueError, match="whole number"):
+        model_lib.patchify(jnp.zeros((1, 30, 28, 3)), 28)
+
+
+def _small_model(aggregation="mean"):
+    return model_lib.PatchWiseModel(
+        patch_size=8, conv_features=(4, 6, 8), weight_hidden=(16, 8), classifier_hidden=(8, 4),
+        aggregation=aggregation,
+    )
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "concat"])
+def test_vmapped_model_equals_per_patch_loop(aggregation):
+    m = _small_model(aggregation)
+    rng = np.random.default_rng(1)
+    img = jnp.asarray(rng.integers(0, 255, size=(2, 24, 16, 3), dtype=np.uint8))
+    variables = m.init(jax.random.PRNGKey(0), img)
+    out = m.apply(variables, img)
+    p = variables["params"]
+    patches = model_lib.patchify(img.astype(jnp.float32) / 255.0 - 0.5, 8)
+    enc = model_lib.PatchEncoder((4, 6, 8))
+    mlp = model_lib.MLP((16, 8), 1)
+    g = jnp.stack(
+        [jnp.stack([enc.apply({"params": p["encoder"]}, patches[b, k][None])[0]
+                    for k in range(patches.shape[1])]) for b in range(2)]
+    )
+    a = jax.nn.sigmoid(mlp.apply({"params": p["weight_mlp"]}, g))[..., 0]
+    np.testing.assert_allclose(out.weights, a.reshape(2, 3, 2), rtol=1e-5, atol=1e-6)
+    weighted = a[..., None] * g
+    f = {"mean": weighted.mean(1), "sum": weighted.sum(1), "concat": weighted.reshape(2, -1)}[
+        aggregation
+    ]
+    np.testing.assert_allclose(out.features, f, rtol=1e-5, atol=1e-6)
+    logits = model_lib.MLP((8, 4), 1).apply({"params": p["classifier"]}, f)[:, 0]
+    np.testing.assert_allclose(out.logits, logits, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_are_probabilities_and_shapes():
+    m = _small_model()
+    img = jnp.zeros((3, 32, 32, 3), jnp.uint8)
+    out = m.apply(m.init(jax.random.PRNGKey(0), img), img)
+    assert out.logits.shape == (3,) and out.weights.shape == (3, 4, 4)
+    assert out.features.shape == (3, 8 * 1 * 1)
+    assert np.all((np.asarray(out.weights) > 0) & (np.asarray(out.weights) < 1))
+
+
+def test_unknown_aggregation():
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        model_lib.aggregate(jnp.zeros((1, 2, 3)), "max")
