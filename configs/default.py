@@ -34,12 +34,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.classifier_hidden = (128, 32)
     config.model.aggregation = "mean"  # | "sum" | "concat"
     config.model.dropout = 0.0
+    config.model.feature_norm = True  # LayerNorm before the classifier (not in the paper)
     config.model.dtype = "float32"  # | "bfloat16" (compute; params and loss stay float32)
     config.model.remat = False
 
     config.regulator = ml_collections.ConfigDict()
     config.regulator.mode = "iterative"  # | "fixed" (G0 for every image) | "none"
     config.regulator.lam = 0.1  # lambda of Eq. 11
+    # Fit each regulator to the min-max normalised weights (what the spatial loss sees) rather
+    # than the raw sigmoid outputs, whose background floor drags every fit to the grid centre.
+    config.regulator.fit_normalised = True
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 16  # global batch: must divide by the device count

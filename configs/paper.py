@@ -19,4 +19,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.learning_rate = 1e-5
     config.train.patience = 15
     config.regulator.lam = 0.1
+    config.model.feature_norm = False  # the paper's network has none
     return config

@@ -4,7 +4,7 @@ Rerunning the same command resumes from the workdir's latest checkpoint. Multi-h
 --coordinator/--num_processes/--process_id, or let JAX auto-detect a TPU pod or SLURM job.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxcerv import parallel, train
@@ -18,6 +18,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (mult
 
 def main(argv: list[str]) -> None:
     del argv
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

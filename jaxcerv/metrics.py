@@ -109,7 +109,6 @@ def expected_calibration_error(labels, probs, n_bins: int = 10) -> float:
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.digitize(p, edges[1:-1])
-    count = np.bincount(bins, minlength=n_bins)
     sum_y = np.bincount(bins, weights=y, minlength=n_bins)
     sum_p = np.bincount(bins, weights=p, minlength=n_bins)
     # |mean_y - mean_p| * count / n == |sum_y - sum_p| / n; empty bins contribute 0.
@@ -232,9 +231,7 @@ def bootstrap_ci(
             samples[name][b] = m[name]
         b += 1
     q = (alpha / 2.0, 1.0 - alpha / 2.0)
-    ci = {
-        name: tuple(float(v) for v in np.quantile(samples[name], q)) for name in CI_METRICS
-    }
+    ci = {name: tuple(float(v) for v in np.quantile(samples[name], q)) for name in CI_METRICS}
     return {"ci": ci, "n_units": n_units, "n_boot": n_boot, "n_redrawn": redrawn, "alpha": alpha}
 
 
@@ -244,9 +241,8 @@ def summarize_folds(fold_metrics: Sequence[Mapping[str, float]]) -> dict:
         raise MetricsError(f"summarising folds needs at least 2 folds, got {len(fold_metrics)}")
 
     def numeric(m: Mapping) -> set[str]:
-        return {
-            k for k, v in m.items() if isinstance(v, int | float | np.number) and not isinstance(v, bool)
-        }
+        number = int | float | np.number
+        return {k for k, v in m.items() if isinstance(v, number) and not isinstance(v, bool)}
 
     keys = numeric(fold_metrics[0])
     for i, m in enumerate(fold_metrics[1:], start=1):
@@ -298,13 +294,14 @@ def pointing_game(weights, lesion, tolerance: int = 1) -> float:
 
 
 def _precision_matrices(params: np.ndarray) -> np.ndarray:
-    """Inverse covariances (N, 2, 2) from [mu_h, mu_v, s_hh, s_hv, s_vv]; must be positive definite."""
+    """Inverse covariances (N, 2, 2) of [mu_h, mu_v, s_hh, s_hv, s_vv]; must be pos. definite."""
     s_hh, s_hv, s_vv = params[:, 2], params[:, 3], params[:, 4]
     det = s_hh * s_vv - s_hv**2
     if not np.all((s_hh > 0) & (det > 0)):
         bad = np.flatnonzero(~((s_hh > 0) & (det > 0)))
         raise MetricsError(f"covariance not positive definite for rows {bad[:10].tolist()}")
-    return np.stack([np.stack([s_vv, -s_hv], -1), np.stack([-s_hv, s_hh], -1)], -2) / det[:, None, None]
+    adjugate = np.stack([np.stack([s_vv, -s_hv], -1), np.stack([-s_hv, s_hh], -1)], -2)
+    return adjugate / det[:, None, None]
 
 
 def mass_in_ellipse(weights, cervix_params, n_sigma: float = 2.0) -> float:
@@ -337,7 +334,7 @@ def mass_in_ellipse(weights, cervix_params, n_sigma: float = 2.0) -> float:
 
 
 def centre_error(params_a, params_b) -> float:
-    """Mean Euclidean distance (patch units) between the centres (mu_h, mu_v) of two ellipse sets."""
+    """Mean Euclidean distance (patch units) between centres (mu_h, mu_v) of two ellipse sets."""
     a = np.asarray(params_a, dtype=np.float64).reshape(-1, 5)
     b = np.asarray(params_b, dtype=np.float64).reshape(-1, 5)
     if a.shape != b.shape:

@@ -48,8 +48,11 @@ def initialize_distributed(
 
 
 def make_mesh() -> Mesh:
-    """A one-axis mesh over all global devices."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+    """A one-axis mesh over all global devices, with XLA choosing intermediate shardings (Auto):
+    the regulator gather/scatter by a sharded index then needs no hand-written collective."""
+    return jax.make_mesh(
+        (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -44,7 +44,7 @@ def gaussian_density(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
     return jnp.exp(-0.5 * mahalanobis) / (2.0 * jnp.pi * jnp.sqrt(det))
 
 
-def _min_max(x: jax.Array) -> jax.Array:
+def min_max(x: jax.Array) -> jax.Array:
     """Per-image min-max normalisation over the last two axes, 0 where the map is constant."""
     lo = jnp.min(x, axis=(-2, -1), keepdims=True)
     hi = jnp.max(x, axis=(-2, -1), keepdims=True)
@@ -53,7 +53,7 @@ def _min_max(x: jax.Array) -> jax.Array:
 
 def spatial_loss(weights: jax.Array, density: jax.Array) -> jax.Array:
     """Eq. 5-6 for one image: sum over its patches of 1 - norm(a_m) * norm(s_m) -> (...)."""
-    return jnp.sum(1.0 - _min_max(weights) * _min_max(density), axis=(-2, -1))
+    return jnp.sum(1.0 - min_max(weights) * min_max(density), axis=(-2, -1))
 
 
 def fit_gaussian(weights: jax.Array) -> jax.Array:

@@ -123,7 +123,10 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        fits = regulator.fit_gaussian(jax.lax.stop_gradient(weights))
+        fit_input = jax.lax.stop_gradient(weights)
+        if config.regulator.fit_normalised:
+            fit_input = regulator.min_max(fit_input)
+        fits = regulator.fit_gaussian(fit_input)
         write = regulator.is_valid(fits, grid) & batch["mask"]
         regulators = state.regulators
         if mode == "iterative":
@@ -317,7 +320,7 @@ def _train_fold(
         val = predict_split(config, eval_step, state.params, source, val_idx, mesh)
         val_labels = records.labels[val_idx]
         val_loss = _val_loss(val, val_labels)
-        val_metrics = metrics_lib.binary_metrics(val_labels, val["probabilities"], 0.5)
+        val_metrics = metrics_lib.binary_metrics(val_labels, val["probabilities"], 0.5, split="val")
         is_best = val_loss < meta["best_val_loss"]
         if is_best:
             meta.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
@@ -412,8 +415,10 @@ def evaluate(config, workdir, eval_step, params, source, records, split, mesh) -
     test_probs = preds["test"]["probabilities"]
     results: dict[str, Any] = {
         "threshold": threshold,
-        "val": metrics_lib.binary_metrics(val_labels, preds["val"]["probabilities"], threshold),
-        "test": metrics_lib.binary_metrics(test_labels, test_probs, threshold),
+        "val": metrics_lib.binary_metrics(
+            val_labels, preds["val"]["probabilities"], threshold, split="val"
+        ),
+        "test": metrics_lib.binary_metrics(test_labels, test_probs, threshold, split="test"),
         "test_ci95": metrics_lib.bootstrap_ci(
             test_labels, test_probs, threshold, records.sessions[split["test"]],
             n_boot=config.eval.bootstrap, seed=config.seed,

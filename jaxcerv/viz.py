@@ -62,7 +62,7 @@ def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: PathLi
     for name, (labels, probs) in curves.items():
         fpr, tpr, _ = metrics.roc_points(labels, probs)
         auc = float(np.trapezoid(tpr, fpr))
-        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {auc:.3f})", drawstyle="default")
+        ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="Chance (AUC 0.500)")
     ax.set(
         xlim=(0, 1),
@@ -89,8 +89,12 @@ def score_distribution(
     for cls in (0, 1):
         sel = p[y == cls]
         ax.hist(
-            sel, bins=edges, alpha=0.6, color=CLASS_COLOURS[cls],
-            label=f"{CLASS_NAMES[cls]}, n={sel.size}", edgecolor="white",
+            sel,
+            bins=edges,
+            alpha=0.6,
+            color=CLASS_COLOURS[cls],
+            label=f"{CLASS_NAMES[cls]}, n={sel.size}",
+            edgecolor="white",
         )
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"Threshold {threshold:.2f}")
@@ -130,11 +134,18 @@ def tsne(features, labels, path: PathLike, seed: int = 0, *, perplexity: float =
     for cls in (0, 1):
         sel = y == cls
         ax.scatter(
-            emb[sel, 0], emb[sel, 1], s=14, alpha=0.8, color=CLASS_COLOURS[cls],
+            emb[sel, 0],
+            emb[sel, 1],
+            s=14,
+            alpha=0.8,
+            color=CLASS_COLOURS[cls],
             label=f"{CLASS_NAMES[cls]}, n={int(sel.sum())}",
         )
-    ax.set(xlabel="t-SNE dimension 1", ylabel="t-SNE dimension 2",
-           title="t-SNE of image-level features")
+    ax.set(
+        xlabel="t-SNE dimension 1",
+        ylabel="t-SNE dimension 2",
+        title="t-SNE of image-level features",
+    )
     ax.legend(fontsize="small")
     return _save(fig, path)
 
@@ -154,8 +165,9 @@ def probability_by_grade(grades, probs, path: PathLike) -> str | None:
     ax = fig.add_subplot()
     ax.boxplot(
         data,
-        tick_labels=[f"{GRADE_NAMES.get(k, str(k))}\nn={d.size}" for k, d in zip(present, data,
-                                                                               strict=True)],
+        tick_labels=[
+            f"{GRADE_NAMES.get(k, str(k))}\nn={d.size}" for k, d in zip(present, data, strict=True)
+        ],
         medianprops={"color": "red", "lw": 1.8},
         showfliers=True,
     )
@@ -169,9 +181,7 @@ def probability_by_grade(grades, probs, path: PathLike) -> str | None:
     return _save(fig, path)
 
 
-def probability_by_quarter(
-    days_to_diagnosis, probs, path: PathLike, *, labels=None
-) -> str | None:
+def probability_by_quarter(days_to_diagnosis, probs, path: PathLike, *, labels=None) -> str | None:
     """Mean predicted probability per quarter of the 365-day image-to-diagnosis window (Fig. 4f).
 
     Images with unknown (NaN) or out-of-window days are left out; returns None and writes nothing
@@ -237,7 +247,7 @@ def normalise_weights(
 
 
 def _blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """Row-normalised Gaussian kernel matrix truncated at 4 sigma; edges renormalise (no padding)."""
+    """Row-normalised Gaussian kernel matrix, truncated at 4 sigma; edges renormalise (no pad)."""
     i = np.arange(n)
     d = i[:, None] - i[None, :]
     k = np.where(np.abs(d) <= int(4.0 * sigma + 0.5), np.exp(-0.5 * (d / sigma) ** 2), 0.0)
@@ -252,7 +262,9 @@ def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return _blur_matrix(x.shape[0], sigma) @ x @ _blur_matrix(x.shape[1], sigma).T
 
 
-def _scale(image_shape: Sequence[int], grid_shape: Sequence[int], patch_size: float | None) -> float:
+def _scale(
+    image_shape: Sequence[int], grid_shape: Sequence[int], patch_size: float | None
+) -> float:
     """Pixels per patch; the image must be the patch grid scaled uniformly."""
     sy, sx = image_shape[0] / grid_shape[0], image_shape[1] / grid_shape[1]
     if not np.isclose(sy, sx):
@@ -274,7 +286,7 @@ def heatmap_rgba(
     alpha: float = 0.45,
     smooth_sigma: float = 0.0,
 ) -> np.ndarray:
-    """Colour-mapped patch weights upsampled to ``size`` = (rows, cols) pixels: uint8 (rows, cols, 4).
+    """Colour-mapped patch weights upsampled to ``size`` (rows, cols): uint8 (rows, cols, 4).
 
     Each pixel takes the weight of the patch it lies in; ``smooth_sigma`` (in patch units) then
     blurs the patch borders; normalisation happens last so the colours span the full scale.
@@ -307,6 +319,8 @@ def draw_regulator(
 
     Params [mu_h, mu_v, s_hh, s_hv, s_vv] are in patch units; pixel x = h * patch_size,
     y = v * patch_size. The ellipse is mu + n_sigma * L [cos t, sin t] with L L^T = Sigma.
+    Lines are 2 * thickness - 1 pixels wide (default scales with the image, at least 3 px, so the
+    line survives downscaling in a figure).
     """
     out = np.array(image, copy=True)
     rows, cols = out.shape[:2]
@@ -316,7 +330,7 @@ def draw_regulator(
         chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError as err:
         raise ValueError(f"regulator covariance is not positive definite: {cov.tolist()}") from err
-    r = max(1, round(min(rows, cols) / 400)) if thickness is None else thickness
+    r = max(2, round(min(rows, cols) / 300)) if thickness is None else thickness
     centre = np.array([mu_h, mu_v]) * patch_size
     # Sample densely enough that consecutive points are < 1 px apart along the longest axis.
     radius_px = n_sigma * np.sqrt(np.linalg.eigvalsh(cov).max()) * patch_size
@@ -325,8 +339,11 @@ def draw_regulator(
     arm = max(3.0, min(rows, cols) / 50)
     s = np.linspace(-arm, arm, int(4 * arm) + 1)
     cross = np.concatenate(
-        [centre[:, None] + np.stack([s, np.zeros_like(s)]),
-         centre[:, None] + np.stack([np.zeros_like(s), s])], axis=1,
+        [
+            centre[:, None] + np.stack([s, np.zeros_like(s)]),
+            centre[:, None] + np.stack([np.zeros_like(s), s]),
+        ],
+        axis=1,
     )
     pts = np.concatenate([ring, cross], axis=1)  # (2, P) as (x, y) in pixels
     off = np.arange(-r + 1, r)
@@ -362,8 +379,13 @@ def overlay_array(
     w = np.asarray(weights)
     scale = _scale(img.shape, w.shape, patch_size)
     heat = heatmap_rgba(
-        w, img.shape[:2], normalisation=normalisation, percentiles=percentiles, cmap=cmap,
-        alpha=1.0, smooth_sigma=smooth_sigma,
+        w,
+        img.shape[:2],
+        normalisation=normalisation,
+        percentiles=percentiles,
+        cmap=cmap,
+        alpha=1.0,
+        smooth_sigma=smooth_sigma,
     )[..., :3].astype(np.float64)
     out = np.round((1.0 - alpha) * img + alpha * heat).astype(np.uint8)
     if regulator is not None:
@@ -386,20 +408,29 @@ def heatmap_overlay(
     title: str = "",
 ) -> str:
     """Input image beside its patch-weight heatmap overlay (Fig. 5 a-b), with a colourbar."""
-    from matplotlib.colors import Normalize
     from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     over = overlay_array(
-        image, weights, normalisation=normalisation, percentiles=percentiles, cmap=cmap,
-        alpha=alpha, smooth_sigma=smooth_sigma, regulator=regulator, patch_size=patch_size,
+        image,
+        weights,
+        normalisation=normalisation,
+        percentiles=percentiles,
+        cmap=cmap,
+        alpha=alpha,
+        smooth_sigma=smooth_sigma,
+        regulator=regulator,
+        patch_size=patch_size,
     )
     fig = _figure(9.5, 4.8)
     left, right = fig.subplots(1, 2)
     left.imshow(image)
     left.set_title("Input image")
     right.imshow(over)
-    note = " (white: regulator 2-sigma ellipse and centre)" if regulator is not None else ""
-    right.set_title(f"Patch-weight heatmap{note}", fontsize="medium")
+    note = (
+        "\n(white: spatial regulator, 2-sigma ellipse, + centre)" if regulator is not None else ""
+    )
+    right.set_title(f"Patch-weight heatmap{note}")
     for ax in (left, right):
         ax.set_xlabel("x (pixels)")
         ax.set_ylabel("y (pixels)")
@@ -429,7 +460,7 @@ def regulator_evolution(
     title: str = "",
     colour: tuple[int, int, int] = (255, 230, 0),
 ) -> str:
-    """One panel per epoch with the regulator's 2-sigma ellipse and centre on the image (Fig. 5 d-g).
+    """One panel per epoch: the regulator's 2-sigma ellipse and centre on the image (Fig. 5 d-g).
 
     The last epoch is labelled final. The caller picks the epochs (see ``evolution_epochs``).
     """
@@ -462,12 +493,26 @@ def training_curves(metrics_jsonl_path: PathLike, path: PathLike) -> str:
     fig = _figure(10.0, 4.0)
     loss_ax, score_ax = fig.subplots(1, 2)
     panels = (
-        (loss_ax, (("train_loss", "Train loss (total)"), ("train_bce", "Train BCE"),
-                   ("train_spatial", "Train spatial loss"), ("val_loss", "Validation loss")),
-         "Loss", "Loss per epoch"),
-        (score_ax, (("val_roc_auc", "Validation ROC AUC"),
-                    ("val_balanced_accuracy", "Validation balanced accuracy")),
-         "Score", "Validation scores per epoch"),
+        (
+            loss_ax,
+            (
+                ("train_loss", "Train loss (total)"),
+                ("train_bce", "Train BCE"),
+                ("train_spatial", "Train spatial loss"),
+                ("val_loss", "Validation loss"),
+            ),
+            "Loss",
+            "Loss per epoch",
+        ),
+        (
+            score_ax,
+            (
+                ("val_roc_auc", "Validation ROC AUC"),
+                ("val_balanced_accuracy", "Validation balanced accuracy"),
+            ),
+            "Score",
+            "Validation scores per epoch",
+        ),
     )
     for ax, keys, ylabel, ax_title in panels:
         for key, label in keys:

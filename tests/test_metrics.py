@@ -91,8 +91,16 @@ def test_perfect_classifier():
     labels = np.array([0, 0, 0, 1, 1])
     probs = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
     m = metrics.binary_metrics(labels, probs, 0.5)
-    for key in ("accuracy", "balanced_accuracy", "f1", "precision", "recall", "specificity",
-                "roc_auc", "one_minus_eer"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "f1",
+        "precision",
+        "recall",
+        "specificity",
+        "roc_auc",
+        "one_minus_eer",
+    ):
         assert m[key] == 1.0, key
     t = metrics.choose_threshold(labels, probs)
     assert 0.3 < t < 0.8 and t == pytest.approx(0.55)
@@ -121,7 +129,8 @@ def test_choose_threshold_optimal_on_validation(seed):
 
     t_eer = metrics.choose_threshold(labels, probs, "eer")
     pred = probs >= t_eer
-    gap = abs((1 - skm.recall_score(labels, pred, pos_label=0)) - (1 - skm.recall_score(labels, pred)))
+    fpr_t = 1 - skm.recall_score(labels, pred, pos_label=0)
+    gap = abs(fpr_t - (1 - skm.recall_score(labels, pred)))
     assert gap == pytest.approx(np.min(np.abs(fpr - (1 - tpr))))
     with pytest.raises(metrics.MetricsError, match="unknown criterion"):
         metrics.choose_threshold(labels, probs, "f1")
@@ -160,8 +169,9 @@ def test_bootstrap_resamples_sessions_not_images():
     assert res_dup["n_units"] == 40
     # Images of a session travel together: with one negative and one positive session, every
     # valid resample is {a, b} (image-level resampling would give AUCs other than the full 0.75).
-    two = metrics.bootstrap_ci([0, 0, 1, 1], [0.2, 0.6, 0.4, 0.9], 0.5, ["a", "a", "b", "b"],
-                               n_boot=30, seed=0)
+    two = metrics.bootstrap_ci(
+        [0, 0, 1, 1], [0.2, 0.6, 0.4, 0.9], 0.5, ["a", "a", "b", "b"], n_boot=30, seed=0
+    )
     assert two["ci"]["roc_auc"] == (0.75, 0.75)  # both sessions must be drawn: the full data
     assert two["n_redrawn"] > 0
 
@@ -174,9 +184,11 @@ def test_bootstrap_redraw_cap():
 
 
 def test_summarize_folds():
-    folds = [{"roc_auc": 0.8, "f1": 0.5, "n": 10, "name": "x"},
-             {"roc_auc": 0.9, "f1": 0.7, "n": 12, "name": "y"},
-             {"roc_auc": 0.7, "f1": 0.6, "n": 11, "name": "z"}]
+    folds = [
+        {"roc_auc": 0.8, "f1": 0.5, "n": 10, "name": "x"},
+        {"roc_auc": 0.9, "f1": 0.7, "n": 12, "name": "y"},
+        {"roc_auc": 0.7, "f1": 0.6, "n": 11, "name": "z"},
+    ]
     s = metrics.summarize_folds(folds)
     assert s["mean"]["roc_auc"] == pytest.approx(0.8)
     assert s["sd"]["roc_auc"] == pytest.approx(np.std([0.8, 0.9, 0.7], ddof=1))
@@ -218,7 +230,14 @@ def test_mass_in_ellipse_hand_count():
             inside[i, j] = dh**2 / 1.0 + dv**2 / 0.25 <= 4.0
     # Hand check of the membership itself: row 2 cols 1..5, rows 1 and 3 col 3 only.
     assert sorted(zip(*np.nonzero(inside), strict=True)) == [
-        (1, 3), (2, 1), (2, 2), (2, 3), (2, 4), (2, 5), (3, 3)]
+        (1, 3),
+        (2, 1),
+        (2, 2),
+        (2, 3),
+        (2, 4),
+        (2, 5),
+        (3, 3),
+    ]
     expected = w[0][inside].sum() / w.sum()
     assert metrics.mass_in_ellipse(w, params) == pytest.approx(expected)
 
@@ -228,10 +247,15 @@ def test_mass_in_ellipse_hand_count():
     params = np.array([[2.7, 3.1, 2.0, 1.2, 1.5]])
     cov = np.array([[2.0, 1.2], [1.2, 1.5]])
     vi = np.linalg.inv(cov)
-    mask = np.array([[mahalanobis([j + 0.5, i + 0.5], [2.7, 3.1], vi) <= 1.5
-                      for j in range(grid)] for i in range(grid)])
+    mask = np.array(
+        [
+            [mahalanobis([j + 0.5, i + 0.5], [2.7, 3.1], vi) <= 1.5 for j in range(grid)]
+            for i in range(grid)
+        ]
+    )
     assert metrics.mass_in_ellipse(w, params, n_sigma=1.5) == pytest.approx(
-        w[0][mask].sum() / w.sum())
+        w[0][mask].sum() / w.sum()
+    )
     with pytest.raises(metrics.MetricsError, match="positive definite"):
         metrics.mass_in_ellipse(w, np.array([[1, 1, 1.0, 2.0, 1.0]]))
 

@@ -26,7 +26,7 @@ def test_patchify_rejects_partial_patches():
 def _small_model(aggregation="mean"):
     return model_lib.PatchWiseModel(
         patch_size=8, conv_features=(4, 6, 8), weight_hidden=(16, 8), classifier_hidden=(8, 4),
-        aggregation=aggregation,
+        aggregation=aggregation, feature_norm=False,
     )
 
 
@@ -38,7 +38,7 @@ def test_vmapped_model_equals_per_patch_loop(aggregation):
     variables = m.init(jax.random.PRNGKey(0), img)
     out = m.apply(variables, img)
     p = variables["params"]
-    patches = model_lib.patchify(img.astype(jnp.float32) / 255.0 - 0.5, 8)
+    patches = model_lib.patchify((img.astype(jnp.float32) - 127.5) / 64.0, 8)
     enc = model_lib.PatchEncoder((4, 6, 8))
     mlp = model_lib.MLP((16, 8), 1)
     g = jnp.stack(

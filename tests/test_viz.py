@@ -41,8 +41,9 @@ def data():
 def test_classification_figures(tmp_path, data):
     labels, probs, grades, days, features = data
     other = np.clip(probs + 0.2 * np.random.default_rng(1).standard_normal(probs.size), 0, 1)
-    _assert_png(viz.roc_curves({"ours": (labels, probs), "baseline": (labels, other)},
-                               tmp_path / "roc.png"))
+    _assert_png(
+        viz.roc_curves({"ours": (labels, probs), "baseline": (labels, other)}, tmp_path / "roc.png")
+    )
     _assert_png(viz.score_distribution(labels, probs, tmp_path / "s.png", threshold=0.5))
     _assert_png(viz.tsne(features, labels, tmp_path / "t.png", seed=0))
     _assert_png(viz.tsne(features[:5], labels[:5], tmp_path / "t5.png", seed=0))  # perplexity clip
@@ -53,16 +54,28 @@ def test_classification_figures(tmp_path, data):
 
 def test_no_dates_or_grades_writes_nothing(tmp_path, data):
     labels, probs, *_ = data
-    assert viz.probability_by_quarter(np.full(probs.size, np.nan), probs, tmp_path / "q.png") is None
+    no_dates = np.full(probs.size, np.nan)
+    assert viz.probability_by_quarter(no_dates, probs, tmp_path / "q.png") is None
     assert viz.probability_by_grade(np.full(probs.size, -1), probs, tmp_path / "g.png") is None
     assert list(tmp_path.iterdir()) == []
 
 
 def test_training_curves(tmp_path):
     log = tmp_path / "metrics.jsonl"
-    rows = [{"epoch": e, "step": 10 * e, "train_loss": 1 / e, "train_bce": 0.8 / e,
-             "train_spatial": 0.2 / e, "val_loss": 1.1 / e, "val_roc_auc": 0.5 + 0.04 * e,
-             "val_balanced_accuracy": 0.5 + 0.03 * e, "lr": 1e-3} for e in range(1, 8)]
+    rows = [
+        {
+            "epoch": e,
+            "step": 10 * e,
+            "train_loss": 1 / e,
+            "train_bce": 0.8 / e,
+            "train_spatial": 0.2 / e,
+            "val_loss": 1.1 / e,
+            "val_roc_auc": 0.5 + 0.04 * e,
+            "val_balanced_accuracy": 0.5 + 0.03 * e,
+            "lr": 1e-3,
+        }
+        for e in range(1, 8)
+    ]
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     _assert_png(viz.training_curves(log, tmp_path / "curves.png"), min_wh=(800, 300))
 
@@ -129,17 +142,25 @@ def test_regulator_ellipse_drawn_at_two_sigma():
     image = np.zeros((grid * patch, grid * patch, 3), np.uint8)
     # Centre (h 5, v 4) -> pixel (x 40, y 32); sigma_h = 1.5, sigma_v = 1 patch.
     params = np.array([5.0, 4.0, 2.25, 0.0, 1.0])
-    out = viz.overlay_array(image, np.zeros((grid, grid)), alpha=0.0, regulator=params,
-                            patch_size=patch, ellipse_colour=(255, 0, 0))
+    out = viz.overlay_array(
+        image,
+        np.zeros((grid, grid)),
+        alpha=0.0,
+        regulator=params,
+        patch_size=patch,
+        ellipse_colour=(255, 0, 0),
+    )
     red = (out == [255, 0, 0]).all(axis=-1)
     # 2-sigma boundary: x = 40 +- 2*1.5*8 = 16 or 64 on row y = 32; y = 32 +- 16 on column x = 40.
     for y, x in [(32, 64), (32, 16), (48, 40), (16, 40)]:
-        assert red[y - 1:y + 1, x - 1:x + 1].any(), (y, x)
+        assert red[y - 1 : y + 1, x - 1 : x + 1].any(), (y, x)
     assert red[32, 40]  # centre cross
     assert not red[5, 5] and not red[75, 75] and not red[32, 70]  # far away: untouched
     assert not red[40, 54]  # inside the ellipse, off the cross
 
-    rotated = viz.draw_regulator(image, [5.0, 4.0, 2.0, 1.2, 1.5], patch, colour=(0, 255, 0))
+    rotated = viz.draw_regulator(
+        image, [5.0, 4.0, 2.0, 1.2, 1.5], patch, colour=(0, 255, 0), thickness=1
+    )
     green = (rotated == [0, 255, 0]).all(axis=-1)
     ys, xs = np.nonzero(green)
     # Every drawn pixel (outside the centre cross) lies close to Mahalanobis distance 2.
@@ -158,13 +179,25 @@ def test_heatmap_overlay_and_regulator_evolution_figures(tmp_path):
     image = rng.integers(0, 256, (grid * patch, grid * patch, 3), dtype=np.uint8)
     weights = rng.random((grid, grid))
     reg = np.array([3.0, 3.0, 1.0, 0.2, 0.8])
-    _assert_png(viz.heatmap_overlay(image, weights, tmp_path / "h.png", regulator=reg,
-                                    patch_size=patch, title="Image 1: p=0.83",
-                                    normalisation="percentile", smooth_sigma=0.5))
+    _assert_png(
+        viz.heatmap_overlay(
+            image,
+            weights,
+            tmp_path / "h.png",
+            regulator=reg,
+            patch_size=patch,
+            title="Image 1: p=0.83",
+            normalisation="percentile",
+            smooth_sigma=0.5,
+        )
+    )
     with pytest.raises(ValueError, match="patch_size"):
         viz.overlay_array(image, weights, patch_size=7)
     by_epoch = {e: reg * [1, 1, 5 / e, 0, 5 / e] + [0, 0, 0.1, 0, 0.1] for e in (1, 32, 48, 60)}
-    _assert_png(viz.regulator_evolution(image, by_epoch, tmp_path / "evo.png", patch),
-                min_wh=(900, 250), max_wh=(2000, 600))
+    _assert_png(
+        viz.regulator_evolution(image, by_epoch, tmp_path / "evo.png", patch),
+        min_wh=(900, 250),
+        max_wh=(2000, 600),
+    )
     assert viz.evolution_epochs(range(1, 61)) == [1, 32, 48, 60]
     assert viz.evolution_epochs([1, 2, 3]) == [1, 3]

@@ -6,9 +6,10 @@ highlights. Every image has smooth acetowhite areas in the transformation zone a
 (immature metaplasia). In abnormal images (label 1, CIN grade 2-4) some of those areas carry a fine
 mosaic or punctation texture: they are the lesions. Both classes carry the same texture on
 background objects (walls, speculum), so the only class signal is fine texture *inside the cervix*:
-a model must learn where to look, and at full resolution, since the texture has periods of 2 or 4
-px with zero mean over every period, so 8x8 box averages remove it exactly (8 is a multiple of
-both periods) and the acetowhite areas of both classes then look alike.
+a model must learn where to look, and at full resolution: the texture has a period of 2 or 4 px,
+zero mean over every period cell and a weight that is constant per cell, so 8x8 box averages
+(8 is a multiple of both periods) remove it exactly and the acetowhite areas of both classes then
+look alike.
 
 Sessions (1-3 photos of one screening) share label, grade, days to diagnosis, cervix geometry and
 acetowhite areas, with a small jitter in cervix position and pose per photo. Sessions never cross
@@ -35,7 +36,6 @@ import numpy as np
 BLOCK = 6  # sessions are cut from blocks of this many consecutive indices
 PERIODS = (2, 4)  # texture periods in px: both divide 8, so 8x8 box means cancel them exactly
 MAX_SESSION = 3
-
 
 
 def _planes(rgb) -> np.ndarray:
@@ -75,7 +75,6 @@ class Texture:
     kind: str  # "mosaic" | "punctation"
     period: int
     amplitude: float  # grey levels between texture elements and the ground
-    offset: tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,9 +140,9 @@ class Scene:
         )
 
 
-def _rng(seed: int, stream: int, key: int) -> np.random.Generator:
-    """Independent streams: 0 block layout, 1 session, 2 photo, 3 acetowhite area."""
-    return np.random.default_rng([seed, stream, key])
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    """Independent streams keyed by (kind, id): 0 block layout, 1 session, 2 photo, 3 area."""
+    return np.random.default_rng([seed, *keys])
 
 
 def _sessions_of_block(seed: int, block: int) -> list[tuple[int, int, int]]:
@@ -167,23 +166,26 @@ def session_of(index: int, *, seed: int) -> tuple[int, int, int]:
 
 
 def _texture(rng: np.random.Generator) -> Texture:
-    kind = ("mosaic", "punctation")[int(rng.integers(2))]
-    period = PERIODS[int(rng.integers(len(PERIODS)))]
-    if kind == "mosaic":
-        period = 4  # 1-px lines at period 2 would cover 3/4 of the area: not a mosaic
-    return Texture(
-        kind, period, float(rng.uniform(55.0, 75.0)), tuple(int(x) for x in rng.integers(0, 4, 2))
-    )
+    """Mosaic (1-px lines, period 4) or punctation (dots of half the period, period 2 or 4)."""
+    if rng.uniform() < 0.5:
+        kind, period = "mosaic", 4  # period-2 lines would cover 3/4 of the area: not a mosaic
+    else:
+        kind, period = "punctation", PERIODS[int(rng.integers(len(PERIODS)))]
+    return Texture(kind, period, float(rng.uniform(55.0, 75.0)))
 
 
 def _wobbly(rng: np.random.Generator, cx: float, cy: float, r: float, theta: float) -> Blob:
     aspect = math.sqrt(rng.uniform(0.7, 1.4))
     return Blob(
-        cx, cy, r * aspect, r / aspect, theta,
+        cx,
+        cy,
+        r * aspect,
+        r / aspect,
+        theta,
         wobble=float(rng.uniform(0.05, 0.25)),
         lobes=int(rng.integers(2, 6)),
         phase=float(rng.uniform(0, 2 * math.pi)),
-    )  # fmt: skip
+    )
 
 
 def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
@@ -231,7 +233,7 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
 
     areas = []
     for k in range(n_areas):  # each area's own stream: shared by the session's photos
-        ra = np.random.default_rng([seed, 3, first, k])
+        ra = _rng(seed, 3, first, k)
         rho, phi = ra.uniform(0.2, 0.55), ra.uniform(0.0, 2 * math.pi)
         u, v = to_pixels(os_rel[0] + rho * math.cos(phi), os_rel[1] + rho * math.sin(phi))
         blob = _wobbly(ra, u, v, ra.uniform(0.12, 0.22) * radius, theta + ra.uniform(0, math.pi))
@@ -239,8 +241,11 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
         areas.append(Area(blob, whiten, _texture(ra) if k < n_lesions else None))
 
     wall = tuple(float(x) for x in ri.uniform([115.0, 45.0, 50.0], [140.0, 65.0, 70.0]))
-    folds = (*(2 * math.pi * ri.uniform(1.0, 3.0, 2) / size), ri.uniform(0, 2 * math.pi),
-             ri.uniform(0.04, 0.10))  # fmt: skip
+    folds = (
+        *(2 * math.pi * ri.uniform(1.0, 3.0, 2) / size),
+        ri.uniform(0, 2 * math.pi),
+        ri.uniform(0.04, 0.10),
+    )
     edges = ("top", "bottom") if ri.uniform() < 0.7 else ("left", "right")
     bars = tuple(
         Bar(e, *(ri.uniform(0.04, 0.13, 2) * size), ri.uniform(130.0, 190.0))
@@ -263,16 +268,28 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
             u, v = to_pixels(rho * math.cos(phi), rho * math.sin(phi))
         else:
             u, v = ri.uniform(0, size, 2)
-        sigma = max(1.5, ri.uniform(0.004, 0.012) * size)
+        sigma = max(2.0, ri.uniform(0.004, 0.012) * size)
         highlights.append((float(u), float(v), float(sigma), float(ri.uniform(0.5, 0.95))))
 
     return Scene(
-        index=index, size=size, patch=patch, label=label, grade=grade,
-        session=f"syn_s{first:06d}", days_to_diagnosis=days, wall=wall,
-        folds=tuple(float(x) for x in folds), bars=bars, distractors=tuple(distractors),
-        cervix=cervix, pink=pink, areas=tuple(areas), os=os, highlights=tuple(highlights),
+        index=index,
+        size=size,
+        patch=patch,
+        label=label,
+        grade=grade,
+        session=f"syn_s{first:06d}",
+        days_to_diagnosis=days,
+        wall=wall,
+        folds=tuple(float(x) for x in folds),
+        bars=bars,
+        distractors=tuple(distractors),
+        cervix=cervix,
+        pink=pink,
+        areas=tuple(areas),
+        os=os,
+        highlights=tuple(highlights),
         noise_seed=int(ri.integers(2**63 - 1)),
-    )  # fmt: skip
+    )
 
 
 def _cervix_radius(c: Blob, u, v, squared: bool = False):
@@ -284,10 +301,13 @@ def _cervix_radius(c: Blob, u, v, squared: bool = False):
 
 
 def _box(blob: Blob, size: int, reach: float | None = None):
-    """Slices of the pixel box around a blob and its pixel-centre coordinates (rows, cols)."""
+    """Slices of the pixel box around a blob (clipped to the image, maybe empty) and the
+    coordinates of its pixel centres (rows, cols)."""
     reach = blob.extent() if reach is None else reach
-    r0, r1 = max(0, int(blob.cy - reach)), min(size, int(math.ceil(blob.cy + reach)))
-    c0, c1 = max(0, int(blob.cx - reach)), min(size, int(math.ceil(blob.cx + reach)))
+    r0 = min(size, max(0, int(blob.cy - reach)))
+    r1 = max(r0, min(size, int(math.ceil(blob.cy + reach))))
+    c0 = min(size, max(0, int(blob.cx - reach)))
+    c1 = max(c0, min(size, int(math.ceil(blob.cx + reach))))
     v = np.arange(r0, r1, dtype=np.float32)[:, None] + 0.5
     u = np.arange(c0, c1, dtype=np.float32)[None, :] + 0.5
     return (slice(r0, r1), slice(c0, c1)), u, v
@@ -307,8 +327,8 @@ def _blob_radius(blob: Blob, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _pattern(tex: Texture, rows: slice, cols: slice) -> np.ndarray:
     """The texture's zero-mean modulation (grey levels) on a pixel box."""
     p = tex.period
-    y = (np.arange(rows.start, rows.stop) + tex.offset[0]) % p
-    x = (np.arange(cols.start, cols.stop) + tex.offset[1]) % p
+    y = np.arange(rows.start, rows.stop) % p
+    x = np.arange(cols.start, cols.stop) % p
     if tex.kind == "mosaic":  # 1-px lines
         on = (y == 0)[:, None] | (x == 0)[None, :]
         frac = 1.0 - (1.0 - 1.0 / p) ** 2
@@ -328,16 +348,21 @@ def _blend(region: np.ndarray, target, alpha) -> None:
 
 def _paint_area(img, area: Area, whiten_to: np.ndarray, cervix: Blob | None, lesion_px=None):
     """Whiten a blob with a soft rim and add its texture with a sharper rim; inside the cervix
-    (``cervix`` given) both are cut to the transformation zone and textured pixels are lesion."""
+    (``cervix`` given) both are cut to the transformation zone and textured pixels are lesion.
+
+    The texture's weight is constant over each texture cell (period x period pixels on a grid
+    anchored at the image origin), so any aligned 8x8 box holds whole cells, each of zero mean:
+    box means are exactly those of the untextured image, even across the rim."""
     (rows, cols), u, v = _box(area.blob, img.shape[1])
-    if rows.start >= rows.stop or cols.start >= cols.stop:
-        return
     t = _blob_radius(area.blob, u, v)
     inside = 1.0 if cervix is None else (_cervix_radius(cervix, u, v) < _CERVIX_INNER)
     region = img[:, rows, cols]
     _blend(region, whiten_to, area.whiten * np.clip((1.0 - t) / 0.35, 0.0, 1.0) * inside)
     if area.texture is not None:
-        weight = np.clip((1.0 - t) / 0.12, 0.0, 1.0) * inside
+        p = area.texture.period
+        uc, vc = (u - 0.5) // p * p + p / 2, (v - 0.5) // p * p + p / 2  # cell centres
+        inside = 1.0 if cervix is None else (_cervix_radius(cervix, uc, vc) < _CERVIX_INNER)
+        weight = np.clip((1.0 - _blob_radius(area.blob, uc, vc)) / 0.12, 0.0, 1.0) * inside
         region += _pattern(area.texture, rows, cols) * weight * _VESSEL
         if lesion_px is not None:
             lesion_px[rows, cols] |= weight > 0

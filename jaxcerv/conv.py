@@ -1,0 +1,138 @@
+"""Fast implementations of the patch encoder's layer: 3x3 conv -> 2x2 max-pool -> bias -> ReLU.
+
+Why this exists: on XLA:CPU (jax 0.10) the straightforward ``nn.Conv`` + ``nn.max_pool`` layer trains
+slowly at the paper's scale (7056 patches of 28x28 per batch of 4). Three things dominate and each
+has a cheaper equivalent here (numbers: benchmarks/README.md):
+
+* ``nn.max_pool``'s gradient is a select-and-scatter that XLA:CPU lowers to an arg-max
+  reduce-window plus a scatter. A reshape + max over the 2x2 window differentiates into
+  element-wise masks instead. Pooling before the bias and the ReLU gives the same values (both are
+  monotone and per-channel), on a quarter of the elements.
+* The kernel gradient of a convolution with few channels: XLA:CPU computes it as a convolution of
+  the input with the output gradient, slow at these shapes. A custom VJP computes it as one
+  im2col matrix product ``cols^T @ dy`` instead; the input gradient stays XLA's (fast) convolution.
+* The first convolution has 3 input channels, too few for a good convolution kernel. On a
+  space-to-depth view of the padded patch (2x2 pixel blocks -> 12 channels) the 3x3 conv followed
+  by the 2x2 pool becomes a 2x2 VALID conv with 48 = 4 pool positions x 12 outputs, then a max over
+  the 4 positions: 1.8x the arithmetic, but at matrix-product speed and with the pool for free.
+
+Parameters are the same ``kernel`` (3, 3, C, F) and ``bias`` (F,) as ``nn.Conv``'s, so every
+implementation reads the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+IMPLS = ("xla", "pool", "im2col", "s2d")
+_DN = ("NHWC", "HWIO", "NHWC")
+xavier = nn.initializers.xavier_uniform()
+
+
+def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=_DN)
+
+
+def _im2col(x: jax.Array, k: int) -> jax.Array:
+    """(N, H, W, C) -> (N*(H-k+1)*(W-k+1), k*k*C), columns ordered (dy, dx, c) like an HWIO kernel."""
+    n, h, w, c = x.shape
+    oh, ow = h - k + 1, w - k + 1
+    cols = jnp.concatenate(
+        [x[:, i : i + oh, j : j + ow, :] for i in range(k) for j in range(k)], axis=-1
+    )
+    return cols.reshape(n * oh * ow, k * k * c)
+
+
+@jax.custom_vjp
+def conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """VALID, stride-1 NHWC convolution whose kernel gradient is one im2col matrix product."""
+    return _conv_valid(x, kernel)
+
+
+def _conv_valid_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple]:
+    return _conv_valid(x, kernel), (x, kernel)
+
+
+def _conv_valid_bwd(res: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = res
+    k = kernel.shape[0]
+    cols = _im2col(x, k)
+    dk = (cols.T @ dy.reshape(-1, dy.shape[-1])).reshape(kernel.shape).astype(kernel.dtype)
+    # The input gradient is a plain (transposed) convolution, which XLA does well; unused (and
+    # removed by XLA) for the first layer, whose input is the image.
+    (dx,) = jax.linear_transpose(functools.partial(_conv_valid, kernel=kernel), x)(dy)
+    return dx, dk
+
+
+conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
+
+
+def max_pool2(y: jax.Array) -> jax.Array:
+    """2x2/stride-2 max-pool (VALID: an odd last row/column is dropped) as reshape + max."""
+    n, h, w, c = y.shape
+    h2, w2 = h // 2, w // 2
+    y = y[:, : 2 * h2, : 2 * w2]
+    return y.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def _s2d_selector() -> np.ndarray:
+    """0/1 tensor S[I, J, a, b, p, q, u, v] = 1 where 3x3 tap (u, v) maps to 2x2 block tap (I, J),
+    in-block offset (a, b) for pool position (p, q): u = 2I + a - p, v = 2J + b - q."""
+    s = np.zeros((2, 2, 2, 2, 2, 2, 3, 3), np.float32)
+    for i, j, a, b, p, q in np.ndindex(2, 2, 2, 2, 2, 2):
+        u, v = 2 * i + a - p, 2 * j + b - q
+        if 0 <= u <= 2 and 0 <= v <= 2:
+            s[i, j, a, b, p, q, u, v] = 1.0
+    return s
+
+
+_S2D = _s2d_selector()
+
+
+def conv3x3_pool_s2d(x: jax.Array, kernel: jax.Array, conv: Any = conv_valid) -> jax.Array:
+    """max_pool2(3x3 SAME conv) for an even-sized input, via a 2x2 conv on its space-to-depth view."""
+    n, s, _, c = x.shape
+    f = kernel.shape[-1]
+    m = s // 2 + 1
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    xs = xp.reshape(n, m, 2, m, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, m, m, 4 * c)
+    big = jnp.einsum("ijabpquv,uvco->ijabcpqo", _S2D.astype(kernel.dtype), kernel)
+    y = conv(xs, big.reshape(2, 2, 4 * c, 4 * f))  # (n, s/2, s/2, 4 pool positions * f)
+    return y.reshape(n, s // 2, s // 2, 4, f).max(axis=3)
+
+
+def conv_pool_relu(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array, impl: str, first: bool = False
+) -> jax.Array:
+    """relu(max_pool2(conv3x3_same(x, kernel) + bias)) by implementation ``impl`` (not "xla")."""
+    if impl not in IMPLS[1:]:
+        raise ValueError(f"unknown conv_impl {impl!r}: use one of {IMPLS}")
+    conv = conv_valid if impl in ("im2col", "s2d") else _conv_valid
+    if impl == "s2d" and first and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+        y = conv3x3_pool_s2d(x, kernel, conv)
+    else:
+        y = max_pool2(conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel))
+    return nn.relu(y + bias)
+
+
+class ConvPoolReLU(nn.Module):
+    """One encoder layer with ``nn.Conv``'s parameter names, shapes and initialisers."""
+
+    features: int
+    impl: str = "xla"
+    first: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", xavier, (3, 3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+        return conv_pool_relu(x, kernel, bias, self.impl, self.first)

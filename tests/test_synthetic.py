@@ -1,0 +1,282 @@
+"""The synthetic colposcopy generator, checked against properties measured on its pixels.
+
+Oracles are computed here from the returned arrays and the truth 5-vector alone (Mahalanobis
+distances, colour statistics, box downsampling, a periodic-texture detector), not from the
+generator's internals; the counterfactual tests only switch a scene's lesion texture off.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from jaxcerv.data import synthetic as sy
+
+GRID, PATCH = 16, 28  # the default config's geometry: the one models must learn on
+SMALL = dict(grid=8, patch=16)  # 128 px, for bulk properties
+
+
+def same_sample(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def mahalanobis(truth: np.ndarray, patch: int, u, v) -> np.ndarray:
+    """Distance of pixel coordinates (u, v) from the truth Gaussian (given in patch units)."""
+    mu = truth[:2] * patch
+    cov = np.array([[truth[2], truth[3]], [truth[3], truth[4]]]) * patch**2
+    inv = np.linalg.inv(cov)
+    du, dv = u - mu[0], v - mu[1]
+    return np.sqrt(inv[0, 0] * du * du + 2 * inv[0, 1] * du * dv + inv[1, 1] * dv * dv)
+
+
+def pixel_distance(sample: dict, patch: int) -> np.ndarray:
+    s = sample["image"].shape[0]
+    c = np.arange(s) + 0.5
+    return mahalanobis(sample["cervix"], patch, c[None, :], c[:, None])
+
+
+def patch_corner_distances(sample: dict, grid: int, patch: int) -> np.ndarray:
+    """(4, grid, grid) distances of each patch's corners."""
+    j, i = np.meshgrid(np.arange(grid), np.arange(grid))
+    return np.stack(
+        [
+            mahalanobis(sample["cervix"], patch, (j + a) * patch, (i + b) * patch)
+            for a in (0, 1)
+            for b in (0, 1)
+        ]
+    )
+
+
+def box_down(x: np.ndarray, k: int) -> np.ndarray:
+    s = x.shape[0] // k
+    return x.reshape(s, k, s, k, *x.shape[2:]).mean(axis=(1, 3))
+
+
+def texture_score(image: np.ndarray, patch: int) -> np.ndarray:
+    """Per-patch periodic fine-texture detector: the green channel's residual after 4x4 box
+    smoothing (which removes nothing of a smooth image and all the mean of any period-2 or -4
+    pattern), correlated with itself 4 px away along rows AND along columns (the smaller of the
+    two). Texture of period 2 or 4 correlates along both; noise does not, and an edge (os rim,
+    highlight, cervix rim) correlates along at most one direction."""
+    g = image[..., 1].astype(np.float64)
+    s = g.shape[0]
+    r = g - np.repeat(np.repeat(box_down(g, 4), 4, 0), 4, 1)
+    cx, cy = np.zeros_like(r), np.zeros_like(r)
+    cx[:, :-4] = r[:, :-4] * r[:, 4:]
+    cy[:-4] = r[:-4] * r[4:]
+    g_ = s // patch
+    return np.minimum(box_down(cx, patch), box_down(cy, patch)).reshape(g_, g_)
+
+
+@pytest.fixture(scope="module")
+def default_samples() -> list[dict]:
+    return [sy.generate(i, seed=11, grid=GRID, patch=PATCH) for i in range(36)]
+
+
+def test_fields_and_types():
+    d = sy.generate(5, seed=0, **SMALL)
+    s = SMALL["grid"] * SMALL["patch"]
+    assert d["image"].dtype == np.uint8 and d["image"].shape == (s, s, 3)
+    assert d["lesion"].dtype == np.uint8 and d["lesion"].shape == (SMALL["grid"],) * 2
+    assert d["cervix"].dtype == np.float32 and d["cervix"].shape == (5,)
+    assert d["id"] == "syn_000005" and isinstance(d["session"], str)
+    assert isinstance(d["label"], int) and isinstance(d["grade"], int)
+    assert 0.0 <= d["days_to_diagnosis"] <= 365.0
+
+
+def test_deterministic_and_seeded():
+    a = sy.generate(7, seed=3, **SMALL)
+    b = sy.generate(7, seed=3, **SMALL)
+    assert same_sample(a, b)
+    assert a["image"].tobytes() == b["image"].tobytes()
+    c = sy.generate(7, seed=4, **SMALL)
+    assert not np.array_equal(a["image"], c["image"])
+
+
+def test_random_access_matches_sequential_and_prefixes():
+    seq = list(sy.generate_all(14, seed=2, **SMALL))
+    for i in reversed(range(14)):
+        assert same_sample(sy.generate(i, seed=2, **SMALL), seq[i])
+    shorter = list(sy.generate_all(5, seed=2, **SMALL))
+    assert all(same_sample(x, y) for x, y in zip(shorter, seq, strict=False))
+
+
+def test_labels_grades_sessions_and_balance():
+    n = 900
+    scenes = [sy.make_scene(i, seed=1, **SMALL) for i in range(n)]
+    labels = np.array([s.label for s in scenes])
+    grades = np.array([s.grade for s in scenes])
+    assert set(np.unique(grades)) <= {0, 1, 2, 3, 4}
+    np.testing.assert_array_equal(labels, (grades >= 2).astype(int))
+    assert {0, 1, 2, 3, 4} == set(grades.tolist())
+
+    by_session: dict[str, list[int]] = {}
+    for s in scenes:
+        by_session.setdefault(s.session, []).append(s.index)
+    sizes = np.array([len(v) for v in by_session.values()])
+    assert sizes.min() >= 1 and sizes.max() <= 3 and len(set(sizes.tolist())) == 3
+    for members in by_session.values():
+        assert members == list(range(members[0], members[0] + len(members)))  # contiguous
+        first = scenes[members[0]]
+        for i in members[1:]:
+            assert (scenes[i].label, scenes[i].grade) == (first.label, first.grade)
+            assert scenes[i].days_to_diagnosis == first.days_to_diagnosis
+            # Similar cervix: the same photo session moves it only a little.
+            assert abs(scenes[i].cervix.cx - first.cervix.cx) <= 0.07 * scenes[i].size
+            assert abs(scenes[i].cervix.rx / first.cervix.rx - 1) <= 0.11
+
+    # Balanced: a fair coin per session would give |p - 0.5| ~ 0.03 here; we ask for better.
+    assert abs(labels.mean() - 0.5) <= 0.04
+    session_labels = np.array([scenes[v[0]].label for v in by_session.values()])
+    assert abs(session_labels.mean() - 0.5) <= 0.04
+
+
+def test_cervix_truth_matches_pink_pixels(default_samples):
+    """The truth Gaussian's 2-sigma ellipse is the pink region: pink inside, not outside, and
+    (for cervices wholly in view) the pink pixels' second moments equal the truth covariance."""
+    checked_moments = 0
+    for d in default_samples:
+        img = d["image"].astype(np.float64)
+        r, g = img[..., 0], img[..., 1]
+        pink = (r >= 170) & (r - g >= 25)  # pink mucosa or acetowhite on it; walls are darker
+        dist = pixel_distance(d, PATCH)
+        assert pink[dist < 1.8].mean() >= 0.85
+        assert pink[dist > 2.2].mean() <= 0.05
+        # Around the truth centre the colour is cervix, far from the background's.
+        centre = dist < 0.6
+        assert np.median(r[centre]) >= np.median(r[dist > 2.2]) + 40
+        assert pink[centre].mean() >= 0.75
+
+        s = img.shape[0]
+        mu, cov = d["cervix"][:2] * PATCH, np.array(d["cervix"][[2, 4]]) * PATCH**2
+        if np.all(mu - 2.1 * np.sqrt(cov) > 0) and np.all(mu + 2.1 * np.sqrt(cov) < s):
+            v, u = np.nonzero(pink & (dist < 2.5))
+            u, v = u + 0.5, v + 0.5
+            emp = np.cov(np.stack([u, v]))
+            truth = np.array([[d["cervix"][2], d["cervix"][3]], [d["cervix"][3], d["cervix"][4]]])
+            truth = truth * PATCH**2
+            np.testing.assert_allclose(np.diag(emp), np.diag(truth), rtol=0.08)
+            assert abs(emp[0, 1] - truth[0, 1]) <= 0.05 * np.sqrt(truth[0, 0] * truth[1, 1])
+            np.testing.assert_allclose([u.mean(), v.mean()], mu, atol=0.02 * s)
+            checked_moments += 1
+    assert checked_moments >= 5
+
+
+def test_cervix_placement_varies_and_stays_mostly_in_view():
+    p = SMALL["patch"]
+    scenes = [sy.make_scene(i, seed=5, **SMALL) for i in range(300)]
+    s = scenes[0].size
+    truth = np.stack([sc.cervix_gaussian() for sc in scenes]).astype(np.float64)
+    offsets = np.abs(truth[:, :2] * p - s / 2)
+    assert offsets.max() >= 0.15 * s  # not always centred
+    assert offsets.max() <= 0.3 * s
+    # Points uniform over each 2-sigma ellipse: most of the cervix is in the image.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 2))
+    z *= np.sqrt(rng.uniform(size=(4000, 1))) / np.linalg.norm(z, axis=1, keepdims=True)
+    for t in truth:
+        cov = np.array([[t[2], t[3]], [t[3], t[4]]]) * p**2
+        pts = t[:2] * p + 2 * z @ np.linalg.cholesky(cov).T
+        assert np.all((pts >= 0) & (pts <= s), axis=1).mean() >= 0.8
+    # Geometric-mean semi-axis sqrt(ab) = 2 det(cov)^(1/4) with the boundary at 2 sigma.
+    radius = 2 * (truth[:, 2] * truth[:, 4] - truth[:, 3] ** 2) ** 0.25 * p / s
+    assert 0.22 <= radius.min() and radius.max() <= 0.45
+    assert radius.max() - radius.min() >= 0.1  # sizes vary
+
+
+def test_lesions_inside_cervix_only_in_abnormal():
+    p = SMALL["patch"]
+    for i in range(60):
+        d = sy.generate(i, seed=8, **SMALL)
+        if d["label"] == 0:
+            assert d["lesion"].sum() == 0
+            continue
+        assert d["lesion"].sum() >= 1
+        # Every lesion patch reaches into the cervix ellipse (distance <= 2 somewhere in it).
+        fine = (np.arange(9) / 8.0)[:, None]
+        for i_, j_ in zip(*np.nonzero(d["lesion"]), strict=True):
+            u = ((j_ + fine) * p).ravel()[None, :]
+            v = ((i_ + fine) * p).ravel()[:, None]
+            assert mahalanobis(d["cervix"], p, u, v).min() <= 2.0
+
+
+def test_texture_is_where_the_labels_say(default_samples):
+    """Fine periodic texture: in every abnormal image's lesion patches; nowhere else inside the
+    cervix; and on background objects outside the cervix in both classes (so a model must learn
+    where to look)."""
+    textured = 150.0  # detector units: noise and edges score < 60, lesions > 300 at this size
+    background = {0: [], 1: []}
+    for d in default_samples:
+        score = texture_score(d["image"], PATCH)
+        corners = patch_corner_distances(d, GRID, PATCH)
+        inside, outside = corners.max(0) < 1.9, corners.min(0) > 2.1
+        lesion = d["lesion"].astype(bool)
+        if d["label"]:
+            assert score[lesion].max() >= textured
+        assert np.all(score[inside & ~lesion] < textured)
+        background[d["label"]].append(bool(np.any(score[outside] >= textured)))
+    for label in (0, 1):
+        assert len(background[label]) >= 10
+        assert np.mean(background[label]) >= 0.6
+
+
+def smooth_twin(scene: sy.Scene) -> sy.Scene:
+    """The same scene with its lesions' texture removed: they become plain acetowhite areas."""
+    areas = tuple(dataclasses.replace(a, texture=None) for a in scene.areas)
+    return dataclasses.replace(scene, areas=areas)
+
+
+def test_lesion_texture_does_not_survive_8x_downsampling():
+    """Counterfactual: render each abnormal scene with and without its lesion texture.
+    Full resolution: lesion patches carry much more high-frequency energy than the same areas
+    smooth. After an 8x box downsample: the energy ratio is ~1 and the lesion's mean colour
+    differs from the smooth acetowhite's by under 1 grey level (criterion, over the 8x8 blocks
+    wholly inside a lesion: per-channel mean difference <= 1 grey level, and no block off by more
+    than 3, which leaves room for the lesion's soft rim and uint8 rounding)."""
+
+    def hf(x: np.ndarray, mask: np.ndarray) -> float:
+        """Mean squared neighbour difference (both axes, all channels) where mask holds."""
+        dx = np.diff(x, axis=1)[:-1] ** 2
+        dy = np.diff(x, axis=0)[:, :-1] ** 2
+        return float((dx + dy)[mask[:-1, :-1]].mean())
+
+    full_ratios, down_ratios = [], []
+    i = 0
+    while len(full_ratios) < 6:
+        scene = sy.make_scene(i, seed=21, grid=GRID, patch=PATCH)
+        i += 1
+        if scene.label == 0:
+            continue
+        textured, lesion_px = sy.render(scene)
+        smooth, _ = sy.render(smooth_twin(scene))
+        tex, smo = textured.astype(np.float64), smooth.astype(np.float64)
+        full_ratios.append(hf(tex, lesion_px) / hf(smo, lesion_px))
+
+        interior = box_down(lesion_px.astype(np.float64), 8) == 1.0  # blocks fully in a lesion
+        assert interior.sum() >= 4
+        tex8, smo8 = box_down(tex, 8), box_down(smo, 8)
+        down_ratios.append(hf(tex8, interior) / hf(smo8, interior))
+        diff = (tex8 - smo8)[interior]
+        assert np.all(np.abs(diff.mean(axis=0)) <= 1.0)
+        assert np.abs(diff).max() <= 3.0
+    assert min(full_ratios) >= 5.0
+    assert max(down_ratios) <= 1.5
+
+
+def test_mean_colour_does_not_separate_classes():
+    """Population check at 8x: each image's mean colour over its cervix (blocks within the
+    2-sigma ellipse) does not tell the classes apart (per-channel ROC AUC within 0.5 +- 0.2 over
+    120 images; a colour signal of even half a between-image SD would give ~0.64 and climb)."""
+    labels, colours = [], []
+    for i in range(120):
+        d = sy.generate(i, seed=31, grid=8, patch=32)
+        down = box_down(d["image"].astype(np.float64), 8)
+        c = (np.arange(down.shape[0]) + 0.5) * 8
+        inside = mahalanobis(d["cervix"], 32, c[None, :], c[:, None]) < 1.8
+        colours.append(down[inside].mean(axis=0))
+        labels.append(d["label"])
+    labels, colours = np.array(labels), np.array(colours)
+    assert 40 <= labels.sum() <= 80
+    for channel in range(3):
+        assert abs(roc_auc_score(labels, colours[:, channel]) - 0.5) <= 0.2
