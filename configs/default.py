@@ -8,7 +8,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     # Image = grid_size x grid_size patches of patch_size px (paper: 42 x 28 px = 1176 px).
-    config.grid_size = 16
+    config.grid_size = 12
     config.patch_size = 28
 
     config.data = ml_collections.ConfigDict()
@@ -40,16 +40,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.regulator = ml_collections.ConfigDict()
     config.regulator.mode = "iterative"  # | "fixed" (G0 for every image) | "none"
-    config.regulator.lam = 0.1  # lambda of Eq. 11
-    # Fit each regulator to the min-max normalised weights (what the spatial loss sees) rather
-    # than the raw sigmoid outputs, whose background floor drags every fit to the grid centre.
-    config.regulator.fit_normalised = True
+    config.regulator.lam = 0.01  # lambda of Eq. 11 (paper: 0.1, see configs/paper.py)
+    # What each regulator is fitted to: "weights" (the paper), "normalised" or "above_median"
+    # (see train.fit_weights).
+    config.regulator.fit_on = "above_median"
 
     config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 16  # global batch: must divide by the device count
-    config.train.epochs = 12
+    config.train.batch_size = 8  # global batch: must divide by the device count
+    config.train.epochs = 8
     config.train.learning_rate = 1e-3
-    config.train.patience = 5  # early stopping, epochs without a better validation loss
+    config.train.patience = 3  # early stopping, epochs without a better validation loss
     config.train.log_every_steps = 10
 
     config.eval = ml_collections.ConfigDict()

@@ -20,4 +20,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.patience = 15
     config.regulator.lam = 0.1
     config.model.feature_norm = False  # the paper's network has none
+    config.regulator.fit_on = "weights"  # the paper fits the raw patch weights
     return config

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-    """Save/restore ``(state, meta)`` where meta is a small JSON dict (epoch, early-stopping state)."""
+    """Save/restore ``(state, meta)`` where meta is a JSON dict (epoch, early stopping)."""
 
     def __init__(self, workdir: str) -> None:
         root = os.path.abspath(os.path.join(workdir, "checkpoints"))
@@ -26,7 +26,9 @@ class Checkpoints:
     def _save(manager: ocp.CheckpointManager, epoch: int, state: Any, meta: dict) -> None:
         manager.save(
             epoch,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
 

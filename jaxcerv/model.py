@@ -27,7 +27,7 @@ class ModelOutput(NamedTuple):
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
-    """(B, H*P, W*P, C) -> (B, H*W, P, P, C), row-major over the patch grid, without copies on host."""
+    """(B, H*P, W*P, C) -> (B, H*W, P, P, C), row-major over the patch grid."""
     b, height, width, c = images.shape
     rows, cols = height // patch_size, width // patch_size
     if rows * patch_size != height or cols * patch_size != width:

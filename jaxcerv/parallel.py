@@ -28,7 +28,10 @@ def initialize_distributed(
     talk through gloo.
     """
     explicit = bool(coordinator) and num_processes > 1
-    auto = any(k in os.environ for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS"))
+    auto = any(
+        k in os.environ
+        for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+    )
     if explicit:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
@@ -64,7 +67,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch: int, what: str = "config.train.batch_size") -> None:
-    """The global batch is split evenly over devices; say which numbers to change if it cannot be."""
+    """The global batch is split evenly over devices; else say what to change."""
     devices, processes = jax.device_count(), jax.process_count()
     if global_batch % devices:
         lower = global_batch - global_batch % devices
@@ -78,9 +81,7 @@ def check_batch_size(global_batch: int, what: str = "config.train.batch_size") -
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's rows of the global batch -> global arrays sharded over ``data``."""
     sharding = batch_sharding(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()
-    }
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -133,7 +133,9 @@ class Predictor:
         self.image_size = config.grid_size * config.patch_size
         self.batch_size = int(config.eval.batch_size)
         # train's own eval step, so a served probability is the one evaluation computed.
-        self._forward = jax.jit(train.make_eval_step(model_lib.from_config(config)))
+        self._forward = jax.jit(
+            train.make_eval_step(model_lib.from_config(config), config.regulator.fit_on)
+        )
 
     @classmethod
     def from_run(cls, workdir: str | None = None, checkpoint: str | None = None) -> Predictor:

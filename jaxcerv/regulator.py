@@ -1,7 +1,7 @@
-"""The spatial regulator: a per-image 2-D Gaussian over the patch grid (paper Eq. 5-6, 8-10, Alg. 1).
+"""The spatial regulator: a per-image 2-D Gaussian on the patch grid (Eq. 5-6, 8-10, Alg. 1).
 
 Pure jittable functions, no Flax state, so the mathematics can be checked line by line against the
-paper. Coordinates are in patch units: patch (row i, column j) has centre (h = j + 0.5, v = i + 0.5).
+paper. Coordinates are patch units: patch (row i, column j) has centre (h = j + 0.5, v = i + 0.5).
 A regulator is the 5-vector ``[mu_h, mu_v, s_hh, s_hv, s_vv]`` (mean and covariance entries).
 Every function broadcasts over leading batch axes.
 """
@@ -33,7 +33,7 @@ def initial_params(grid_hw: tuple[int, int]) -> jax.Array:
 
 
 def gaussian_density(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
-    """Eq. 10: the 2-D normal density of ``params`` (..., 5) at every patch centre -> (..., H, W)."""
+    """Eq. 10: the 2-D normal density of ``params`` (..., 5) at the patch centres -> (..., H, W)."""
     h, v = patch_centres(grid_hw)
     p = params[..., None, None, :]
     mu_h, mu_v, s_hh, s_hv, s_vv = (p[..., k] for k in range(5))
@@ -82,5 +82,7 @@ def is_valid(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
     mu_h, mu_v, s_hh, s_hv, s_vv = (params[..., k] for k in range(5))
     finite = jnp.all(jnp.isfinite(params), axis=-1)
     inside = (mu_h >= 0) & (mu_h <= cols) & (mu_v >= 0) & (mu_v <= rows)
-    definite = (s_hh > MIN_VARIANCE) & (s_vv > MIN_VARIANCE) & (s_hh * s_vv - s_hv**2 > MIN_VARIANCE**2)
+    definite = (
+        (s_hh > MIN_VARIANCE) & (s_vv > MIN_VARIANCE) & (s_hh * s_vv - s_hv**2 > MIN_VARIANCE**2)
+    )
     return finite & inside & definite

@@ -86,6 +86,28 @@ def update_regulators(
     return regulators.at[target].set(fits, mode="drop")
 
 
+FIT_ON = ("weights", "normalised", "above_median")
+
+
+def fit_weights(weights: jax.Array, fit_on: str) -> jax.Array:
+    """The per-patch masses the regulator is fitted to (Alg. 1's "estimation from patch weights").
+
+    "weights": the raw sigmoid outputs, as the paper states; their background floor drags every
+    fit towards the grid centre. "normalised": min-max normalised, what the spatial loss sees.
+    "above_median": the normalised weights less their per-image median, clipped at 0, so only the
+    patches weighted above the image's typical patch locate the regulator.
+    """
+    if fit_on == "weights":
+        return weights
+    normalised = regulator.min_max(weights)
+    if fit_on == "normalised":
+        return normalised
+    if fit_on == "above_median":
+        median = jnp.median(normalised.reshape(*normalised.shape[:-2], -1), axis=-1)
+        return jnp.maximum(normalised - median[..., None, None], 0.0)
+    raise ValueError(f"config.regulator.fit_on={fit_on!r}: use one of {FIT_ON}")
+
+
 def make_train_step(
     config: ml_collections.ConfigDict,
     model: model_lib.PatchWiseModel,
@@ -97,6 +119,7 @@ def make_train_step(
         raise ValueError(f"config.regulator.mode={mode!r}: use one of {REGULATOR_MODES}")
     grid = (config.grid_size, config.grid_size)
     g0 = regulator.initial_params(grid)
+    fit_on = config.regulator.fit_on
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, dropout_rng = jax.random.split(state.rng)
@@ -123,10 +146,7 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        fit_input = jax.lax.stop_gradient(weights)
-        if config.regulator.fit_normalised:
-            fit_input = regulator.min_max(fit_input)
-        fits = regulator.fit_gaussian(fit_input)
+        fits = regulator.fit_gaussian(fit_weights(jax.lax.stop_gradient(weights), fit_on))
         write = regulator.is_valid(fits, grid) & batch["mask"]
         regulators = state.regulators
         if mode == "iterative":
@@ -147,9 +167,10 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: model_lib.PatchWiseModel,
+    model: model_lib.PatchWiseModel, fit_on: str = "weights"
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """Forward pass for evaluation: probabilities, heatmaps, features and each image's own fit."""
+    """Forward pass for evaluation: probabilities, heatmaps, features and each image's own fit
+    (made as in training, see ``fit_weights``)."""
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
         out = model.apply({"params": params}, batch["image"], train=False)
@@ -158,7 +179,7 @@ def make_eval_step(
             "probabilities": jax.nn.sigmoid(out.logits),
             "weights": out.weights,
             "features": out.features,
-            "regulators": regulator.fit_gaussian(out.weights),
+            "regulators": regulator.fit_gaussian(fit_weights(out.weights, fit_on)),
         }
 
     return eval_step
@@ -173,7 +194,9 @@ def jit_steps(config, model, tx, mesh):
         out_shardings=(rep, rep),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval_step(model), in_shardings=(rep, data), out_shardings=data)
+    eval_step = jax.jit(
+        make_eval_step(model, config.regulator.fit_on), in_shardings=(rep, data), out_shardings=data
+    )
     return train_step, eval_step
 
 
@@ -231,7 +254,9 @@ def predict_split(config, eval_step, params, source, indices, mesh) -> dict[str,
         config, source, indices, batch_size=config.eval.batch_size, epoch=0, train=False
     ):
         batch = parallel.to_global(host_batch, mesh)
-        out = parallel.to_host({**eval_step(params, batch), "mask": batch["mask"], "index": batch["index"]})
+        out = parallel.to_host(
+            {**eval_step(params, batch), "mask": batch["mask"], "index": batch["index"]}
+        )
         keep = out.pop("mask").astype(bool)
         for k, v in out.items():
             chunks.setdefault(k, []).append(np.asarray(v)[keep])
@@ -258,7 +283,7 @@ def _train_fold(
 ) -> dict[str, Any]:
     """Train one model on ``split['train']``, early-stop on ``val``, test the best checkpoint."""
     os.makedirs(os.path.join(workdir, "regulators"), exist_ok=True)
-    train_idx, val_idx, test_idx = split["train"], split["val"], split["test"]
+    train_idx, val_idx = split["train"], split["val"]
     parallel.check_batch_size(config.train.batch_size)
     if len(train_idx) < config.train.batch_size:
         raise ValueError(
@@ -279,8 +304,13 @@ def _train_fold(
     )
 
     ckpt = Checkpoints(workdir)
-    meta = {"epoch": 0, "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
-            "stopped": False}
+    meta = {
+        "epoch": 0,
+        "best_val_loss": float("inf"),
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "stopped": False,
+    }
     restored = ckpt.restore_latest(state)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if restored is not None:
@@ -299,7 +329,11 @@ def _train_fold(
         sums: dict[str, jax.Array] = {}
         bar = tqdm(
             _process_batches(
-                config, source, train_idx, batch_size=config.train.batch_size, epoch=epoch,
+                config,
+                source,
+                train_idx,
+                batch_size=config.train.batch_size,
+                epoch=epoch,
                 train=True,
             ),
             total=steps_per_epoch,
@@ -354,8 +388,11 @@ def _train_fold(
             f"epoch {epoch}: train loss {row['train_loss']:.4f} (bce {row['train_bce']:.4f}, "
             f"spatial {row['train_spatial']:.2f}) | val loss {val_loss:.4f} "
             f"auc {row['val_roc_auc']:.3f} | {row['img_per_s']:.1f} img/s"
-            + (f" | regulator centre error {row['regulator_centre_error']:.2f} patches"
-               if truth is not None else ""),
+            + (
+                f" | regulator centre error {row['regulator_centre_error']:.2f} patches"
+                if truth is not None
+                else ""
+            ),
             flush=True,
         )
         if meta["stopped"]:
@@ -420,8 +457,12 @@ def evaluate(config, workdir, eval_step, params, source, records, split, mesh) -
         ),
         "test": metrics_lib.binary_metrics(test_labels, test_probs, threshold, split="test"),
         "test_ci95": metrics_lib.bootstrap_ci(
-            test_labels, test_probs, threshold, records.sessions[split["test"]],
-            n_boot=config.eval.bootstrap, seed=config.seed,
+            test_labels,
+            test_probs,
+            threshold,
+            records.sessions[split["test"]],
+            n_boot=config.eval.bootstrap,
+            seed=config.seed,
         ),
     }
     test_idx = split["test"]
@@ -429,7 +470,9 @@ def evaluate(config, workdir, eval_step, params, source, records, split, mesh) -
         w = preds["test"]["weights"]
         results["explanation"] = {
             "pointing_game": metrics_lib.pointing_game(w, records.truth_lesion[test_idx]),
-            "heatmap_mass_in_cervix": metrics_lib.mass_in_ellipse(w, records.truth_cervix[test_idx]),
+            "heatmap_mass_in_cervix": metrics_lib.mass_in_ellipse(
+                w, records.truth_cervix[test_idx]
+            ),
             "fitted_centre_error_patches": metrics_lib.centre_error(
                 preds["test"]["regulators"], records.truth_cervix[test_idx]
             ),
@@ -463,17 +506,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     source, records = pipeline.load(config, workdir)
     folds = splits.make_splits(records, config.data, workdir, write=parallel.is_writer())
     if len(folds) == 1:
-        return _train_fold(config, workdir, source, records, folds[0], mesh)
-    per_fold = []
-    for k, split in enumerate(folds):
-        print(f"=== fold {k + 1}/{len(folds)} ===")
-        per_fold.append(
-            _train_fold(config, os.path.join(workdir, f"fold_{k}"), source, records, split, mesh)
+        results = _train_fold(config, workdir, source, records, folds[0], mesh)
+    else:
+        per_fold = []
+        for k, split in enumerate(folds):
+            print(f"=== fold {k + 1}/{len(folds)} ===")
+            fold_dir = os.path.join(workdir, f"fold_{k}")
+            per_fold.append(_train_fold(config, fold_dir, source, records, split, mesh))
+        results = {
+            "folds": per_fold,
+            "test": metrics_lib.summarize_folds([r["test"] for r in per_fold]),
+            "runtime": parallel.runtime_info(mesh),
+        }
+        _write_json(os.path.join(workdir, "results.json"), results)
+        t = results["test"]
+        print(
+            f"{len(folds)}-fold test ROC AUC {t['mean']['roc_auc']:.3f} "
+            f"+- {t['sd']['roc_auc']:.3f}, "
+            f"balanced accuracy {t['mean']['balanced_accuracy']:.3f} "
+            f"+- {t['sd']['balanced_accuracy']:.3f}"
         )
-    results = {
-        "folds": per_fold,
-        "test": metrics_lib.summarize_folds([r["test"] for r in per_fold]),
-        "runtime": parallel.runtime_info(mesh),
-    }
-    _write_json(os.path.join(workdir, "results.json"), results)
+    if parallel.is_writer():
+        from jaxcerv import report  # lazy: report imports predict, which imports this module
+
+        print("report:", report.write_report(workdir, data=(source, records)))
     return results

@@ -15,7 +15,9 @@ def test_patchify_matches_slicing():
     assert got.shape == (2, 15, 4, 4, 3)
     for i in range(3):
         for j in range(5):
-            np.testing.assert_array_equal(got[:, i * 5 + j], img[:, i * 4:(i + 1) * 4, j * 4:(j + 1) * 4])
+            np.testing.assert_array_equal(
+                got[:, i * 5 + j], img[:, i * 4 : (i + 1) * 4, j * 4 : (j + 1) * 4]
+            )
 
 
 def test_patchify_rejects_partial_patches():
@@ -25,8 +27,12 @@ def test_patchify_rejects_partial_patches():
 
 def _small_model(aggregation="mean"):
     return model_lib.PatchWiseModel(
-        patch_size=8, conv_features=(4, 6, 8), weight_hidden=(16, 8), classifier_hidden=(8, 4),
-        aggregation=aggregation, feature_norm=False,
+        patch_size=8,
+        conv_features=(4, 6, 8),
+        weight_hidden=(16, 8),
+        classifier_hidden=(8, 4),
+        aggregation=aggregation,
+        feature_norm=False,
     )
 
 
@@ -42,8 +48,15 @@ def test_vmapped_model_equals_per_patch_loop(aggregation):
     enc = model_lib.PatchEncoder((4, 6, 8))
     mlp = model_lib.MLP((16, 8), 1)
     g = jnp.stack(
-        [jnp.stack([enc.apply({"params": p["encoder"]}, patches[b, k][None])[0]
-                    for k in range(patches.shape[1])]) for b in range(2)]
+        [
+            jnp.stack(
+                [
+                    enc.apply({"params": p["encoder"]}, patches[b, k][None])[0]
+                    for k in range(patches.shape[1])
+                ]
+            )
+            for b in range(2)
+        ]
     )
     a = jax.nn.sigmoid(mlp.apply({"params": p["weight_mlp"]}, g))[..., 0]
     np.testing.assert_allclose(out.weights, a.reshape(2, 3, 2), rtol=1e-5, atol=1e-6)

@@ -51,7 +51,9 @@ def test_iterative_writes_fits_of_pre_update_weights_for_unmasked_rows():
     config, model, state, step, batch = _setup()
     g0 = np.asarray(state.regulators)
     out = model.apply({"params": state.params}, batch["image"])
-    want = np.asarray(regulator.fit_gaussian(out.weights))
+    want = np.asarray(
+        regulator.fit_gaussian(train.fit_weights(out.weights, config.regulator.fit_on))
+    )
     new_state, m = step(state, batch)
     regs = np.asarray(new_state.regulators)
     np.testing.assert_allclose(regs[[5, 1, 2]], want[:3], rtol=1e-4)
@@ -85,6 +87,18 @@ def test_none_mode_has_no_spatial_term():
     _, _, state_none, step_none, batch = _setup("none")
     _, m = step_none(state_none, batch)
     np.testing.assert_allclose(m["loss_sum"], m["bce_sum"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fit_on", train.FIT_ON)
+def test_fit_weights_hand_computed(fit_on):
+    w = np.array([[0.2, 0.6], [0.4, 0.3]], np.float32)
+    normalised = np.array([[0.0, 1.0], [0.5, 0.25]])
+    want = {
+        "weights": w,
+        "normalised": normalised,
+        "above_median": np.maximum(normalised - np.median(normalised), 0.0),
+    }[fit_on]
+    np.testing.assert_allclose(train.fit_weights(jnp.asarray(w), fit_on), want, rtol=1e-6)
 
 
 def test_update_regulators_drops_unwritten_rows_even_with_duplicate_index():

@@ -2,9 +2,11 @@
 
 Each image is a colposcope's view: a pink cervix (an ellipse whose centre, size, aspect and rotation
 vary) with a dark os near its centre, darker vaginal walls, grey speculum blades and specular
-highlights. Every image has smooth acetowhite areas in the transformation zone around the os
-(immature metaplasia). In abnormal images (label 1, CIN grade 2-4) some of those areas carry a fine
-mosaic or punctation texture: they are the lesions. Both classes carry the same texture on
+highlights. Every image has 1-4 whitish acetowhite areas in the transformation zone around the
+os. In abnormal images (label 1, CIN grade 2-4) they carry a fine mosaic or punctation texture:
+they are the lesions, more and larger with grade. In normal images they are smooth (immature
+metaplasia), their number and size drawn from the same distribution (as for a random grade), so
+acetowhite extent and colour say nothing about the class. Both classes carry the same texture on
 background objects (walls, speculum), so the only class signal is fine texture *inside the cervix*:
 a model must learn where to look, and at full resolution: the texture has a period of 2 or 4 px,
 zero mean over every period cell and a weight that is constant per cell, so 8x8 box averages
@@ -36,6 +38,10 @@ import numpy as np
 BLOCK = 6  # sessions are cut from blocks of this many consecutive indices
 PERIODS = (2, 4)  # texture periods in px: both divide 8, so 8x8 box means cancel them exactly
 MAX_SESSION = 3
+GRADE_P = {2: 0.45, 3: 0.35, 4: 0.2}  # CIN grade of abnormal sessions
+# Acetowhite area count by severity: the abnormal grade, or for normals a phantom grade drawn from
+# GRADE_P, so counts (and sizes) have one distribution in both classes.
+_AREAS_BY_SEVERITY = {2: (1, 2, 3), 3: (2, 3, 4), 4: (3, 4)}
 
 
 def _planes(rgb) -> np.ndarray:
@@ -197,7 +203,8 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
 
     # Session: diagnosis, cervix geometry, os and acetowhite areas in cervix-relative units.
     rs = _rng(seed, 1, first)
-    grade = int(rs.choice([0, 1])) if label == 0 else int(rs.choice([2, 3, 4], p=[0.45, 0.35, 0.2]))
+    severity = int(rs.choice(list(GRADE_P), p=list(GRADE_P.values())))
+    grade = severity if label else int(rs.choice([0, 1]))
     days = float(rs.uniform(0.0, 365.0))
     radius = rs.uniform(0.25, 0.40) * size  # geometric-mean semi-axis
     aspect = math.sqrt(rs.uniform(1.0, 1.35))
@@ -206,8 +213,8 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
     pink = rs.uniform([215.0, 105.0, 115.0], [235.0, 135.0, 145.0])
     os_rel = rs.uniform(-0.12, 0.12, 2)  # os centre, cervix-normalised coordinates
     os_shape = (rs.uniform(0.06, 0.12), rs.uniform(0.02, 0.045), rs.uniform(-0.3, 0.3))
-    n_areas = int(rs.integers(1, 5))
-    n_lesions = min(max(grade - 1, 1), n_areas) if label else 0
+    n_areas = int(rs.choice(_AREAS_BY_SEVERITY[severity]))
+    area_scale = 0.9 + 0.1 * (severity - 2)
 
     # Photo: jitter the cervix, then draw the background.
     ri = _rng(seed, 2, index)
@@ -236,9 +243,10 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
         ra = _rng(seed, 3, first, k)
         rho, phi = ra.uniform(0.2, 0.55), ra.uniform(0.0, 2 * math.pi)
         u, v = to_pixels(os_rel[0] + rho * math.cos(phi), os_rel[1] + rho * math.sin(phi))
-        blob = _wobbly(ra, u, v, ra.uniform(0.12, 0.22) * radius, theta + ra.uniform(0, math.pi))
+        r = ra.uniform(0.16, 0.30) * area_scale * radius
+        blob = _wobbly(ra, u, v, r, theta + ra.uniform(0, math.pi))
         whiten = float(ra.uniform(0.45, 0.75))
-        areas.append(Area(blob, whiten, _texture(ra) if k < n_lesions else None))
+        areas.append(Area(blob, whiten, _texture(ra) if label else None))
 
     wall = tuple(float(x) for x in ri.uniform([115.0, 45.0, 50.0], [140.0, 65.0, 70.0]))
     folds = (
@@ -253,8 +261,8 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
         if ri.uniform() < 0.9
     )
     distractors = []
-    for _ in range(int(ri.integers(1, 4))):
-        r = ri.uniform(0.03, 0.08) * size
+    for _ in range(int(ri.integers(1, 3))):
+        r = ri.uniform(0.02, 0.05) * size
         for _try in range(20):
             u, v = ri.uniform(r, size - r, 2)
             if _cervix_radius(cervix, u, v) > 1.0 + 1.2 * r / min(a, b):
