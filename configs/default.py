@@ -47,9 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 8  # global batch: must divide by the device count
-    config.train.epochs = 8
+    config.train.epochs = 10
     config.train.learning_rate = 1e-3
-    config.train.patience = 3  # early stopping, epochs without a better validation loss
+    config.train.patience = 4  # early stopping: epochs without a better validation AUC
     config.train.log_every_steps = 10
 
     config.eval = ml_collections.ConfigDict()

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLS = ("xla", "pool", "im2col", "s2d")
+IMPLS = ("xla", "pool", "im2col", "s2d", "s2d_im2col")
 _DN = ("NHWC", "HWIO", "NHWC")
 xavier = nn.initializers.xavier_uniform()
 
@@ -74,12 +74,66 @@ def _conv_valid_bwd(res: tuple, dy: jax.Array) -> tuple[jax.Array, jax.Array]:
 conv_valid.defvjp(_conv_valid_fwd, _conv_valid_bwd)
 
 
+def _first_max_mask(parts: list[jax.Array], top: jax.Array) -> list[jax.Array]:
+    """One-hot of the first of ``parts`` equal to ``top``: where a window ties, only its first
+    element gets the gradient, as with XLA's select-and-scatter (``nn.max_pool``)."""
+    taken = jnp.zeros(top.shape, bool)
+    masks = []
+    for part in parts:
+        hit = (part == top) & ~taken
+        taken = taken | hit
+        masks.append(hit)
+    return masks
+
+
+@jax.custom_vjp
+def _max4(y: jax.Array) -> jax.Array:
+    """Max over axis -2 of size 4 (the pool window), routing the gradient to the first maximum."""
+    return jnp.max(y, axis=-2)
+
+
+def _max4_fwd(y: jax.Array) -> tuple[jax.Array, tuple]:
+    top = jnp.max(y, axis=-2)
+    return top, (y, top)
+
+
+def _max4_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array]:
+    y, top = res
+    parts = [y[..., k, :] for k in range(y.shape[-2])]
+    masks = _first_max_mask(parts, top)
+    return (jnp.stack([jnp.where(m, g, 0).astype(y.dtype) for m in masks], axis=-2),)
+
+
+_max4.defvjp(_max4_fwd, _max4_bwd)
+
+
+@jax.custom_vjp
 def max_pool2(y: jax.Array) -> jax.Array:
-    """2x2/stride-2 max-pool (VALID: an odd last row/column is dropped) as reshape + max."""
+    """2x2/stride-2 max-pool (VALID: an odd last row/column is dropped) as reshape + max; the
+    gradient goes to the first maximum of each window in row-major order, like ``nn.max_pool``."""
     n, h, w, c = y.shape
     h2, w2 = h // 2, w // 2
-    y = y[:, : 2 * h2, : 2 * w2]
-    return y.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+    return y[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool2_fwd(y: jax.Array) -> tuple[jax.Array, tuple]:
+    top = max_pool2(y)
+    return top, (y, top)
+
+
+def _max_pool2_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array]:
+    y, top = res
+    n, h, w, c = y.shape
+    h2, w2 = h // 2, w // 2
+    y6 = y[:, : 2 * h2, : 2 * w2].reshape(n, h2, 2, w2, 2, c)
+    parts = [y6[:, :, a, :, b, :] for a in range(2) for b in range(2)]
+    m = [jnp.where(k, g, 0).astype(y.dtype) for k in _first_max_mask(parts, top)]
+    rows = [jnp.stack([m[2 * a], m[2 * a + 1]], axis=3) for a in range(2)]  # (n, h2, w2, 2, c)
+    dy = jnp.stack(rows, axis=2).reshape(n, 2 * h2, 2 * w2, c)
+    return (jnp.pad(dy, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0))),)
+
+
+max_pool2.defvjp(_max_pool2_fwd, _max_pool2_bwd)
 
 
 def _s2d_selector() -> np.ndarray:
@@ -105,7 +159,7 @@ def conv3x3_pool_s2d(x: jax.Array, kernel: jax.Array, conv: Any = conv_valid) ->
     xs = xp.reshape(n, m, 2, m, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, m, m, 4 * c)
     big = jnp.einsum("ijabpquv,uvco->ijabcpqo", _S2D.astype(kernel.dtype), kernel)
     y = conv(xs, big.reshape(2, 2, 4 * c, 4 * f))  # (n, s/2, s/2, 4 pool positions * f)
-    return y.reshape(n, s // 2, s // 2, 4, f).max(axis=3)
+    return _max4(y.reshape(n, s // 2, s // 2, 4, f))
 
 
 def conv_pool_relu(
@@ -114,8 +168,8 @@ def conv_pool_relu(
     """relu(max_pool2(conv3x3_same(x, kernel) + bias)) by implementation ``impl`` (not "xla")."""
     if impl not in IMPLS[1:]:
         raise ValueError(f"unknown conv_impl {impl!r}: use one of {IMPLS}")
-    conv = conv_valid if impl in ("im2col", "s2d") else _conv_valid
-    if impl == "s2d" and first and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+    conv = conv_valid if impl in ("im2col", "s2d_im2col") else _conv_valid
+    if impl.startswith("s2d") and first and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
         y = conv3x3_pool_s2d(x, kernel, conv)
     else:
         y = max_pool2(conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel))

@@ -4,43 +4,80 @@ The train and eval steps are plain ``jax.jit`` functions; their inputs carry ``N
 the global batch is split over ``data`` and everything else (params, optimizer state, the
 per-image regulators) is replicated. XLA inserts the gradient all-reduce and the all-gather of the
 regulator fits, so every replica holds identical state without a hand-written collective.
+
+Multi-host is the same program on every process (JAX's multi-controller model): each process feeds
+its own rows of every global batch (``to_global``), all of them run every jitted step, and only
+process 0 writes files (``is_writer``).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import importlib.util
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
 
+def detect_cluster() -> str | None:
+    """The multi-process launcher JAX can configure itself from, if this process runs under one.
+
+    SLURM and Open MPI count only with more than one task (a plain ``srun python ...`` on one task
+    is a single process). A Cloud TPU VM (libtpu installed, TPU device files present) is always
+    reported: ``jax.distributed.initialize()`` finds its workers from the VM metadata, one or many.
+    """
+    if all(
+        k in os.environ
+        for k in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")
+    ) and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm"
+    if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        return "ompi"
+    if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_PROCESS_ADDRESSES"):
+        return "tpu"
+    if importlib.util.find_spec("libtpu") is not None and (
+        glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")
+    ):
+        return "tpu"
+    return None
+
+
 def initialize_distributed(
     coordinator: str = "", num_processes: int = 0, process_id: int = -1
-) -> None:
-    """Join a multi-process JAX runtime when launched as several processes; a no-op for one.
+) -> bool:
+    """Join a multi-process JAX runtime when launched as several processes; False for one.
 
-    Explicit flags win; otherwise JAX auto-detects TPU pods and SLURM jobs. On CPU the processes
-    talk through gloo.
+    Explicit flags win (all three, as ``main.py``'s --coordinator/--num_processes/--process_id);
+    otherwise JAX configures itself on a detected TPU VM, SLURM step or Open MPI job. Must run
+    before anything touches a device. CPU processes talk through gloo.
     """
-    explicit = bool(coordinator) and num_processes > 1
-    auto = any(
-        k in os.environ
-        for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-    )
-    if explicit:
+    if coordinator or num_processes > 0 or process_id >= 0:
+        if not (coordinator and num_processes >= 1 and 0 <= process_id < num_processes):
+            raise ValueError(
+                "multi-process launch: pass all of --coordinator=HOST:PORT, --num_processes=N "
+                f"and --process_id in [0, N); got coordinator={coordinator!r}, "
+                f"num_processes={num_processes}, process_id={process_id}"
+            )
+        if num_processes == 1:
+            return False
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
         )
-    elif auto and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
+    elif (cluster := detect_cluster()) is not None:
+        logging.info("initialising the JAX distributed runtime from the %s environment", cluster)
         jax.distributed.initialize()
     else:
-        return
+        return False
     logging.info(
         "process %d of %d, %d local / %d global devices",
         jax.process_index(),
@@ -48,13 +85,18 @@ def initialize_distributed(
         jax.local_device_count(),
         jax.device_count(),
     )
+    return True
 
 
-def make_mesh() -> Mesh:
-    """A one-axis mesh over all global devices, with XLA choosing intermediate shardings (Auto):
-    the regulator gather/scatter by a sharded index then needs no hand-written collective."""
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis mesh over ``devices`` (default: every device of every process).
+
+    The axis is Auto (XLA picks intermediate shardings), not jax.make_mesh's default Explicit:
+    the regulator gather/scatter by a batch-sharded index then needs no hand-written collective.
+    """
+    devices = list(jax.devices() if devices is None else devices)
     return jax.make_mesh(
-        (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+        (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
     )
 
 
@@ -66,14 +108,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_size(global_batch: int, what: str = "config.train.batch_size") -> None:
-    """The global batch is split evenly over devices; else say what to change."""
-    devices, processes = jax.device_count(), jax.process_count()
-    if global_batch % devices:
+def _mesh_processes(mesh: Mesh) -> int:
+    return len({d.process_index for d in mesh.devices.flat})
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> None:
+    """The global batch is split evenly over the mesh's devices; else say what to change."""
+    devices = mesh.devices.size
+    if global_batch < 1 or global_batch % devices:
         lower = global_batch - global_batch % devices
         raise ValueError(
             f"{what}={global_batch} does not divide by the {devices} devices "
-            f"({processes} process(es)): set it to a multiple of {devices}, "
+            f"({_mesh_processes(mesh)} process(es)): set it to a multiple of {devices}, "
             f"e.g. {max(lower, devices)} or {lower + devices}"
         )
 
@@ -84,17 +130,14 @@ def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place a host pytree on every device (identical on all processes by construction)."""
-    return jax.device_put(tree, replicated(mesh))
-
-
 def to_host(tree: Any) -> Any:
-    """Fetch a (possibly multi-process) global pytree to numpy on every process."""
+    """Fetch a (possibly multi-process) global pytree to numpy, whole, on every process.
+
+    Every process must call it (a sharded array is all-gathered); a replicated array is read from
+    this process's own copy.
+    """
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
@@ -103,13 +146,44 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def replica_digest(tree: Any) -> str:
+    """sha256 of this process's own copy of a replicated pytree (leaf order, dtypes, bytes)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        local = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+        h.update(f"{local.dtype.str}{local.shape}".encode())
+        h.update(np.ascontiguousarray(local).tobytes())
+    return h.hexdigest()
+
+
+def assert_replicas_agree(tree: Any) -> str:
+    """The digest of a replicated pytree, after checking that every process holds the same bytes.
+
+    Replicated state can only diverge through a bug (a process fed different data as "replicated",
+    a non-deterministic op): better a clear error than silently different models per host. Every
+    process must call it.
+    """
+    digest = replica_digest(tree)
+    if jax.process_count() > 1:
+        mine = np.frombuffer(bytes.fromhex(digest), np.uint8)
+        everyone = np.asarray(multihost_utils.process_allgather(mine))
+        differ = [p for p in range(len(everyone)) if not np.array_equal(everyone[p], mine)]
+        if differ:
+            raise RuntimeError(
+                f"process {jax.process_index()}: replicated train state differs from that of "
+                f"process(es) {differ}"
+            )
+    return digest
+
+
 def runtime_info(mesh: Mesh) -> dict[str, Any]:
     """Recorded in results.json so a number can be traced to the hardware that made it."""
+    device = mesh.devices.flat[0]
     return {
-        "devices": jax.device_count(),
-        "local_devices": jax.local_device_count(),
-        "processes": jax.process_count(),
+        "devices": int(mesh.devices.size),
+        "local_devices": sum(d.process_index == jax.process_index() for d in mesh.devices.flat),
+        "processes": _mesh_processes(mesh),
         "mesh_shape": dict(mesh.shape),
-        "platform": jax.devices()[0].platform,
-        "device_kind": jax.devices()[0].device_kind,
+        "platform": device.platform,
+        "device_kind": device.device_kind,
     }

@@ -8,6 +8,7 @@ epoch re-estimates every training image's regulator from its own patch weights.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -248,7 +249,7 @@ def _process_batches(config, source, indices, *, batch_size, epoch, train) -> It
 
 def predict_split(config, eval_step, params, source, indices, mesh) -> dict[str, np.ndarray]:
     """Run ``eval_step`` over a split; the padded last batch is masked out, never dropped."""
-    parallel.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+    parallel.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
     chunks: dict[str, list[np.ndarray]] = {}
     for host_batch in _process_batches(
         config, source, indices, batch_size=config.eval.batch_size, epoch=0, train=False
@@ -269,6 +270,13 @@ def _val_loss(pred: dict[str, np.ndarray], labels: np.ndarray) -> float:
     return float(np.mean(classification_loss(jnp.asarray(pred["logits"]), jnp.asarray(labels))))
 
 
+def _improves(val_auc: float, val_loss: float, meta: dict) -> bool:
+    """Model selection and early stopping: a higher validation ROC AUC, ties broken by a lower
+    validation BCE. The BCE alone stalls for epochs while the patch weights are still spreading
+    out, even as the ranking (AUC) improves, and stopped runs before they learned."""
+    return (val_auc, -val_loss) > (meta["best_val_auc"], -meta["best_val_loss"])
+
+
 def _centre_error(params: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(np.linalg.norm(params[:, :2] - truth[:, :2], axis=1)))
 
@@ -284,7 +292,7 @@ def _train_fold(
     """Train one model on ``split['train']``, early-stop on ``val``, test the best checkpoint."""
     os.makedirs(os.path.join(workdir, "regulators"), exist_ok=True)
     train_idx, val_idx = split["train"], split["val"]
-    parallel.check_batch_size(config.train.batch_size)
+    parallel.check_batch_size(config.train.batch_size, mesh)
     if len(train_idx) < config.train.batch_size:
         raise ValueError(
             f"the train split has {len(train_idx)} images, fewer than one batch of "
@@ -293,10 +301,12 @@ def _train_fold(
     model = model_lib.from_config(config)
     tx = make_optimizer(config)
     train_step, eval_step = jit_steps(config, model, tx, mesh)
-    state = parallel.replicate(
-        create_train_state(config, model, tx, len(train_idx), jax.random.PRNGKey(config.seed)),
-        mesh,
-    )
+    # Jitted straight to replicated global arrays: every process builds the same state (also one
+    # compilation instead of an eager dispatch per initialiser).
+    state = jax.jit(
+        functools.partial(create_train_state, config, model, tx, len(train_idx)),
+        out_shardings=parallel.replicated(mesh),
+    )(jax.random.PRNGKey(config.seed))
     grid = (config.grid_size, config.grid_size)
     truth = records.truth_cervix[train_idx] if records.truth_cervix is not None else None
     _write_json(
@@ -306,6 +316,7 @@ def _train_fold(
     ckpt = Checkpoints(workdir)
     meta = {
         "epoch": 0,
+        "best_val_auc": -1.0,
         "best_val_loss": float("inf"),
         "best_epoch": 0,
         "bad_epochs": 0,
@@ -347,7 +358,7 @@ def _train_fold(
             sums = m if not sums else jax.tree.map(jnp.add, sums, m)
             if (i + 1) % config.train.log_every_steps == 0:
                 bar.set_postfix(loss=f"{float(sums['loss_sum'] / sums['count']):.4f}")
-        sums = jax.device_get(sums)
+        sums = parallel.to_host(sums)
         train_time = time.perf_counter() - t0
         n = float(sums["count"])
 
@@ -355,9 +366,14 @@ def _train_fold(
         val_labels = records.labels[val_idx]
         val_loss = _val_loss(val, val_labels)
         val_metrics = metrics_lib.binary_metrics(val_labels, val["probabilities"], 0.5, split="val")
-        is_best = val_loss < meta["best_val_loss"]
+        is_best = _improves(val_metrics["roc_auc"], val_loss, meta)
         if is_best:
-            meta.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
+            meta.update(
+                best_val_auc=val_metrics["roc_auc"],
+                best_val_loss=val_loss,
+                best_epoch=epoch,
+                bad_epochs=0,
+            )
         else:
             meta["bad_epochs"] += 1
         meta["epoch"] = epoch
@@ -398,6 +414,10 @@ def _train_fold(
         if meta["stopped"]:
             print(f"early stopping: no better validation loss for {config.train.patience} epochs")
     ckpt.wait()
+    # Every process checks that its replica matches the others' and prints the digest.
+    final = {"params": state.params, "regulators": state.regulators}
+    digest = parallel.assert_replicas_agree(final)
+    print(f"process {jax.process_index()}/{jax.process_count()}: state sha256 {digest}", flush=True)
 
     final_regs = np.asarray(parallel.to_host(state.regulators))
     best = ckpt.restore_best(state)
@@ -504,7 +524,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = parallel.make_mesh()
     _write_json(os.path.join(workdir, "config.json"), config.to_dict())
     source, records = pipeline.load(config, workdir)
-    folds = splits.make_splits(records, config.data, workdir, write=parallel.is_writer())
+    folds = splits.make_splits(
+        records, config.data, workdir, seed=config.seed, write=parallel.is_writer()
+    )
     if len(folds) == 1:
         results = _train_fold(config, workdir, source, records, folds[0], mesh)
     else:
