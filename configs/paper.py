@@ -20,5 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.patience = 15
     config.regulator.lam = 0.1
     config.model.feature_norm = False  # the paper's network has none
+    config.model.weight_bias_init = 0.0  # Xavier kernels, zero biases
     config.regulator.fit_on = "weights"  # the paper fits the raw patch weights
     return config

@@ -1,23 +1,26 @@
 """Fast implementations of the patch encoder's layer: 3x3 conv -> 2x2 max-pool -> bias -> ReLU.
 
-Why this exists: on XLA:CPU (jax 0.10) the straightforward ``nn.Conv`` + ``nn.max_pool`` layer trains
-slowly at the paper's scale (7056 patches of 28x28 per batch of 4). Three things dominate and each
-has a cheaper equivalent here (numbers: benchmarks/README.md):
+Why this exists: on XLA:CPU (jax 0.10) the straightforward ``nn.Conv`` + ``nn.max_pool`` layer is
+slow at the paper's scale (7056 patches of 28x28 px per batch of 4), training most of all. What
+costs, and the cheaper equivalent used here (measurements: benchmarks/README.md):
 
-* ``nn.max_pool``'s gradient is a select-and-scatter that XLA:CPU lowers to an arg-max
-  reduce-window plus a scatter. A reshape + max over the 2x2 window differentiates into
-  element-wise masks instead. Pooling before the bias and the ReLU gives the same values (both are
-  monotone and per-channel), on a quarter of the elements.
-* The kernel gradient of a convolution with few channels: XLA:CPU computes it as a convolution of
-  the input with the output gradient, slow at these shapes. A custom VJP computes it as one
-  im2col matrix product ``cols^T @ dy`` instead; the input gradient stays XLA's (fast) convolution.
-* The first convolution has 3 input channels, too few for a good convolution kernel. On a
+* XLA:CPU hands convolutions to YNNPACK by default, 3-5x slower than XLA's own (Eigen)
+  convolutions at 3-48 channels, forward and backward. ``compiler_options`` switches them back;
+  it is a per-jit option, so it must be passed where the steps are jitted.
+* ``nn.max_pool``'s gradient is a select-and-scatter, which XLA:CPU lowers to an arg-max
+  reduce-window plus a scatter. ``max_pool2`` is a reshape + max whose custom gradient is one
+  element-wise select (first maximum of each window, as select-and-scatter picks). Pooling before
+  the bias and the ReLU gives the same values (both are monotone, per channel) on 1/4 the elements.
+* The first convolution has 3 input channels, too few for any convolution kernel to be fast. On a
   space-to-depth view of the padded patch (2x2 pixel blocks -> 12 channels) the 3x3 conv followed
-  by the 2x2 pool becomes a 2x2 VALID conv with 48 = 4 pool positions x 12 outputs, then a max over
-  the 4 positions: 1.8x the arithmetic, but at matrix-product speed and with the pool for free.
+  by the 2x2 pool is a 2x2 VALID conv with 48 = 4 pool positions x 12 outputs, then a max over the
+  4 positions (``conv3x3_pool_s2d``): 1.8x the arithmetic, but 3x faster, and its kernel gradient
+  is one im2col matrix product (``conv_valid``), faster there than XLA's.
 
-Parameters are the same ``kernel`` (3, 3, C, F) and ``bias`` (F,) as ``nn.Conv``'s, so every
-implementation reads the same checkpoints.
+Tried and dropped (slower): im2col kernel gradients for the 12- and 24-channel layers (the im2col
+concatenation costs more than XLA's backward convolution once that is Eigen's), im2col forward
+convolutions, and a channel-major layout. Parameters are ``nn.Conv``'s ``kernel`` (3, 3, C, F) and
+``bias`` (F,), so every implementation reads the same checkpoints.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-IMPLS = ("xla", "pool", "im2col", "s2d", "s2d_im2col")
+IMPLS = ("xla", "pool", "s2d")
 _DN = ("NHWC", "HWIO", "NHWC")
 xavier = nn.initializers.xavier_uniform()
 
@@ -41,7 +44,7 @@ def _conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _im2col(x: jax.Array, k: int) -> jax.Array:
-    """(N, H, W, C) -> (N*(H-k+1)*(W-k+1), k*k*C), columns ordered (dy, dx, c) like an HWIO kernel."""
+    """(N, H, W, C) -> (N*(H-k+1)*(W-k+1), k*k*C), columns in HWIO order (row, column, channel)."""
     n, h, w, c = x.shape
     oh, ow = h - k + 1, w - k + 1
     cols = jnp.concatenate(
@@ -52,7 +55,8 @@ def _im2col(x: jax.Array, k: int) -> jax.Array:
 
 @jax.custom_vjp
 def conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """VALID, stride-1 NHWC convolution whose kernel gradient is one im2col matrix product."""
+    """VALID, stride-1 NHWC convolution whose kernel gradient is one im2col matrix product:
+    ``cols^T @ dy``, for few input channels faster than XLA's backward convolution."""
     return _conv_valid(x, kernel)
 
 
@@ -150,15 +154,15 @@ def _s2d_selector() -> np.ndarray:
 _S2D = _s2d_selector()
 
 
-def conv3x3_pool_s2d(x: jax.Array, kernel: jax.Array, conv: Any = conv_valid) -> jax.Array:
-    """max_pool2(3x3 SAME conv) for an even-sized input, via a 2x2 conv on its space-to-depth view."""
+def conv3x3_pool_s2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """max_pool2(3x3 SAME conv) of an even-sized input, as a 2x2 conv on its space-to-depth view."""
     n, s, _, c = x.shape
     f = kernel.shape[-1]
     m = s // 2 + 1
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     xs = xp.reshape(n, m, 2, m, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, m, m, 4 * c)
     big = jnp.einsum("ijabpquv,uvco->ijabcpqo", _S2D.astype(kernel.dtype), kernel)
-    y = conv(xs, big.reshape(2, 2, 4 * c, 4 * f))  # (n, s/2, s/2, 4 pool positions * f)
+    y = conv_valid(xs, big.reshape(2, 2, 4 * c, 4 * f))  # (n, s/2, s/2, 4 pool positions * f)
     return _max4(y.reshape(n, s // 2, s // 2, 4, f))
 
 
@@ -168,11 +172,10 @@ def conv_pool_relu(
     """relu(max_pool2(conv3x3_same(x, kernel) + bias)) by implementation ``impl`` (not "xla")."""
     if impl not in IMPLS[1:]:
         raise ValueError(f"unknown conv_impl {impl!r}: use one of {IMPLS}")
-    conv = conv_valid if impl in ("im2col", "s2d_im2col") else _conv_valid
-    if impl.startswith("s2d") and first and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
-        y = conv3x3_pool_s2d(x, kernel, conv)
+    if impl == "s2d" and first and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+        y = conv3x3_pool_s2d(x, kernel)
     else:
-        y = max_pool2(conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel))
+        y = max_pool2(_conv_valid(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), kernel))
     return nn.relu(y + bias)
 
 
@@ -190,3 +193,17 @@ class ConvPoolReLU(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
         return conv_pool_relu(x, kernel, bias, self.impl, self.first)
+
+
+# XLA:CPU (jax 0.10) hands convolutions to YNNPACK by default, 3-5x slower than XLA's own (Eigen)
+# convolutions at these channel counts; matrix products stay with YNNPACK.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options(impl: str) -> dict[str, str] | None:
+    """``jax.jit(..., compiler_options=...)`` for a step running this model with ``impl``: the
+    fast implementations also pick the faster CPU convolution; "xla" (the reference) and non-CPU
+    backends keep XLA's defaults."""
+    if impl == "xla" or jax.default_backend() != "cpu":
+        return None
+    return dict(_CPU_OPTIONS)

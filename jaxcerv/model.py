@@ -70,6 +70,7 @@ class MLP(nn.Module):
     out: int
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    out_bias: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -77,7 +78,8 @@ class MLP(nn.Module):
             x = nn.relu(nn.Dense(width, kernel_init=xavier, dtype=self.dtype)(x))
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.out, kernel_init=xavier, dtype=self.dtype)(x)
+        bias_init = nn.initializers.constant(self.out_bias)
+        return nn.Dense(self.out, kernel_init=xavier, bias_init=bias_init, dtype=self.dtype)(x)
 
 
 def aggregate(weighted: jax.Array, how: str) -> jax.Array:
@@ -101,6 +103,7 @@ class PatchWiseModel(nn.Module):
     aggregation: str = "mean"
     dropout: float = 0.0
     feature_norm: bool = True
+    weight_bias_init: float = 0.0
     dtype: Any = jnp.float32
     remat: bool = False
     conv_impl: str = "xla"
@@ -116,16 +119,22 @@ class PatchWiseModel(nn.Module):
         b, k = x.shape[:2]
         encoder = encoder_cls(self.conv_features, self.dtype, self.conv_impl, name="encoder")
         g = encoder(x.reshape(b * k, *x.shape[2:])).reshape(b, k, -1)  # (B, K, F)
-        logit_a = MLP(self.weight_hidden, 1, dtype=self.dtype, name="weight_mlp")(g)
+        logit_a = MLP(
+            self.weight_hidden,
+            1,
+            dtype=self.dtype,
+            out_bias=self.weight_bias_init,
+            name="weight_mlp",
+        )(g)
         a = nn.sigmoid(logit_a.astype(jnp.float32))  # (B, K, 1)
         f = aggregate(a.astype(self.dtype) * g, self.aggregation)
         if self.feature_norm:
             # Not in the paper: under Xavier init the average of ~1e3 weighted patch features is
             # ~1e-2 in scale and nearly constant across images, and the classifier barely moves.
             f = nn.LayerNorm(dtype=self.dtype, name="feature_norm")(f)
-        logits = MLP(
-            self.classifier_hidden, 1, self.dropout, dtype=self.dtype, name="classifier"
-        )(f, train)
+        logits = MLP(self.classifier_hidden, 1, self.dropout, dtype=self.dtype, name="classifier")(
+            f, train
+        )
         return ModelOutput(
             logits=logits[:, 0].astype(jnp.float32),
             weights=a[..., 0].reshape(-1, rows, cols),
@@ -144,6 +153,7 @@ def from_config(config: Any) -> PatchWiseModel:
         aggregation=m.aggregation,
         dropout=m.dropout,
         feature_norm=m.feature_norm,
+        weight_bias_init=m.weight_bias_init,
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
         conv_impl=m.get("conv_impl", "xla"),

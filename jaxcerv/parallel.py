@@ -16,7 +16,7 @@ import glob
 import hashlib
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -110,6 +110,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def _mesh_processes(mesh: Mesh) -> int:
     return len({d.process_index for d in mesh.devices.flat})
+
+
+def replicated_init(fn: Callable[..., Any], mesh: Mesh, *args: Any) -> Any:
+    """``fn(*args)`` jitted straight to arrays replicated over ``mesh``: every process builds the
+    same state, without a host round trip.
+
+    On CPU it is compiled without LLVM optimisation: it runs once, and the optimiser spends ~15 s
+    on the parameter initialisers' threefry code otherwise (~3 s without; same values).
+    """
+    lowered = jax.jit(fn, out_shardings=replicated(mesh)).lower(*args)
+    cpu = mesh.devices.flat[0].platform == "cpu"
+    options = {"xla_backend_optimization_level": 0} if cpu else None
+    return lowered.compile(compiler_options=options)(*args)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> None:

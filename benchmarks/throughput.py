@@ -1,0 +1,444 @@
+"""Images/s of the jitted train step and of inference at a config's scale, with FLOP accounting.
+
+    python benchmarks/throughput.py --config=configs/paper.py [--batch 4] [--dtype float32|bfloat16]
+        [--impls s2d,xla] [--json] [--nopredict]
+
+Times ``jaxcerv.train``'s own jitted train and eval steps (``train.jit_steps``, compiled with
+``conv.compiler_options`` for the conv implementation) on synthetic in-memory images put on the
+device once, so neither grain nor TFDS is needed (on a machine without them, the data modules are
+stubbed; the steps never touch them). Compilation is timed apart; steady state is the median
+over ``--repeats`` timed repeats of ``--steps`` back-to-back steps, after ``--warmup`` untimed
+ones. ``--impls`` takes several ``config.model.conv_impl`` values and times them interleaved in one
+process, so their ratios are fair on a noisy machine.
+
+FLOP count (analytic; a multiply-add is 2 FLOPs), per P x P patch, layer l = 1..L:
+    convs:      sum_l 2 * s_l^2 * 9 * c_{l-1} * c_l,  s_1 = P, s_{l+1} = s_l // 2, c_0 = 3
+    weight MLP: 2 * sum_i d_i * d_{i+1},  d = ((s_L // 2)^2 * c_L, *weight_hidden, 1)
+times the patches per image (grid_size^2); a training image counts 3x (forward, and the backward
+products for activations and for weights). Biases, pooling, the classifier and the regulator are
+left out (< 0.1%). Paper scale: 4.18 MFLOP per patch, 7.38 GFLOP per image for inference, 22.1 for
+training. GFLOP/s = that count x images/s.
+
+Also reported: the end-to-end latency of ``jaxcerv.predict.Predictor.predict`` on one 2400x1600
+JPEG (decode + resize with ``jaxcerv.data.images``, forward, heatmap PNG), how fast one CPU thread
+decodes such JPEGs and how fast batches reach the device (is the input pipeline the bottleneck?),
+peak host RSS and, on GPUs, peak device memory. Results go to ``--out`` as one JSON per run, and
+``--out``/results.md is rebuilt as a table of every JSON there.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import types
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _stub_data_modules() -> None:
+    """The GPU image has neither grain nor TFDS; the steps timed here never use them."""
+    for dep in ("grain", "tensorflow_datasets"):
+        try:
+            __import__(dep)
+        except ImportError:
+            for name in ("jaxcerv.data.pipeline", "jaxcerv.data.builders"):
+                sys.modules.setdefault(name, types.ModuleType(name))
+            return
+
+
+_stub_data_modules()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxcerv import conv, parallel, predict, train  # noqa: E402
+from jaxcerv import model as model_lib  # noqa: E402
+from jaxcerv.data import images  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/paper.py"))
+_BATCH = flags.DEFINE_integer("batch", 4, "global batch (images per step)")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype; default: config")
+_IMPLS = flags.DEFINE_list(
+    "impls", None, "conv implementations to time (default: config's); IMPL@OPTS picks XLA_OPTIONS"
+)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed repeats; the median is reported")
+_STEPS = flags.DEFINE_integer("steps", 2, "steps per timed repeat, dispatched back to back")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
+_WHAT = flags.DEFINE_list("what", ["train", "infer"], "which steps to time")
+_PREDICT = flags.DEFINE_bool("predict", True, "time predict() end to end on one 2400x1600 JPEG")
+_JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
+_OUT = flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks/results"), "'' to write nothing")
+_TAG = flags.DEFINE_string("tag", "", "extra words for the result's file name and table row")
+
+# "--impls=s2d@ynn" times impl s2d compiled with these options instead of conv.compiler_options's.
+XLA_OPTIONS: dict[str, dict[str, str] | None] = {
+    "default": None,
+    "ynn": None,
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "noynn": {"xla_cpu_experimental_ynn_fusion_type": ""},
+}
+
+# Dense bf16 tensor-core peak (FLOP/s) by device kind, for "% of peak" on GPUs.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def flops_per_image(config: Any) -> dict[str, float]:
+    """The analytic count of the module docstring -> {"infer": FLOP, "train": FLOP} per image."""
+    m = config.model
+    side, c_in, per_patch = config.patch_size, 3, 0
+    for c_out in m.conv_features:
+        per_patch += 2 * side * side * 9 * c_in * c_out
+        side, c_in = side // 2, c_out
+    dims = (side * side * c_in, *m.weight_hidden, 1)
+    per_patch += 2 * sum(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+    infer = float(per_patch * config.grid_size**2)
+    return {"infer": infer, "train": 3.0 * infer}
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark, in words and in fields."""
+    dev = jax.devices()[0]
+    info: dict[str, Any] = {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "host": platform.node(),
+        "jax": jax.__version__,
+        "cpu_threads": len(os.sched_getaffinity(0)),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = re.search(r"model name\s*:\s*(.*)", text)
+        cpu_flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())
+        info["cpu"] = model.group(1).strip() if model else platform.processor()
+        info["avx512f"] = "avx512f" in cpu_flags
+        info["avx512_bf16"] = "avx512_bf16" in cpu_flags
+    except (OSError, AttributeError):
+        info["cpu"] = platform.processor()
+    isa = "no AVX-512"
+    if info.get("avx512f"):
+        isa = "AVX-512" + (" BF16" if info.get("avx512_bf16") else "")
+    cpu = f"{info['cpu']} ({isa}), {info['cpu_threads']} threads"
+    gpu = f"{jax.device_count()}x {dev.device_kind}; {cpu}"
+    info["name"] = cpu if dev.platform == "cpu" else gpu
+    return info
+
+
+def _median_rate(times: list[float], images: int) -> tuple[float, float]:
+    t = statistics.median(times)
+    return images / t, t
+
+
+def _time(fn, repeats_out: list[float], steps: int) -> None:
+    t = time.perf_counter()
+    out = None
+    for _ in range(steps):
+        out = fn()
+    jax.block_until_ready(out)
+    repeats_out.append(time.perf_counter() - t)
+
+
+class Case:
+    """One conv implementation: compiled train and eval steps and their state."""
+
+    def __init__(self, config: Any, impl: str, batch: dict[str, jax.Array], mesh: Any) -> None:
+        self.config = config = copy.deepcopy(config)
+        name, _, opts = impl.partition("@")
+        config.model.conv_impl = name
+        self.impl = impl
+        self.batch = batch
+        self.model = model_lib.from_config(config)
+        self.options = conv.compiler_options(name) if not opts else XLA_OPTIONS[opts]
+        tx = train.make_optimizer(config)
+        b = batch["image"].shape[0]
+        self.state = train.create_train_state(config, self.model, tx, b, jax.random.PRNGKey(0))
+        self.state = jax.device_put(self.state, parallel.replicated(mesh))
+        # train's own jitted steps (shardings, donation); compiled below with this impl's options.
+        self.train_jit, self.eval_jit = train.jit_steps(config, self.model, tx, mesh)
+        self.times: dict[str, list[float]] = {"train": [], "infer": []}
+        self.compile_s: dict[str, float] = {}
+
+    def compile(self, what: list[str]) -> None:
+        if "train" in what:
+            t = time.perf_counter()
+            self.train_step = self.train_jit.lower(self.state, self.batch).compile(self.options)
+            self.compile_s["train"] = time.perf_counter() - t
+        if "infer" in what:
+            t = time.perf_counter()
+            lowered = self.eval_jit.lower(self.state.params, self.batch)
+            self.eval_step = lowered.compile(self.options)
+            self.compile_s["infer"] = time.perf_counter() - t
+
+    def run_train(self) -> Any:
+        self.state, metrics = self.train_step(self.state, self.batch)
+        return metrics
+
+    def run_infer(self) -> Any:
+        return self.eval_step(self.state.params, self.batch)
+
+
+def _jpeg(path: str, width: int = 2400, height: int = 1600) -> None:
+    """A smooth colour field plus noise, so the JPEG has a realistic size and decode cost."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 97.0 + y / 53.0)], -1)
+    px = np.clip(base * 200 + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(px).save(path, quality=90)
+
+
+def predict_latency(config: Any, params: Any, repeats: int) -> dict[str, Any]:
+    """``Predictor.predict`` on one 2400x1600 JPEG, end to end, and its parts."""
+    from PIL import Image
+
+    from jaxcerv import viz
+
+    config = copy.deepcopy(config)
+    config.eval.batch_size = 1  # one file: no padding to a larger batch
+    predictor = predict.Predictor(config, params, threshold=0.5)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "cervix.jpg")
+        _jpeg(path)
+        out_dir = os.path.join(tmp, "out")
+        t = time.perf_counter()
+        predictor.predict([path], out_dir)  # compiles
+        first = time.perf_counter() - t
+        parts: dict[str, list[float]] = {
+            k: [] for k in ("total", "decode_resize", "forward", "heatmap")
+        }
+        for _ in range(repeats):
+            t = time.perf_counter()
+            result = predictor.predict([path], out_dir)[0]
+            parts["total"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            pixels = predictor.load(path)
+            parts["decode_resize"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            pred = predictor.predict_arrays(pixels[None])
+            parts["forward"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            overlay = viz.overlay_array(
+                pixels, pred["weights"][0], regulator=pred["regulators"][0],
+                patch_size=config.patch_size,
+            )
+            Image.fromarray(overlay).save(os.path.join(tmp, "heat.png"))
+            parts["heatmap"].append(time.perf_counter() - t)
+        if "error" in result:
+            raise RuntimeError(result["error"])
+        side = config.grid_size * config.patch_size
+        decode = _decode_rate(path, side, config)
+    return {
+        "image": "2400x1600 JPEG",
+        "first_call_s": first,
+        **{f"{k}_s": statistics.median(v) for k, v in parts.items()},
+        "decode_img_per_s_one_thread": decode,
+    }
+
+
+def _decode_rate(path: str, side: int, config: Any, n: int = 5) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        images.load_image(path, image_size=side, patch_size=config.patch_size)
+    return n / (time.perf_counter() - t)
+
+
+def h2d_rate(batch: np.ndarray, mesh: Any, repeats: int = 5) -> float:
+    """Images/s that a uint8 batch reaches the devices (host -> device copy)."""
+    sharding = parallel.batch_sharding(mesh)
+    jax.block_until_ready(jax.device_put(batch, sharding))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(jax.device_put(batch, sharding))
+        times.append(time.perf_counter() - t)
+    return len(batch) / statistics.median(times)
+
+
+def peak_memory() -> dict[str, float]:
+    out = {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["peak_device_mb"] = stats["peak_bytes_in_use"] / 2**20
+    return out
+
+
+def run(config: Any) -> dict[str, Any]:
+    if _DTYPE.value:
+        config.model.dtype = _DTYPE.value
+    impls = _IMPLS.value or [config.model.get("conv_impl", "xla")]
+    what = _WHAT.value
+    b = _BATCH.value
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(b, mesh, "--batch")
+    side = config.grid_size * config.patch_size
+    rng = np.random.default_rng(0)
+    host = {
+        "image": rng.integers(0, 256, (b, side, side, 3), dtype=np.uint8),
+        "label": (np.arange(b) % 2).astype(np.int32),
+        "index": np.arange(b, dtype=np.int32),
+        "mask": np.ones(b, bool),
+    }
+    # On the device once: the timed loop has no host -> device copies.
+    batch = jax.device_put(host, parallel.batch_sharding(mesh))
+    cases = [Case(config, impl, batch, mesh) for impl in impls]
+    for case in cases:
+        case.compile(what)
+        for _ in range(_WARMUP.value):
+            for w in what:
+                jax.block_until_ready(case.run_train() if w == "train" else case.run_infer())
+    for _ in range(_REPEATS.value):  # interleaved, so every impl sees the same machine noise
+        for case in cases:
+            for w in what:
+                fn = case.run_train if w == "train" else case.run_infer
+                _time(fn, case.times[w], _STEPS.value)
+
+    flops = flops_per_image(config)
+    info = machine()
+    kind = next((k for k in BF16_PEAK if k in info["device_kind"]), None)
+    rows = []
+    for case in cases:
+        row: dict[str, Any] = {"conv_impl": case.impl, "compiler_options": case.options}
+        for w in what:
+            rate, step = _median_rate(case.times[w], b * _STEPS.value)
+            row[f"{w}_img_per_s"] = rate
+            row[f"{w}_step_s"] = step / _STEPS.value
+            row[f"{w}_gflops"] = rate * flops[w] / 1e9
+            row[f"{w}_compile_s"] = case.compile_s[w]
+            row[f"{w}_repeat_s"] = case.times[w]
+            row[f"{w}_best_img_per_s"] = b * _STEPS.value / min(case.times[w])
+            if kind and info["platform"] == "gpu":
+                peak = BF16_PEAK[kind] * jax.device_count()
+                row[f"{w}_pct_bf16_peak"] = 100 * rate * flops[w] / peak
+        rows.append(row)
+    result: dict[str, Any] = {
+        **rows[0],
+        "batch": b,
+        "dtype": config.model.dtype,
+        "devices": info["devices"],
+        "device_kind": info["device_kind"],
+        "machine": info,
+        "image_px": side,
+        "patches_per_image": config.grid_size**2,
+        "gflop_per_image": {k: v / 1e9 for k, v in flops.items()},
+        "repeats": _REPEATS.value,
+        "steps_per_repeat": _STEPS.value,
+        "h2d_img_per_s": h2d_rate(host["image"], mesh),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "tag": _TAG.value,
+        "loadavg_1min": os.getloadavg()[0],
+    }
+    if len(rows) > 1:
+        result["compare"] = rows
+    if _PREDICT.value:
+        result["predict_latency"] = predict_latency(config, cases[0].state.params, _REPEATS.value)
+    result.update(peak_memory())
+    return result
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()[:60]
+
+
+def write(result: dict[str, Any], out: str) -> str:
+    os.makedirs(out, exist_ok=True)
+    m = result["machine"]
+    who = m["cpu"] + f"-{m['cpu_threads']}t" if m["platform"] == "cpu" else m["device_kind"]
+    name = "-".join(
+        _slug(x)
+        for x in (who, result["conv_impl"], result["dtype"], f"b{result['batch']}", result["tag"])
+        if x
+    )
+    path = os.path.join(out, name + ".json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    write_table(out)
+    return path
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def write_table(out: str) -> None:
+    """results.md: one row per result JSON (and per compared impl) in ``out``."""
+    head = ("| machine | impl | dtype | batch | train img/s | infer img/s | train GFLOP/s "
+            "| infer GFLOP/s | % bf16 peak (train/infer) | compile train/infer s "
+            "| predict 1 JPEG s | peak host RSS MB | peak device MB | load | date | command |")
+    lines = ["# Throughput results", "", "Written by `benchmarks/throughput.py`; one row per run "
+             "(and per implementation compared in it). Paper scale unless the command says "
+             "otherwise.", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        if "machine" not in r:
+            continue
+        for row in r.get("compare", [r]):
+            pct = "/".join(_fmt(row.get(f"{w}_pct_bf16_peak"), 1) for w in ("train", "infer"))
+            comp = "/".join(_fmt(row.get(f"{w}_compile_s"), 1) for w in ("train", "infer"))
+            lat = r.get("predict_latency", {}).get("total_s") if row is r or row == r.get(
+                "compare", [None])[0] else None
+            lines.append("| " + " | ".join([
+                r["machine"]["name"] + (f" ({r['tag']})" if r.get("tag") else ""),
+                row["conv_impl"], r["dtype"], str(r["batch"]),
+                _fmt(row.get("train_img_per_s")), _fmt(row.get("infer_img_per_s")),
+                _fmt(row.get("train_gflops"), 1), _fmt(row.get("infer_gflops"), 1),
+                pct if pct != "/" else "", comp, _fmt(lat), _fmt(r.get("peak_host_rss_mb"), 0),
+                _fmt(r.get("peak_device_mb"), 0), _fmt(r.get("loadavg_1min"), 1),
+                r["date"][:10], f"`{r['command']}`",
+            ]) + " |")
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    result = run(_CONFIG.value)
+    if _OUT.value:
+        result["written_to"] = write(result, _OUT.value)
+    if _JSON.value:
+        print(json.dumps(result, default=str))
+        return
+    print(f"machine: {result['machine']['name']} (jax {result['machine']['jax']})")
+    print(f"batch {result['batch']}, {result['dtype']}, {result['image_px']} px, "
+          f"{result['gflop_per_image']['infer']:.2f} GFLOP/image inference")
+    for row in result.get("compare", [result]):
+        parts = [f"{row['conv_impl']:>10s}:"]
+        for w in ("train", "infer"):
+            if f"{w}_img_per_s" in row:
+                parts.append(f"{w} {row[f'{w}_img_per_s']:6.2f} img/s {row[f'{w}_gflops']:7.1f} "
+                             f"GFLOP/s (compile {row[f'{w}_compile_s']:.1f}s)")
+        print("  ".join(parts))
+    if "predict_latency" in result:
+        p = result["predict_latency"]
+        print(f"predict one 2400x1600 JPEG: {p['total_s']:.3f}s (decode+resize "
+              f"{p['decode_resize_s']:.3f}, forward {p['forward_s']:.3f}, "
+              f"heatmap {p['heatmap_s']:.3f})")
+    print(f"host->device {result['h2d_img_per_s']:.0f} img/s; peak host RSS "
+          f"{result['peak_host_rss_mb']:.0f} MB"
+          + (f", device {result['peak_device_mb']:.0f} MB" if "peak_device_mb" in result else ""))
+    if "written_to" in result:
+        print("written:", result["written_to"])
+
+
+if __name__ == "__main__":
+    app.run(main)

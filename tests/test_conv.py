@@ -1,0 +1,179 @@
+"""The fast encoder layers (jaxcerv/conv.py) against the straightforward nn.Conv + nn.max_pool.
+
+Oracle: the plain Flax layer, ``nn.max_pool(relu(nn.Conv(x)))``, whose gradients come from XLA's
+own convolution and select-and-scatter. Tolerance: float32 results agree to 1e-5 of their scale
+(relative 1e-4 for gradients, which sum ~1e4 products in a different order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcerv import conv
+from jaxcerv import model as model_lib
+
+FAST = conv.IMPLS[1:]  # every implementation but the reference "xla"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _reference(x, kernel, bias):
+    y = nn.Conv(kernel.shape[-1], (3, 3), padding="SAME").apply(
+        {"params": {"kernel": kernel, "bias": bias}}, x
+    )
+    return nn.max_pool(nn.relu(y), (2, 2), strides=(2, 2))
+
+
+def _data(n, side, c_in, c_out, seed=0, flat=False):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, side, side, c_in)).astype(np.float32)
+    if flat:  # a constant region: pool windows tie exactly
+        x[:, : side // 2, : side // 2] = 0.5
+    kernel = (rng.standard_normal((3, 3, c_in, c_out)) * 0.3).astype(np.float32)
+    bias = (rng.standard_normal(c_out) * 0.1).astype(np.float32)
+    return jnp.asarray(x), jnp.asarray(kernel), jnp.asarray(bias)
+
+
+def _grads(fn, x, kernel, bias):
+    # A non-linear read-out so every output element has its own cotangent.
+    return jax.grad(lambda x, k, b: jnp.sum(jnp.sin(3.0 * fn(x, k, b))), argnums=(0, 1, 2))(
+        x, kernel, bias
+    )
+
+
+def _close(a, b, rtol):
+    scale = float(jnp.max(jnp.abs(b)))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=rtol * max(scale, 1e-6))
+
+
+# (side, c_in, c_out, first): the paper's three layers, including the odd 7 -> 3 pool.
+LAYERS = [(28, 3, 12, True), (14, 12, 24, False), (7, 24, 48, False)]
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("side,c_in,c_out,first", LAYERS)
+def test_layer_matches_flax(impl, side, c_in, c_out, first):
+    x, kernel, bias = _data(6, side, c_in, c_out)
+    fast = jax.jit(lambda x, k, b: conv.conv_pool_relu(x, k, b, impl, first))
+    _close(fast(x, kernel, bias), _reference(x, kernel, bias), 1e-5)
+    for got, want in zip(
+        _grads(fast, x, kernel, bias), _grads(_reference, x, kernel, bias), strict=True
+    ):
+        _close(got, want, 1e-4)
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_ties_route_gradient_like_select_and_scatter(impl):
+    """A flat image region makes whole pool windows tie; the parameter gradients must still be
+    the reference's (one window element gets it, not each tied one)."""
+    x, kernel, bias = _data(4, 28, 3, 12, flat=True)
+    fast = jax.jit(lambda x, k, b: conv.conv_pool_relu(x, k, b, impl, first=True))
+    got, want = _grads(fast, x, kernel, bias), _grads(_reference, x, kernel, bias)
+    _close(got[1], want[1], 1e-4)
+    _close(got[2], want[2], 1e-4)
+    if impl != "s2d":
+        # s2d computes the tied values with a different kernel, so rounding may pick another of
+        # the tied pixels: the image gradient (never used in training) can then differ.
+        _close(got[0], want[0], 1e-4)
+
+
+def test_max_pool2_first_maximum_wins():
+    y = jnp.asarray(np.array([[1.0, 3.0], [3.0, 3.0]], np.float32).reshape(1, 2, 2, 1))
+    g = jax.grad(lambda y: jnp.sum(conv.max_pool2(y)))(y)
+    np.testing.assert_array_equal(np.asarray(g).reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])
+
+
+def test_conv_valid_gradient_is_the_convolution_gradient():
+    x, kernel, _ = _data(3, 9, 5, 7)
+    plain = lambda x, k: conv._conv_valid(x, k)  # noqa: E731
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((3, 7, 7, 7)), jnp.float32)
+    (dx0, dk0) = jax.vjp(plain, x, kernel)[1](cot)
+    (dx1, dk1) = jax.vjp(conv.conv_valid, x, kernel)[1](cot)
+    _close(dx1, dx0, 1e-5)
+    _close(dk1, dk0, 1e-5)
+
+
+def test_unknown_impl_is_refused():
+    x, kernel, bias = _data(1, 8, 3, 4)
+    with pytest.raises(ValueError, match="conv_impl"):
+        conv.conv_pool_relu(x, kernel, bias, "winograd")
+
+
+def _model(impl):
+    return model_lib.PatchWiseModel(
+        patch_size=28, weight_hidden=(16, 8), classifier_hidden=(8,), conv_impl=impl
+    )
+
+
+@pytest.fixture(scope="module")
+def model_case():
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 84, 84, 3), np.uint8))
+    params = _model("xla").init(jax.random.PRNGKey(0), images)["params"]
+    return images, params
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_same_parameters_as_xla(impl, model_case):
+    """Same tree, names, shapes and initial values: checkpoints move between implementations."""
+    images, ref = model_case
+    params = _model(impl).init(jax.random.PRNGKey(0), images)["params"]
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(ref)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("impl", FAST)
+def test_model_outputs_and_gradients_match_xla(impl, model_case):
+    images, params = model_case
+
+    def loss(model, p):
+        out = model.apply({"params": p}, images)
+        return jnp.sum(out.logits**2) + jnp.sum(jnp.sin(out.weights))
+
+    ref_out = _model("xla").apply({"params": params}, images)
+    out = jax.jit(_model(impl).apply)({"params": params}, images)
+    for got, want in zip(out, ref_out, strict=True):
+        _close(got, want, 1e-5)
+    want = jax.grad(lambda p: loss(_model("xla"), p))(params)
+    got = jax.jit(jax.grad(lambda p: loss(_model(impl), p)))(params)
+    jax.tree_util.tree_map(lambda a, b: _close(a, b, 1e-4), got, want)
+
+
+def test_compiler_options_compile_and_agree():
+    assert conv.compiler_options("xla") is None
+    opts = conv.compiler_options("s2d")
+    assert opts is None or jax.default_backend() == "cpu"
+    x, kernel, bias = _data(2, 14, 12, 24)
+    f = lambda x, k, b: conv.conv_pool_relu(x, k, b, "s2d")  # noqa: E731
+    a = jax.jit(f, compiler_options=opts)(x, kernel, bias)
+    _close(a, jax.jit(f)(x, kernel, bias), 1e-6)
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_smoke(tmp_path):
+    """The benchmark runs end to end on the smoke config and counts FLOPs by its formula."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks/throughput.py"),
+         "--config=" + os.path.join(ROOT, "configs/smoke.py"), "--json", "--repeats=1",
+         "--steps=1", "--warmup=0", f"--out={tmp_path}"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    # Smoke: 4x4 patches of 28 px, convs 3->12->24->48, weight MLP 432->32->16->8->1.
+    convs = 2 * 9 * (28**2 * 3 * 12 + 14**2 * 12 * 24 + 7**2 * 24 * 48)
+    mlp = 2 * (432 * 32 + 32 * 16 + 16 * 8 + 8 * 1)
+    assert result["gflop_per_image"]["infer"] == pytest.approx(16 * (convs + mlp) / 1e9)
+    for key in ("train_img_per_s", "infer_img_per_s", "train_gflops", "infer_gflops"):
+        assert result[key] > 0
+    assert result["batch"] == 4 and result["dtype"] == "float32" and result["devices"] >= 1
+    assert result["predict_latency"]["total_s"] > 0
+    assert (tmp_path / "results.md").read_text().count("| float32 | 4 |") == 1

@@ -1,0 +1,160 @@
+"""launch/local_multiprocess.sh 2: two CPU processes form one JAX runtime and train together.
+
+Two launches of the smoke config: one epoch, then a relaunch with two epochs that resumes from the
+first one's orbax checkpoint. What each process wrote is recorded by a Python audit
+hook (a sitecustomize.py this test puts on PYTHONPATH; nothing in jaxcerv knows about it), and
+each process prints the sha256 of its own replica of the final params + regulators. The oracle
+for those digests is the orbax checkpoint, restored here in a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROCESSES = 2
+
+# Logs every file this process opens for writing (or removes/renames), one TSV line per event:
+# process_id (from --process_id), event, path. The log file is opened before the hook exists.
+_HOOK = r'''
+import os, sys
+
+_log = open(os.path.join(os.environ["AUDIT_DIR"], f"{os.getpid()}.tsv"), "a", buffering=1)
+
+
+def _process_id():
+    for arg in sys.argv:
+        if arg.startswith("--process_id="):
+            return arg.split("=", 1)[1]
+    return "?"
+
+
+def _hook(event, args):
+    if event == "open":
+        path, mode, flags = args
+        writing = (
+            any(c in mode for c in "wax+") if isinstance(mode, str)
+            else bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        )
+        paths = [path] if writing else []
+    elif event == "os.remove":
+        paths = [args[0]]
+    elif event == "os.rename":  # also os.replace
+        paths = list(args[:2])
+    else:
+        return
+    for path in paths:
+        if isinstance(path, (str, bytes, os.PathLike)):
+            _log.write(f"{_process_id()}\t{event}\t{os.path.abspath(os.fsdecode(path))}\n")
+
+
+sys.addaudithook(_hook)
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(workdir: Path, tmp: Path, epochs: int) -> str:
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": os.pathsep.join([str(tmp / "hook"), os.environ.get("PYTHONPATH", "")]),
+        "AUDIT_DIR": str(tmp / "audit"),
+        "COORDINATOR_PORT": str(_free_port()),
+        # The resumed launch compiles the same programs: read them back.
+        "JAX_COMPILATION_CACHE_DIR": str(tmp / "jit_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    proc = subprocess.run(
+        [
+            str(REPO / "launch" / "local_multiprocess.sh"), str(PROCESSES),
+            "--config=configs/smoke.py", f"--workdir={workdir}",
+            f"--config.train.epochs={epochs}", "--config.eval.num_heatmaps=1",
+            f"--config.data.data_dir={tmp / 'tfds'}",  # the data cache is not under test
+        ],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Train one epoch, then relaunch with epochs=2: the second launch resumes from epoch 1."""
+    tmp = tmp_path_factory.mktemp("multiprocess")
+    (tmp / "hook").mkdir()
+    (tmp / "audit").mkdir()
+    (tmp / "hook" / "sitecustomize.py").write_text(_HOOK)
+    workdir = tmp / "run"
+    first = _launch(workdir, tmp, epochs=1)
+    resumed = _launch(workdir, tmp, epochs=2)
+    writes: dict[str, set[str]] = {}
+    for log in (tmp / "audit").glob("*.tsv"):
+        for line in log.read_text().splitlines():
+            process, _, path = line.split("\t")
+            if path.startswith(str(workdir) + os.sep):
+                writes.setdefault(process, set()).add(os.path.relpath(path, workdir))
+    return workdir, first, resumed, writes
+
+
+def test_every_process_ends_with_the_checkpointed_params_and_regulators(launched):
+    import jax
+    import orbax.checkpoint as ocp
+
+    from jaxcerv import parallel
+
+    workdir, first, resumed, _ = launched
+    assert "Resuming from epoch 1" in resumed and "Resuming" not in first
+    pattern = r"process (\d+)/2: state sha256 ([0-9a-f]{64})"
+    first_digests = dict(re.findall(pattern, first))
+    assert sorted(first_digests) == ["0", "1"], first[-3000:]
+    assert first_digests["0"] == first_digests["1"]
+    digests = dict(re.findall(pattern, resumed))
+    # Independently: the state process 0 saved after epoch 2, restored here as numpy.
+    path = workdir / "checkpoints" / "latest" / "2" / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path).item_metadata
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    saved = checkpointer.restore(path, restore_args=as_numpy)
+    want = parallel.replica_digest({"params": saved["params"], "regulators": saved["regulators"]})
+    assert digests == {"0": want, "1": want}
+    assert want != first_digests["0"]  # epoch 2 did train
+
+
+def test_runtime_and_metrics_record_both_processes(launched):
+    workdir, _, _, _ = launched
+    runtime = json.loads((workdir / "results.json").read_text())["runtime"]
+    assert runtime["processes"] == PROCESSES and runtime["devices"] == PROCESSES
+    assert runtime["mesh_shape"] == {"data": PROCESSES}
+    rows = (workdir / "metrics.jsonl").read_text().splitlines()
+    # One writer, and the resumed launch appended epoch 2 to epoch 1.
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_only_process_zero_writes_files(launched):
+    _, _, _, writes = launched
+    # Sanity of the hook: process 0's writes are seen.
+    for name in ("results.json", "metrics.jsonl", "config.json", "splits.json"):
+        assert name in writes.get("0", set()), sorted(writes.get("0", set()))
+    # Orbax checkpoints are a collective write (each process commits its own shards, through
+    # tensorstore, which this hook does not see); everything else is process 0's alone.
+    others = {
+        p: sorted(f for f in files if not f.startswith("checkpoints" + os.sep))
+        for p, files in writes.items()
+        if p != "0"
+    }
+    assert others in ({}, {"1": []}), others
