@@ -183,7 +183,7 @@ class ConvPoolReLU(nn.Module):
     """One encoder layer with ``nn.Conv``'s parameter names, shapes and initialisers."""
 
     features: int
-    impl: str = "xla"
+    impl: str = "s2d"
     first: bool = False
     dtype: Any = jnp.float32
 

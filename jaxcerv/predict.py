@@ -39,8 +39,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from PIL import Image
 
+from jaxcerv import conv, train, viz
 from jaxcerv import model as model_lib
-from jaxcerv import train, viz
 from jaxcerv.data.images import ImageError, load_image
 
 
@@ -134,7 +134,8 @@ class Predictor:
         self.batch_size = int(config.eval.batch_size)
         # train's own eval step, so a served probability is the one evaluation computed.
         self._forward = jax.jit(
-            train.make_eval_step(model_lib.from_config(config), config.regulator.fit_on)
+            train.make_eval_step(model_lib.from_config(config), config.regulator.fit_on),
+            compiler_options=conv.compiler_options(config.model.conv_impl),
         )
 
     @classmethod

@@ -25,9 +25,9 @@ import optax
 from absl import logging
 from tqdm import tqdm
 
+from jaxcerv import conv, parallel, regulator
 from jaxcerv import metrics as metrics_lib
 from jaxcerv import model as model_lib
-from jaxcerv import parallel, regulator
 from jaxcerv.checkpointing import Checkpoints
 from jaxcerv.data import pipeline, splits
 
@@ -190,14 +190,19 @@ def make_eval_step(
 def jit_steps(config, model, tx, mesh):
     """Jit both steps over the mesh: batch split on ``data``, state replicated and donated."""
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    options = conv.compiler_options(config.model.conv_impl)
     train_step = jax.jit(
         make_train_step(config, model, tx),
         in_shardings=(rep, data),
         out_shardings=(rep, rep),
         donate_argnums=0,
+        compiler_options=options,
     )
     eval_step = jax.jit(
-        make_eval_step(model, config.regulator.fit_on), in_shardings=(rep, data), out_shardings=data
+        make_eval_step(model, config.regulator.fit_on),
+        in_shardings=(rep, data),
+        out_shardings=data,
+        compiler_options=options,
     )
     return train_step, eval_step
 

@@ -9,7 +9,8 @@ from conftest import REPO
 
 
 def _main(workdir, *overrides):
-    cmd = [sys.executable, "-m", "jaxcerv.main", "--config=configs/smoke.py", f"--workdir={workdir}"]
+    cmd = [sys.executable, "-m", "jaxcerv.main", "--config=configs/smoke.py"]
+    cmd.append(f"--workdir={workdir}")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         [*cmd, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
