@@ -5,11 +5,12 @@
 #   launch/local_multiprocess.sh N [jaxcerv.main flags...]
 #   launch/local_multiprocess.sh 2 --config=configs/smoke.py --workdir=runs/mp
 #
-# Environment: PYTHON (default .venv/bin/python, else python3), COORDINATOR_PORT (default: a free
-# port), DEVICES_PER_PROCESS (CPU devices per process, default 1). Process 0 prints as usual;
-# the others' lines are prefixed "[process k]". If one process fails, the others are stopped
-# (otherwise they would wait for it until the coordinator times out) and its exit status is
-# returned.
+# Paths in the flags are relative to the current directory, as for python -m jaxcerv.main.
+# Environment: PYTHON (default: the repository's .venv/bin/python, else python3),
+# COORDINATOR_PORT (default: a free port), DEVICES_PER_PROCESS (CPU devices per process,
+# default 1). Process 0 prints as usual; the others' lines are prefixed "[process k]". If one
+# process fails, the others are stopped (otherwise they would wait for it until the coordinator
+# times out) and its exit status is returned.
 set -euo pipefail
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -19,13 +20,14 @@ fi
 num_processes=$1
 shift
 
-cd "$(dirname "$0")/.."
+repo=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+  if [[ -x "$repo/.venv/bin/python" ]]; then PYTHON=$repo/.venv/bin/python; else PYTHON=python3; fi
 fi
 port=${COORDINATOR_PORT:-$("$PYTHON" -c \
   'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 devices=${DEVICES_PER_PROCESS:-1}
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"  # config files import the configs package
 export JAX_PLATFORMS=cpu
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${devices}"
 

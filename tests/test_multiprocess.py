@@ -142,3 +142,23 @@ def test_only_process_zero_writes_files(launched):
         if p != "0"
     }
     assert others in ({}, {"1": []}), others
+
+
+def test_launcher_stops_the_others_when_one_fails(tmp_path):
+    """A stand-in for python: process 1 fails at once, process 0 would wait a minute for it."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'for a; do [[ $a == --process_id=* ]] && id=${a#*=}; done\n'
+        'if [[ $id == 1 ]]; then echo "process 1 fails"; exit 3; fi\n'
+        "exec sleep 60\n"
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "COORDINATOR_PORT": str(_free_port())}
+    proc = subprocess.run(
+        [str(REPO / "launch" / "local_multiprocess.sh"), "2", "--workdir=unused"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=45,
+    )
+    assert proc.returncode == 3
+    assert "[process 1] process 1 fails" in proc.stdout
+    assert "process 1 exited with status 3; stopping the others" in proc.stderr

@@ -21,7 +21,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = 8
-ADAM_B1 = 0.9  # optax.adam's default: after the first step its first moment is (1 - b1) * grad
 
 
 # ------------------------------------------------------------------------- the 8-device worker
@@ -31,6 +30,7 @@ def _worker(out: Path) -> None:
     """Everything that needs 8 devices, in one process so the compilations are shared."""
     sys.path.insert(0, str(REPO))
     import jax
+    import optax
 
     from configs import smoke
     from jaxcerv import model as model_lib
@@ -80,10 +80,10 @@ def _worker(out: Path) -> None:
             for name, v in host["metrics"].items():
                 arrays[f"{n}/step{k}/{name}"] = np.asarray(v)
             arrays[f"{n}/step{k}/regulators"] = host["state"].regulators
-            if k == 1:
-                mu_tree = host["state"].opt_state[0].mu
-                for path, mu in jax.tree_util.tree_flatten_with_path(mu_tree)[0]:
-                    arrays[f"{n}/grads/{jax.tree_util.keystr(path)}"] = mu / (1 - ADAM_B1)
+            if k == 1:  # Adam's first moment after one step is (1 - b1) * the gradient
+                mu = optax.tree_utils.tree_get(host["state"].opt_state, "mu")
+                for path, leaf in jax.tree_util.tree_flatten_with_path(mu)[0]:
+                    arrays[f"{n}/grads/{jax.tree_util.keystr(path)}"] = leaf
         found[f"{n}/state_replicated"] = all(
             x.sharding.is_fully_replicated for x in jax.tree.leaves(state)
         )
