@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_header
 from PIL import Image
 
 from jaxcerv.data import __main__ as cli
@@ -98,7 +99,7 @@ def _make_folder(root: Path) -> Path:
     (root / "trunc.jpg").write_bytes(data[: len(data) // 2])
     (root / "full.jpg").unlink()
     Image.new("RGB", (5, 5), (1, 1, 1)).save(root / "tiny.png")
-    (root / "bomb.png").write_bytes(_png_header(100_000, 100_000))
+    (root / "bomb.png").write_bytes(png_header(100_000, 100_000))
     Image.new("RGB", (24, 24)).save(root.parent / "outside.png")
     with open(root / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -107,18 +108,6 @@ def _make_folder(root: Path) -> Path:
         for row in ROWS:
             writer.writerow([*row[:7], "ignored, with a comma"])
     return root
-
-
-def _png_header(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")

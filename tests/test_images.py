@@ -1,11 +1,10 @@
 """images.read_image: conversions, resize policies and every refusal, on tiny files made here."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from conftest import png_header
 from PIL import Image, ImageFile
 
 from jaxcerv.data.images import ImageError, load_image, read_image
@@ -15,17 +14,6 @@ S, P = 32, 8  # image side and patch size used throughout
 
 def _solid(mode: str, size: tuple[int, int], value) -> Image.Image:
     return Image.new(mode, size, value)
-
-
-def _png_header(width: int, height: int) -> bytes:
-    """A PNG that claims width x height pixels but holds none (a decompression bomb's header)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + crc
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def _noisy_jpeg(size: int) -> bytes:
@@ -167,7 +155,7 @@ def test_image_smaller_than_a_patch_is_refused(tmp_path):
 
 def test_bomb_header_is_refused_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header(100_000, 100_000))
+    path.write_bytes(png_header(100_000, 100_000))
     with pytest.raises(ImageError, match="decompression bomb"):
         read_image(path, image_size=S, patch_size=P)
 

@@ -9,19 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import smoke
-from jaxcerv import predict, train
+from jaxcerv import predict
 from jaxcerv.data import pipeline
-
-
-@pytest.fixture(scope="session")
-def smoke_workdir(tmp_path_factory) -> str:
-    """train_and_evaluate on configs/smoke.py, once per session (test_report finds the same
-    folder under the session's base temp dir)."""
-    workdir = tmp_path_factory.getbasetemp() / "smoke_run"
-    if not (workdir / "results.json").exists():
-        train.train_and_evaluate(smoke.get_config(), str(workdir))
-    return str(workdir)
 
 
 @pytest.fixture(scope="module")

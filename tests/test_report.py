@@ -10,19 +10,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from configs import smoke
-from jaxcerv import metrics, predict, report, train
+from jaxcerv import metrics, predict, report
 from jaxcerv.data import pipeline
-
-
-@pytest.fixture(scope="session")
-def smoke_workdir(tmp_path_factory) -> str:
-    """train_and_evaluate on configs/smoke.py, once per session (test_predict finds the same
-    folder under the session's base temp dir)."""
-    workdir = tmp_path_factory.getbasetemp() / "smoke_run"
-    if not (workdir / "results.json").exists():
-        train.train_and_evaluate(smoke.get_config(), str(workdir))
-    return str(workdir)
 
 
 class _Page(HTMLParser):
