@@ -1,7 +1,8 @@
 """The patch-wise model (paper Eq. 1, 4 and Fig. 2) in Flax linen.
 
-image -> patchify (a reshape on device) -> patch CNN g(x_j), vmapped over the patch axis ->
-patch weight a_j = sigmoid(MLP(g(x_j))) -> aggregation of a_j * g(x_j) -> classifier logit.
+image -> patchify (a reshape on device) -> patch CNN g(x_j), one encoder for all patches (the
+patch axis folded into the convolution batch, as vmap would lower it) -> patch weight
+a_j = sigmoid(MLP(g(x_j))) -> aggregation of a_j * g(x_j) -> classifier logit.
 The weights, arranged on the patch grid, are the heatmap.
 """
 

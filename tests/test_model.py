@@ -37,7 +37,7 @@ def _small_model(aggregation="mean"):
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "sum", "concat"])
-def test_vmapped_model_equals_per_patch_loop(aggregation):
+def test_batched_encoder_model_equals_per_patch_loop(aggregation):
     m = _small_model(aggregation)
     rng = np.random.default_rng(1)
     img = jnp.asarray(rng.integers(0, 255, size=(2, 24, 16, 3), dtype=np.uint8))
