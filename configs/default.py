@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.weight_bias_init = -2.0
     config.model.dtype = "float32"  # | "bfloat16" (compute; params and loss stay float32)
     config.model.remat = False
+    config.model.remat_chunks = 16  # with remat: the encoder runs over this many patch chunks
     config.model.conv_impl = "s2d"  # | "pool" | "xla" (plain nn.Conv): see jaxcerv/conv.py
 
     config.regulator = ml_collections.ConfigDict()

@@ -107,19 +107,39 @@ class PatchWiseModel(nn.Module):
     weight_bias_init: float = 0.0
     dtype: Any = jnp.float32
     remat: bool = False
+    remat_chunks: int = 16
     conv_impl: str = "xla"
+
+    def _rematerialised_encoder(self, patches: jax.Array) -> jax.Array:
+        """The encoder over ``remat_chunks`` equal chunks of patches, one at a time, each under
+        ``jax.checkpoint``: the backward pass recomputes one chunk's activations at a time, so
+        peak memory holds one chunk's activations instead of the whole batch's. A pure function
+        of the encoder's parameters, so the parameter tree is the same as without remat."""
+        params = self.variables["params"]["encoder"]
+        encoder = PatchEncoder(self.conv_features, self.dtype, self.conv_impl)
+
+        @jax.checkpoint
+        def encode(chunk: jax.Array) -> jax.Array:
+            return encoder.apply({"params": params}, chunk)
+
+        n = _num_chunks(patches.shape[0], self.remat_chunks)
+        chunks = patches.reshape(n, patches.shape[0] // n, *patches.shape[1:])
+        return jax.lax.map(encode, chunks).reshape(patches.shape[0], -1)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
         rows, cols = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
         # Pixels to roughly zero mean, unit variance.
         x = patchify((images.astype(self.dtype) - 127.5) / 64.0, self.patch_size)
-        encoder_cls = nn.remat(PatchEncoder) if self.remat else PatchEncoder
         # One set of encoder parameters shared by all patches: fold the patch axis into the batch so
         # that each layer is one convolution over all B*K patches.
         b, k = x.shape[:2]
-        encoder = encoder_cls(self.conv_features, self.dtype, self.conv_impl, name="encoder")
-        g = encoder(x.reshape(b * k, *x.shape[2:])).reshape(b, k, -1)  # (B, K, F)
+        patches = x.reshape(b * k, *x.shape[2:])
+        encoder = PatchEncoder(self.conv_features, self.dtype, self.conv_impl, name="encoder")
+        if self.remat and not self.is_initializing():
+            g = self._rematerialised_encoder(patches).reshape(b, k, -1)
+        else:
+            g = encoder(patches).reshape(b, k, -1)  # (B, K, F)
         logit_a = MLP(
             self.weight_hidden,
             1,
@@ -143,6 +163,11 @@ class PatchWiseModel(nn.Module):
         )
 
 
+def _num_chunks(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is at most ``at_most`` (chunks must be equal-sized)."""
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
 def from_config(config: Any) -> PatchWiseModel:
     """Build the model from ``config.model`` (and the shared ``config.patch_size``)."""
     m = config.model
@@ -157,5 +182,6 @@ def from_config(config: Any) -> PatchWiseModel:
         weight_bias_init=m.weight_bias_init,
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
+        remat_chunks=m.get("remat_chunks", 16),
         conv_impl=m.get("conv_impl", "xla"),
     )
