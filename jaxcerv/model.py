@@ -182,6 +182,6 @@ def from_config(config: Any) -> PatchWiseModel:
         weight_bias_init=m.weight_bias_init,
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
-        remat_chunks=m.get("remat_chunks", 16),
-        conv_impl=m.get("conv_impl", "xla"),
+        remat_chunks=m.remat_chunks,
+        conv_impl=m.conv_impl,
     )

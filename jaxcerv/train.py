@@ -169,7 +169,7 @@ def make_train_step(
 
 
 def make_eval_step(
-    model: model_lib.PatchWiseModel, fit_on: str = "weights"
+    model: model_lib.PatchWiseModel, fit_on: str
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """Forward pass for evaluation: probabilities, heatmaps, features and each image's own fit
     (made as in training, see ``fit_weights``)."""
@@ -281,10 +281,6 @@ def _improves(val_auc: float, val_loss: float, meta: dict) -> bool:
     validation BCE. The BCE alone stalls for epochs while the patch weights are still spreading
     out, even as the ranking (AUC) improves, and stopped runs before they learned."""
     return (val_auc, -val_loss) > (meta["best_val_auc"], -meta["best_val_loss"])
-
-
-def _centre_error(params: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean(np.linalg.norm(params[:, :2] - truth[:, :2], axis=1)))
 
 
 def _train_fold(
@@ -407,7 +403,7 @@ def _train_fold(
             "img_per_s": timed_images / max(train_time, 1e-9),
         }
         if truth is not None:
-            row["regulator_centre_error"] = _centre_error(regs, truth)
+            row["regulator_centre_error"] = metrics_lib.centre_error(regs, truth)
         if parallel.is_writer():
             np.save(os.path.join(workdir, "regulators", f"epoch_{epoch:04d}.npy"), regs)
             with open(metrics_path, "a") as f:
@@ -425,7 +421,7 @@ def _train_fold(
             flush=True,
         )
         if meta["stopped"]:
-            print(f"early stopping: no better validation loss for {config.train.patience} epochs")
+            print(f"early stopping: no better validation AUC for {config.train.patience} epochs")
     ckpt.wait()
     # Every process checks that its replica matches the others' and prints the digest.
     final = {"params": state.params, "regulators": state.regulators}
@@ -445,8 +441,8 @@ def _train_fold(
     }
     if truth is not None:
         g0 = np.tile(np.asarray(regulator.initial_params(grid)), (len(train_idx), 1))
-        reg["centre_error_patches"] = _centre_error(final_regs, truth)
-        reg["initial_centre_error_patches"] = _centre_error(g0, truth)
+        reg["centre_error_patches"] = metrics_lib.centre_error(final_regs, truth)
+        reg["initial_centre_error_patches"] = metrics_lib.centre_error(g0, truth)
         print(
             f"regulator centre error: {reg['centre_error_patches']:.2f} patches "
             f"(G0: {reg['initial_centre_error_patches']:.2f})"
