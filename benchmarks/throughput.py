@@ -1,7 +1,7 @@
 """Images/s of the jitted train step and of inference at a config's scale, with FLOP accounting.
 
     python benchmarks/throughput.py --config=configs/paper.py [--batch 4] [--dtype float32|bfloat16]
-        [--impls s2d,xla] [--json] [--nopredict]
+        [--impls s2d,s2d+remat=false,xla+remat=false] [--json] [--nopredict]
 
 Times ``jaxcerv.train``'s own jitted train and eval steps (``train.jit_steps``, compiled with
 ``conv.compiler_options`` for the conv implementation) on synthetic in-memory images put on the
@@ -9,7 +9,8 @@ device once, so neither grain nor TFDS is needed (on a machine without them, the
 stubbed; the steps never touch them). Compilation is timed apart; steady state is the median
 over ``--repeats`` timed repeats of ``--steps`` back-to-back steps, after ``--warmup`` untimed
 ones. ``--impls`` takes several ``config.model.conv_impl`` values and times them interleaved in one
-process, so their ratios are fair on a noisy machine.
+process, so their ratios are fair on a noisy machine; ``IMPL+KEY=VALUE`` also sets
+``config.model.KEY`` for that variant (``s2d+remat=false``), ``IMPL@OPTS`` its XLA options.
 
 FLOP count (analytic; a multiply-add is 2 FLOPs), per P x P patch, layer l = 1..L:
     convs:      sum_l 2 * s_l^2 * 9 * c_{l-1} * c_l,  s_1 = P, s_{l+1} = s_l // 2, c_0 = 3
@@ -75,7 +76,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/
 _BATCH = flags.DEFINE_integer("batch", 4, "global batch (images per step)")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype; default: config")
 _IMPLS = flags.DEFINE_list(
-    "impls", None, "conv implementations to time (default: config's); IMPL@OPTS picks XLA_OPTIONS"
+    "impls", None, "conv implementations to time (default: config's); IMPL@OPTS picks XLA_OPTIONS, "
+    "IMPL+KEY=VALUE sets config.model.KEY for that variant"
 )
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed repeats; the median is reported")
 _STEPS = flags.DEFINE_integer("steps", 2, "steps per timed repeat, dispatched back to back")
@@ -162,7 +164,13 @@ class Case:
     def __init__(self, config: Any, impl: str, batch: dict[str, jax.Array], mesh: Any) -> None:
         self.config = config = copy.deepcopy(config)
         name, _, opts = impl.partition("@")
+        name, *overrides = name.split("+")
         config.model.conv_impl = name
+        for item in overrides:  # "+patch_chunk=144": a config.model field for this variant
+            key, _, value = item.partition("=")
+            if key not in config.model:
+                raise app.UsageError(f"--impls {impl!r}: config.model has no field {key!r}")
+            config.model[key] = type(config.model[key])(_parse(value))
         self.impl = impl
         self.batch = batch
         self.model = model_lib.from_config(config)
@@ -195,6 +203,10 @@ class Case:
         return self.eval_step(self.state.params, self.batch)
 
 
+def _parse(value: str) -> Any:
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
 def _jpeg(path: str, width: int = 2400, height: int = 1600) -> None:
     """A smooth colour field plus noise, so the JPEG has a realistic size and decode cost."""
     from PIL import Image
@@ -208,7 +220,6 @@ def _jpeg(path: str, width: int = 2400, height: int = 1600) -> None:
 
 def predict_latency(config: Any, params: Any, repeats: int) -> dict[str, Any]:
     """``Predictor.predict`` on one 2400x1600 JPEG, end to end, and its parts."""
-    from PIL import Image
 
     from jaxcerv import viz
 
@@ -240,7 +251,7 @@ def predict_latency(config: Any, params: Any, repeats: int) -> dict[str, Any]:
                 pixels, pred["weights"][0], regulator=pred["regulators"][0],
                 patch_size=config.patch_size,
             )
-            Image.fromarray(overlay).save(os.path.join(tmp, "heat.png"))
+            predict.save_png(overlay, os.path.join(tmp, "heat.png"))
             parts["heatmap"].append(time.perf_counter() - t)
         if "error" in result:
             raise RuntimeError(result["error"])
@@ -316,7 +327,12 @@ def run(config: Any) -> dict[str, Any]:
     kind = next((k for k in BF16_PEAK if k in info["device_kind"]), None)
     rows = []
     for case in cases:
-        row: dict[str, Any] = {"conv_impl": case.impl, "compiler_options": case.options}
+        model_cfg = case.config.model
+        row: dict[str, Any] = {
+            "conv_impl": case.impl,
+            "compiler_options": case.options,
+            "model": {k: model_cfg[k] for k in ("conv_impl", "remat", "remat_chunk", "dtype")},
+        }
         for w in what:
             rate, step = _median_rate(case.times[w], b * _STEPS.value)
             row[f"{w}_img_per_s"] = rate

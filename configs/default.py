@@ -40,8 +40,12 @@ def get_config() -> ml_collections.ConfigDict:
     # shorter (CPU, 10x10 grid, 300 images: val AUC 1.00 vs 0.70 after 6 epochs).
     config.model.weight_bias_init = -2.0
     config.model.dtype = "float32"  # | "bfloat16" (compute; params and loss stay float32)
-    config.model.remat = False
-    config.model.remat_chunks = 16  # with remat: the encoder runs over this many patch chunks
+    # The encoder and weight MLP run over checkpointed chunks of remat_chunk patches per image:
+    # less memory, and on CPU faster (a chunk's activations stay in cache): 1.1-1.2x train, 1.5x
+    # inference at paper scale, batch 4. On a GPU the whole batch at once is likely faster:
+    # remat=False there.
+    config.model.remat = True
+    config.model.remat_chunk = 36
     config.model.conv_impl = "s2d"  # | "pool" | "xla" (plain nn.Conv): see jaxcerv/conv.py
 
     config.regulator = ml_collections.ConfigDict()

@@ -91,12 +91,15 @@ def test_max_pool2_first_maximum_wins():
     np.testing.assert_array_equal(np.asarray(g).reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])
 
 
-def test_conv_valid_gradient_is_the_convolution_gradient():
-    x, kernel, _ = _data(3, 9, 5, 7)
+@pytest.mark.parametrize("im2col", [False, True])
+def test_conv_valid_gradient_is_the_convolution_gradient(im2col):
+    """Oracle: XLA's own autodiff of the convolution (a non-square kernel on purpose)."""
+    x, _, _ = _data(3, 9, 5, 7)
+    kernel = jnp.asarray(np.random.default_rng(2).standard_normal((3, 2, 5, 7)), jnp.float32)
     plain = lambda x, k: conv._conv_valid(x, k)  # noqa: E731
-    cot = jnp.asarray(np.random.default_rng(1).standard_normal((3, 7, 7, 7)), jnp.float32)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((3, 7, 8, 7)), jnp.float32)
     (dx0, dk0) = jax.vjp(plain, x, kernel)[1](cot)
-    (dx1, dk1) = jax.vjp(conv.conv_valid, x, kernel)[1](cot)
+    (dx1, dk1) = jax.vjp(lambda x, k: conv.conv_valid(x, k, im2col), x, kernel)[1](cot)
     _close(dx1, dx0, 1e-5)
     _close(dk1, dk0, 1e-5)
 
@@ -177,3 +180,18 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert result["batch"] == 4 and result["dtype"] == "float32" and result["devices"] >= 1
     assert result["predict_latency"]["total_s"] > 0
     assert (tmp_path / "results.md").read_text().count("| float32 | 4 |") == 1
+
+
+def test_throughput_benchmark_variants_set_model_fields(tmp_path):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks/throughput.py"),
+         "--config=" + os.path.join(ROOT, "configs/smoke.py"), "--json", "--repeats=1",
+         "--steps=1", "--warmup=0", "--what=infer", "--nopredict", "--out=",
+         "--impls=s2d,pool+remat=false+remat_chunk=5"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["compare"]
+    assert [r["model"] for r in rows] == [
+        {"conv_impl": "s2d", "remat": True, "remat_chunk": 36, "dtype": "float32"},
+        {"conv_impl": "pool", "remat": False, "remat_chunk": 5, "dtype": "float32"},
+    ]

@@ -83,11 +83,12 @@ def test_unknown_aggregation():
         model_lib.aggregate(jnp.zeros((1, 2, 3)), "max")
 
 
-def test_remat_in_chunks_lowers_peak_memory_and_keeps_gradients():
+@pytest.mark.parametrize("chunk", [4, 5])  # 64 patches: 16 whole chunks, or 13 with a padded one
+def test_remat_in_chunks_lowers_peak_memory_and_keeps_outputs_and_gradients(chunk):
     x = jnp.asarray(np.random.default_rng(2).integers(0, 255, (4, 8 * 28, 8 * 28, 3), np.uint8))
-    temp, grads = {}, {}
+    temp, grads, outs = {}, {}, {}
     for remat in (False, True):
-        m = model_lib.PatchWiseModel(weight_hidden=(32, 16), remat=remat, remat_chunks=16)
+        m = model_lib.PatchWiseModel(weight_hidden=(32, 16), remat=remat, remat_chunk=chunk)
         params = m.init(jax.random.PRNGKey(0), x[:1])["params"]
 
         def loss(p, m=m):
@@ -97,14 +98,11 @@ def test_remat_in_chunks_lowers_peak_memory_and_keeps_gradients():
         step = jax.jit(jax.grad(loss))
         temp[remat] = step.lower(params).compile().memory_analysis().temp_size_in_bytes
         grads[remat] = step(params)
+        outs[remat] = m.apply({"params": params}, x)
     # The backward pass holds one chunk's encoder activations instead of all 256 patches'.
     assert temp[True] < 0.5 * temp[False], temp
+    for a, b in zip(outs[True], outs[False], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False]), strict=True):
         # Chunked sums reassociate float additions: compare against each tensor's scale.
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
-
-
-def test_num_chunks_divides():
-    assert model_lib._num_chunks(1764 * 4, 16) == 16
-    assert model_lib._num_chunks(7 * 11, 16) == 11
-    assert model_lib._num_chunks(5, 16) == 5

@@ -93,3 +93,20 @@ def test_cli_prints_one_json_line_per_input_and_exit_status(
     assert predict.main(["--workdir", smoke_workdir, paths[1], str(tmp_path / "missing.png")]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [("error" in r) for r in lines] == [True, True]
+
+
+def test_partial_batch_pads_to_next_power_of_two():
+    assert [predict.padded_batch(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    assert predict.padded_batch(5, 6) == 6  # never above the configured batch
+
+
+def test_scores_do_not_depend_on_the_padded_batch(smoke_workdir):
+    """Three images in one padded batch of 4 score as each alone (batch 1) does."""
+    predictor = predict.Predictor.from_run(smoke_workdir)
+    side = predictor.image_size
+    images = np.random.default_rng(3).integers(0, 256, (3, side, side, 3), dtype=np.uint8)
+    together = predictor.predict_arrays(images)
+    for i in range(3):
+        alone = predictor.predict_arrays(images[i : i + 1])
+        for k in ("probabilities", "weights", "regulators"):
+            np.testing.assert_allclose(alone[k][0], together[k][i], rtol=1e-5, atol=1e-6)
