@@ -45,6 +45,8 @@ def _worker(out: Path) -> None:
     config = smoke.get_config()
     config.train.epochs = 1
     config.eval.num_heatmaps = 0
+    # The default remat path over several chunks, the last padded: 16 patches -> 4 chunks of 5.
+    config.model.remat, config.model.remat_chunk = True, 5
     config.data.data_dir = str(out / "tfds")
     source, records = pipeline.load(config, out)
     split = splits.make_splits(records, config.data, out, write=False)[0]
