@@ -195,3 +195,16 @@ def test_throughput_benchmark_variants_set_model_fields(tmp_path):
         {"conv_impl": "s2d", "remat": True, "remat_chunk": 36, "dtype": "float32"},
         {"conv_impl": "pool", "remat": False, "remat_chunk": 5, "dtype": "float32"},
     ]
+
+
+def test_profile_parts_times_every_part(tmp_path):
+    """The per-part profile runs on the smoke config and prints one line per part, in order."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks/profile_parts.py"),
+         "--config=" + os.path.join(ROOT, "configs/smoke.py"), "--repeats=1", "--batch=2"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    lines = [ln.split(" ms")[0] for ln in out.stdout.splitlines() if ln.startswith("  ")]
+    names = ["patchify + normalise", "conv 1 (3->12)", "conv 2 (12->24)", "conv 3 (24->48)",
+             "weight MLP"]
+    assert [ln.rsplit(None, 1)[0].strip() for ln in lines] == names
