@@ -2,9 +2,9 @@
 
     python benchmarks/profile_parts.py --config=configs/paper.py [--batch 4] [--repeats 9]
 
-Times the model's own per-patch path (``model.remat``'s ``lax.map`` over checkpointed chunks of
-``remat_chunk`` patches per image, ``conv.conv_pool_relu`` with the config's ``conv_impl``) cut
-after each part: patchify + normalise, each conv layer, the weight MLP. The difference between
+Times the model's own per-patch path (``model.map_patch_chunks``, as ``model.remat`` runs it,
+over the model's ``PatchEncoder`` and weight ``MLP`` with the config's ``conv_impl``) cut after
+each part: patchify + normalise, each conv layer, the weight MLP. The difference between
 consecutive cuts is that part's cost in place, with the caches as the full model sees them, which
 a layer timed alone over the whole batch does not show. Compiled with ``conv.compiler_options``
 as the train and eval steps are; median of ``--repeats`` after one warm-up call, the cuts
@@ -46,39 +46,25 @@ def part_names(config: Any) -> list[str]:
 def forward_upto(config: Any, upto: int):
     """images -> per-patch output of the first ``upto`` parts after patchify, in chunks."""
     m, p = config.model, config.patch_size
-    rng = np.random.default_rng(0)
-    c_in, kernels = 3, []
-    for c_out in m.conv_features:
-        kernels.append((rng.standard_normal((3, 3, c_in, c_out)) * 0.1).astype(np.float32))
-        c_in = c_out
-    side = p
-    for _ in m.conv_features:
-        side //= 2
-    dims = (side * side * c_in, *m.weight_hidden, 1)
-    dense = [(rng.standard_normal((a, b)) * 0.05).astype(np.float32) for a, b in zip(
-        dims[:-1], dims[1:], strict=True)]
-    n_conv = len(kernels)
+    n_conv = len(m.conv_features)
+    encoder = model_lib.PatchEncoder(tuple(m.conv_features[:upto]), jnp.float32, m.conv_impl)
+    mlp = model_lib.MLP(tuple(m.weight_hidden), 1)
+    patch = jnp.zeros((1, p, p, 3), jnp.float32)
+    enc_params = encoder.init(jax.random.PRNGKey(0), patch)
+    mlp_params = mlp.init(jax.random.PRNGKey(1), encoder.apply(enc_params, patch))
 
-    def per_patch(x: jax.Array) -> jax.Array:
-        x = model_lib.normalise_pixels(x, jnp.float32)
-        for i, k in enumerate(kernels[: min(upto, n_conv)]):
-            x = conv.conv_pool_relu(x, k, jnp.zeros(k.shape[-1]), m.conv_impl, first=i == 0)
-        x = x.reshape(x.shape[0], -1)
+    def per_patch(chunk: jax.Array) -> jax.Array:
+        b, k = chunk.shape[:2]
+        x = model_lib.normalise_pixels(chunk.reshape(b * k, *chunk.shape[2:]), jnp.float32)
+        x = encoder.apply(enc_params, x)
         if upto > n_conv:
-            for w in dense[:-1]:
-                x = jax.nn.relu(x @ w)
-            x = x @ dense[-1]
-        return jnp.sum(x, axis=-1)  # a small output, so the cut's result costs nothing to write
+            x = mlp.apply(mlp_params, x)
+        # A small output, so the cut's result costs nothing to write.
+        return jnp.sum(x, axis=-1).reshape(b, k)
 
     def forward(images: jax.Array) -> jax.Array:
         x = model_lib.patchify(images, p)
-        b, k = x.shape[:2]
-        size = min(m.remat_chunk, k)
-        chunks = -(-k // size)
-        x = jnp.pad(x, ((0, 0), (0, chunks * size - k)) + ((0, 0),) * 3)
-        x = x.reshape(b, chunks, size, *x.shape[2:]).swapaxes(0, 1)
-        body = jax.checkpoint(lambda c: per_patch(c.reshape(-1, *c.shape[2:])))
-        return jax.lax.map(body, x)
+        return model_lib.map_patch_chunks(per_patch, x, m.remat_chunk)
 
     return jax.jit(forward, compiler_options=conv.compiler_options(m.conv_impl))
 

@@ -8,7 +8,7 @@ The weights, arranged on the patch grid, are the heatmap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -126,13 +126,11 @@ class PatchWiseModel(nn.Module):
         while a chunk's stay in cache: 1.1-1.2x training and 1.5x inference at paper scale
         (benchmarks/README.md). Chunks run along the patch axis, so the batch axis, which is
         sharded over devices, stays whole in every chunk. A pure function of the two modules'
-        parameters: the parameter tree is the same as without remat. The last chunk is padded
-        with zero patches whose outputs are dropped."""
+        parameters: the parameter tree is the same as without remat."""
         params = self.variables["params"]
         encoder = PatchEncoder(self.conv_features, self.dtype, self.conv_impl)
         mlp = MLP(self.weight_hidden, 1, dtype=self.dtype, out_bias=self.weight_bias_init)
 
-        @jax.checkpoint
         def per_patch(chunk: jax.Array) -> tuple[jax.Array, jax.Array]:
             b, k = chunk.shape[:2]
             chunk = normalise_pixels(chunk.reshape(b * k, *chunk.shape[2:]), self.dtype)
@@ -141,14 +139,7 @@ class PatchWiseModel(nn.Module):
                 b, k, 1
             )
 
-        b, k = x.shape[:2]
-        size = min(self.remat_chunk, k)
-        chunks = -(-k // size)
-        x = jnp.pad(x, ((0, 0), (0, chunks * size - k)) + ((0, 0),) * (x.ndim - 2))
-        x = x.reshape(b, chunks, size, *x.shape[2:]).swapaxes(0, 1)
-        g, logit_a = jax.lax.map(per_patch, x)  # (chunks, B, size, .)
-        g = g.swapaxes(0, 1).reshape(b, chunks * size, -1)[:, :k]
-        return g, logit_a.swapaxes(0, 1).reshape(b, chunks * size, 1)[:, :k]
+        return map_patch_chunks(per_patch, x, self.remat_chunk)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
@@ -184,6 +175,21 @@ class PatchWiseModel(nn.Module):
             weights=a[..., 0].reshape(-1, rows, cols),
             features=f.astype(jnp.float32),
         )
+
+
+def map_patch_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, size: int) -> Any:
+    """``fn`` over chunks of ``size`` patches of every image of ``x`` (B, K, ...), one chunk at a
+    time (``lax.map``), each under ``jax.checkpoint``. ``fn`` maps (B, size, ...) to a pytree of
+    (B, size, ...) arrays; the result has (B, K, ...) leaves. The last chunk is padded with zero
+    patches whose outputs are dropped."""
+    b, k = x.shape[:2]
+    size = min(size, k)
+    chunks = -(-k // size)
+    x = jnp.pad(x, ((0, 0), (0, chunks * size - k)) + ((0, 0),) * (x.ndim - 2))
+    out = jax.lax.map(jax.checkpoint(fn), x.reshape(b, chunks, size, *x.shape[2:]).swapaxes(0, 1))
+    return jax.tree.map(
+        lambda y: y.swapaxes(0, 1).reshape(b, chunks * size, *y.shape[3:])[:, :k], out
+    )
 
 
 def from_config(config: Any) -> PatchWiseModel:
