@@ -2,12 +2,19 @@
 
 Rerunning the same command resumes from the workdir's latest checkpoint. Multi-host: pass
 --coordinator/--num_processes/--process_id, or let JAX auto-detect a TPU pod or SLURM job.
+The only module that runs both training and the report. Every expected failure (a bad setting,
+a busy workdir, divergence, a failed or corrupt checkpoint, a full disk) ends with one line on
+stderr: exit status 2 for a usage problem (nothing written), 1 for a run that stopped.
 """
+
+from __future__ import annotations
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxcerv import parallel, train
+from jaxcerv import configcheck
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and results go.")
@@ -16,13 +23,75 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes (
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-process).")
 
 
+def _fail(message: str, status: int) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a config override that names an unknown key, a bad value or a
+    missing config file reported in one line (exit 2) instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections: override of a key that is absent
+        override = next((a.split("=", 1)[0][len("--config."):] for a in argv[1:]
+                         if a.startswith("--config.") and _unknown(a)), None)
+        config = _base_config()
+        if override is not None and config is not None:
+            _fail(configcheck.unknown_key_message(override, config), 2)
+        _fail(f"bad --config override: {e}", 2)
+    except flags.Error as e:
+        _fail(str(e), 2)
+    raise AssertionError("unreachable")
+
+
+def _base_config():
+    try:
+        return flags.FLAGS["config"].value
+    except Exception:  # the config file itself did not load
+        return None
+
+
+def _unknown(arg: str) -> bool:
+    config = _base_config()
+    if config is None:
+        return True
+    node = config
+    for part in arg.split("=", 1)[0][len("--config."):].split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return True
+        node = node[part]
+    return False
+
+
 def main(argv: list[str]) -> None:
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    config = _CONFIG.value
+    try:
+        configcheck.check_config(config)
+    except configcheck.ConfigError as e:
+        _fail(str(e), 2)
+
+    # Heavy imports after the checks, so a usage error answers at once.
+    from jaxcerv import parallel, report, train
+    from jaxcerv.rundir import RunError
+
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train.train_and_evaluate(config, _WORKDIR.value)
+    except ValueError as e:  # settings that only the data or the devices can refute
+        _fail(" ".join(str(e).split()), 2 if "config." in str(e) else 1)
+    except RunError as e:
+        _fail(str(e), 1)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        _fail(f"{e.strerror or e}{where}: free disk space or fix the folder, then rerun the "
+              "same command to resume", 1)
+    if parallel.is_writer():
+        print("report:", report.write_report(_WORKDIR.value), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

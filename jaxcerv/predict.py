@@ -3,7 +3,7 @@
     python -m jaxcerv.predict --workdir W [--out DIR] IMAGE...
     python -m jaxcerv.predict --checkpoint W/checkpoints/best/12 IMAGE...
 
-``--workdir`` serves the run's best checkpoint (lowest validation loss, the one that was tested)
+``--workdir`` serves the run's selected checkpoint (``best_epoch`` of results.json: the tested one)
 with the decision threshold chosen on validation (``W/results.json``) and the config
 (``W/config.json``, or the parent folder's for a cross-validation fold ``W/fold_K``).
 ``--checkpoint`` serves one orbax step directory instead, ``<run>/checkpoints/{best,latest}/<N>``;
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -33,81 +32,30 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from PIL import Image
 
-from jaxcerv import conv, train, viz
 from jaxcerv import model as model_lib
+from jaxcerv import steps, viz
+from jaxcerv.checkpointing import restore_params
 from jaxcerv.data.images import ImageError, load_image
-
-
-class RunError(RuntimeError):
-    """The run folder or checkpoint cannot serve predictions (message says what is missing)."""
-
-
-def find_config_file(workdir: str) -> str:
-    """``workdir/config.json``, or the parent's for a cross-validation fold ``workdir/fold_K``."""
-    for folder in (workdir, os.path.dirname(os.path.abspath(workdir))):
-        path = os.path.join(folder, "config.json")
-        if os.path.isfile(path):
-            return path
-    raise RunError(f"{workdir}: no config.json here or in the parent folder; is it a run folder?")
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a run saved (JSON lists stand in for tuples; the model accepts both)."""
-    with open(find_config_file(workdir)) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def read_threshold(workdir: str) -> float:
-    path = os.path.join(workdir, "results.json")
-    if not os.path.isfile(path):
-        raise RunError(f"{path} is missing: the run has not finished evaluating")
-    with open(path) as f:
-        results = json.load(f)
-    if "threshold" not in results:
-        hint = " (cross-validation: pass --workdir W/fold_K)" if "folds" in results else ""
-        raise RunError(f"{path} has no decision threshold{hint}")
-    return float(results["threshold"])
+from jaxcerv.rundir import RunDir, RunError, json_number
 
 
 def best_checkpoint_dir(workdir: str) -> str:
-    """The newest step directory of ``workdir/checkpoints/best`` (orbax keeps one)."""
-    root = os.path.join(workdir, "checkpoints", "best")
-    steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+    """The step directory of the run's selected model: ``checkpoints/best/<best_epoch>`` as
+    results.json names it (newest best step when results.json does not say)."""
+    run = RunDir(workdir)
+    steps = run.checkpoint_steps("best")
     if not steps:
-        raise RunError(f"{root}: no checkpoint; did training finish an epoch?")
-    return os.path.join(root, str(steps[-1]))
-
-
-def restore_params(step_dir: str, like: Any) -> Any:
-    """Only the model parameters of a saved train state (no optimizer state or regulators).
-
-    A partial orbax restore: it needs neither the number of training images nor the optimizer.
-    """
-    state_dir = os.path.abspath(os.path.join(step_dir, "state"))
-    if not os.path.isdir(state_dir):
-        raise RunError(f"{step_dir}: not an orbax step directory of a train state (no state/)")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = {
-        "params": jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
-        )
-    }
-    with ocp.PyTreeCheckpointer() as ckptr:
-        out = ckptr.restore(
-            state_dir,
-            args=ocp.args.PyTreeRestore(
-                item=target,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                partial_restore=True,
-            ),
-        )
-    return out["params"]
+        raise RunError(f"{run.path('checkpoints', 'best')}: no checkpoint; did training finish "
+                       "an epoch?")
+    best = run.read_results().get("best_epoch") if os.path.isfile(run.results) else None
+    if best is not None and best not in steps:
+        raise RunError(f"{run.checkpoint_dir('best', best)} (the tested model) is missing: "
+                       "rerun the training command to repair it")
+    return run.checkpoint_dir("best", best if best is not None else steps[-1])
 
 
 def run_folder(workdir: str | None, checkpoint: str | None) -> str:
@@ -119,10 +67,6 @@ def run_folder(workdir: str | None, checkpoint: str | None) -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))))
 
 
-def _json_number(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
 class Predictor:
     """A restored model ready to score files; build once, call ``predict`` many times."""
 
@@ -132,26 +76,17 @@ class Predictor:
         self.params = params
         self.image_size = config.grid_size * config.patch_size
         self.batch_size = int(config.eval.batch_size)
-        # train's own eval step, so a served probability is the one evaluation computed.
-        self._forward = jax.jit(
-            train.make_eval_step(model_lib.from_config(config), config.regulator.fit_on),
-            compiler_options=conv.compiler_options(config.model.conv_impl),
-        )
+        # The eval step training used, so a served probability is the one evaluation computed.
+        self._forward = steps.jit_eval_step(config, model_lib.from_config(config))
 
     @classmethod
     def from_run(cls, workdir: str | None = None, checkpoint: str | None = None) -> Predictor:
         """The best checkpoint of ``workdir``, or the step directory ``checkpoint`` (see module)."""
-        workdir = run_folder(workdir, checkpoint)
-        config = read_config(workdir)
-        threshold = read_threshold(workdir)
-        model = model_lib.from_config(config)
-        side = config.grid_size * config.patch_size
-        like = jax.eval_shape(
-            lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3), jnp.uint8))[
-                "params"
-            ]
-        )
-        params = restore_params(checkpoint or best_checkpoint_dir(workdir), like)
+        run = RunDir(run_folder(workdir, checkpoint))
+        config = run.read_config()
+        threshold = run.read_threshold()
+        like = steps.abstract_params(config, model_lib.from_config(config))
+        params = restore_params(checkpoint or best_checkpoint_dir(run.root), like)
         return cls(config, params, threshold)
 
     def load(self, path: str) -> np.ndarray:
@@ -205,7 +140,16 @@ class Predictor:
                 results[k]["error"] = " ".join(str(e).split())  # one line, whatever Pillow said
                 return None
 
-        def write(k: int, image: np.ndarray, weights: np.ndarray, fit: np.ndarray) -> str:
+        def write(k: int, image: np.ndarray, weights: np.ndarray, fit: np.ndarray) -> str | None:
+            """The overlay's path, or None with the reason in the result (one bad output name,
+            e.g. too long for the file system, must not cost the other images their results)."""
+            try:
+                return _write_overlay(k, image, weights, fit)
+            except (OSError, ValueError) as e:
+                results[k]["error"] = f"cannot write the heatmap: {' '.join(str(e).split())}"
+                return None
+
+        def _write_overlay(k: int, image: np.ndarray, weights: np.ndarray, fit: np.ndarray) -> str:
             overlay = viz.overlay_array(
                 image,
                 weights,
@@ -213,7 +157,7 @@ class Predictor:
                 cmap=cmap,
                 alpha=alpha,
                 smooth_sigma=smooth_sigma,
-                regulator=fit if regulator_is_drawable(fit) else None,
+                regulator=fit if viz.regulator_is_drawable(fit) else None,
                 patch_size=self.config.patch_size,
             )
             path = os.path.join(out_dir, names[k])
@@ -233,13 +177,15 @@ class Predictor:
                     write, good, pixels, pred["weights"], pred["regulators"]
                 )
                 for j, (k, heatmap) in enumerate(zip(good, heatmaps, strict=True)):
+                    if heatmap is None:
+                        continue
                     prob = float(pred["probabilities"][j])
                     results[k].update(
                         probability=prob,
                         label=int(prob >= self.threshold),
                         threshold=self.threshold,
                         heatmap=heatmap,
-                        regulator=[_json_number(float(v)) for v in pred["regulators"][j]],
+                        regulator=[json_number(float(v)) for v in pred["regulators"][j]],
                     )
         return results
 
@@ -247,12 +193,6 @@ class Predictor:
 def padded_batch(n: int, batch_size: int) -> int:
     """The batch that ``n`` images are padded to: the next power of two, at most ``batch_size``."""
     return min(batch_size, 1 << max(0, n - 1).bit_length())
-
-
-def regulator_is_drawable(params: np.ndarray) -> bool:
-    """Finite, positive-definite covariance (an ellipse exists); others are reported, not drawn."""
-    s_hh, s_hv, s_vv = float(params[2]), float(params[3]), float(params[4])
-    return s_hh > 0 and s_hh * s_vv - s_hv**2 > 0
 
 
 def save_png(pixels: np.ndarray, path: str) -> None:

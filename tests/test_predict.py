@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from jaxcerv import predict
+from jaxcerv.rundir import RunDir
 from jaxcerv.data import pipeline
 
 
@@ -20,7 +21,7 @@ def inputs(smoke_workdir, tmp_path_factory):
     with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as z:
         saved = {k: z[k] for k in z.files}
     row = 0
-    source, records = pipeline.load(predict.read_config(smoke_workdir), smoke_workdir)
+    source, records = pipeline.load(RunDir(smoke_workdir).read_config(), smoke_workdir)
     index = int(np.flatnonzero(records.ids == saved["ids"][row])[0])
     png = folder / "dataset image.png"
     Image.fromarray(np.asarray(source[index]["image"])).save(png)

@@ -9,7 +9,7 @@ import pytest
 
 from configs import smoke
 from jaxcerv import model as model_lib
-from jaxcerv import regulator, train
+from jaxcerv import regulator, steps
 
 
 @functools.cache
@@ -18,9 +18,9 @@ def _compiled(mode):
     config = smoke.get_config()
     config.regulator.mode = mode
     model = model_lib.from_config(config)
-    tx = train.make_optimizer(config)
-    state = train.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
-    step = jax.jit(train.make_train_step(config, model, tx), donate_argnums=0)
+    tx = steps.make_optimizer(config)
+    state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
+    step = jax.jit(steps.make_train_step(config, model, tx), donate_argnums=0)
     side = config.grid_size * config.patch_size
     rng = np.random.default_rng(0)
     batch = {
@@ -52,7 +52,7 @@ def test_iterative_writes_fits_of_pre_update_weights_for_unmasked_rows():
     g0 = np.asarray(state.regulators)
     out = model.apply({"params": state.params}, batch["image"])
     want = np.asarray(
-        regulator.fit_gaussian(train.fit_weights(out.weights, config.regulator.fit_on))
+        regulator.fit_gaussian(regulator.fit_targets(out.weights, config.regulator.fit_on))
     )
     new_state, m = step(state, batch)
     regs = np.asarray(new_state.regulators)
@@ -89,7 +89,7 @@ def test_none_mode_has_no_spatial_term():
     np.testing.assert_allclose(m["loss_sum"], m["bce_sum"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("fit_on", train.FIT_ON)
+@pytest.mark.parametrize("fit_on", regulator.FIT_ON)
 def test_fit_weights_hand_computed(fit_on):
     w = np.array([[0.2, 0.6], [0.4, 0.3]], np.float32)
     normalised = np.array([[0.0, 1.0], [0.5, 0.25]])
@@ -98,13 +98,13 @@ def test_fit_weights_hand_computed(fit_on):
         "normalised": normalised,
         "above_median": np.maximum(normalised - np.median(normalised), 0.0),
     }[fit_on]
-    np.testing.assert_allclose(train.fit_weights(jnp.asarray(w), fit_on), want, rtol=1e-6)
+    np.testing.assert_allclose(regulator.fit_targets(jnp.asarray(w), fit_on), want, rtol=1e-6)
 
 
 def test_update_regulators_drops_unwritten_rows_even_with_duplicate_index():
     regs = jnp.zeros((4, 5))
     fits = jnp.stack([jnp.full(5, 1.0), jnp.full(5, 2.0)])
-    out = train.update_regulators(regs, jnp.array([2, 2]), fits, jnp.array([True, False]))
+    out = regulator.scatter_rows(regs, jnp.array([2, 2]), fits, jnp.array([True, False]))
     out = np.asarray(out)
     np.testing.assert_array_equal(out[2], np.full(5, 1.0))
     np.testing.assert_array_equal(out[[0, 1, 3]], 0)
