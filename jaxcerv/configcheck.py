@@ -83,6 +83,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("train.learning_rate", lambda v: is_num(v) and math.isfinite(v) and v > 0,
          "a finite number > 0"),
         ("train.patience", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("train.max_bce", lambda v: is_num(v) and v > 0, "a number > 0"),
         ("train.log_every_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("eval.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("eval.threshold_criterion", lambda v: v in THRESHOLD_CRITERIA,
@@ -123,10 +124,21 @@ def config_keys(config: Any, prefix: str = "") -> Iterable[str]:
 
 
 def unknown_key_message(override: str, config: Any) -> str:
-    """One line for ``--config.<override>=...`` naming a key the config does not have."""
+    """One line for ``--config.<override>=...`` naming a key the config does not have, with the
+    likeliest intended keys: an abbreviation (``lr`` = ``learning_rate``), then a prefix, then
+    the closest spellings."""
     keys = list(config_keys(config))
-    close = difflib.get_close_matches(override, keys, n=3, cutoff=0.5)
-    leaf = override.rsplit(".", 1)[-1]
-    close += [k for k in keys if k.rsplit(".", 1)[-1].startswith(leaf) and k not in close][:3]
-    hint = f"; did you mean {' or '.join('config.' + k for k in close[:3])}?" if close else ""
+    *parent, leaf = override.split(".")
+
+    def initials(k: str) -> str:
+        return "".join(w[0] for w in k.rsplit(".", 1)[-1].split("_") if w)
+
+    def same_parent(k: str) -> bool:
+        return k.split(".")[:-1] == parent
+
+    ranked = [k for k in keys if same_parent(k) and initials(k) == leaf]
+    ranked += [k for k in keys if same_parent(k) and k.rsplit(".", 1)[-1].startswith(leaf)]
+    ranked += difflib.get_close_matches(override, keys, n=3, cutoff=0.5)
+    close = list(dict.fromkeys(ranked))[:3]
+    hint = f"; did you mean {' or '.join('config.' + k for k in close)}?" if close else ""
     return f"config.{override} is not a setting of this config{hint}"

@@ -29,39 +29,48 @@ def _fail(message: str, status: int) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a config override that names an unknown key, a bad value or a
-    missing config file reported in one line (exit 2) instead of a traceback."""
+    """absl flag parsing, with a config override that names an unknown key or a bad value
+    reported in one line (exit 2) instead of a traceback."""
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # ml_collections: override of a key that is absent
-        override = next((a.split("=", 1)[0][len("--config."):] for a in argv[1:]
-                         if a.startswith("--config.") and _unknown(a)), None)
-        config = _base_config()
-        if override is not None and config is not None:
-            _fail(configcheck.unknown_key_message(override, config), 2)
+        config = _load_config(argv)
+        unknown = [a for a in argv[1:] if a.startswith("--config.") and config is not None
+                   and not _has_key(config, _override_key(a))]
+        if unknown:
+            _fail(configcheck.unknown_key_message(_override_key(unknown[0]), config), 2)
         _fail(f"bad --config override: {e}", 2)
     except flags.Error as e:
         _fail(str(e), 2)
     raise AssertionError("unreachable")
 
 
-def _base_config():
+def _override_key(arg: str) -> str:
+    return arg.split("=", 1)[0][len("--config."):]
+
+
+def _load_config(argv: list[str]):
+    """The config file's ``get_config()``, loaded as config_flags does, or None."""
+    import importlib.util
+
+    path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")),
+                _CONFIG.default if hasattr(_CONFIG, "default") else "configs/default.py")
     try:
-        return flags.FLAGS["config"].value
-    except Exception:  # the config file itself did not load
+        spec = importlib.util.spec_from_file_location("_jaxcerv_config", path.split(":")[0])
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+    except Exception:  # the config file itself is the problem: absl reports that
         return None
 
 
-def _unknown(arg: str) -> bool:
-    config = _base_config()
-    if config is None:
-        return True
+def _has_key(config, dotted: str) -> bool:
     node = config
-    for part in arg.split("=", 1)[0][len("--config."):].split("."):
+    for part in dotted.split("."):
         if not hasattr(node, "keys") or part not in node:
-            return True
+            return False
         node = node[part]
-    return False
+    return True
 
 
 def main(argv: list[str]) -> None:

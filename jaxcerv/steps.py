@@ -71,10 +71,12 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted train step for this config (jit it with donation: see ``jit_steps``).
 
-    ``metrics["finite"]`` is false when the loss, a gradient, a new parameter or a regulator is
-    not finite: the loop stops on it (divergence guard) before anything is saved.
+    ``metrics["healthy"]`` is false when the loss, a gradient, a new parameter or a regulator is
+    not finite, or the batch's mean BCE exceeds ``config.train.max_bce``: the loop stops on it
+    (divergence guard) before anything is saved.
     """
     mode, lam, fit_on = config.regulator.mode, config.regulator.lam, config.regulator.fit_on
+    max_bce = config.train.max_bce
     grid = (config.grid_size, config.grid_size)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -111,7 +113,8 @@ def make_train_step(
             "spatial_sum": jnp.sum(spatial * mask),
             "valid_fits": jnp.sum(valid.astype(jnp.float32)),
             "count": jnp.sum(mask),
-            "finite": _all_finite(loss, grads, params, regulators),
+            "healthy": _all_finite(loss, grads, params, regulators)
+            & (jnp.sum(bce * mask) / count <= max_bce),
         }
         return new_state, metrics
 

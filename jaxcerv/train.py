@@ -172,12 +172,13 @@ def _resume(ckpt: Checkpoints, fold: Fold) -> tuple[steps.TrainState, Progress]:
     return state, progress
 
 
-def _check_finite(finite: jax.Array, epoch: int, step: int, config) -> None:
-    if not bool(finite):
+def _check_healthy(healthy: jax.Array, epoch: int, step: int, config) -> None:
+    if not bool(healthy):
         raise DivergenceError(
             f"training diverged at epoch {epoch}, step {step} (learning rate "
             f"{config.train.learning_rate:g}): the loss, a gradient, a parameter or a regulator "
-            f"is not finite; nothing of epoch {epoch} was saved. Lower "
+            f"is not finite, or the BCE exceeds config.train.max_bce="
+            f"{config.train.max_bce:g}; nothing of epoch {epoch} was saved. Lower "
             "--config.train.learning_rate and rerun the same command to resume from the last "
             "saved epoch"
         )
@@ -186,7 +187,7 @@ def _check_finite(finite: jax.Array, epoch: int, step: int, config) -> None:
 def _train_epoch(fold: Fold, state, epoch: int) -> tuple[steps.TrainState, dict[str, float]]:
     """One pass over the training split; stops on the first non-finite step (divergence guard).
 
-    The finiteness of step i is read after step i+1 is dispatched, so the check costs no
+    The health of step i is read after step i+1 is dispatched, so the check costs no
     pipeline stall; a non-finite step is never saved because saving happens after the epoch.
     """
     config = fold.config
@@ -205,13 +206,13 @@ def _train_epoch(fold: Fold, state, epoch: int) -> tuple[steps.TrainState, dict[
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )
     sums: dict[str, jax.Array] = {}
-    pending = None  # (global step, finite flag) of the step before
+    pending = None  # (global step, health flag) of the step before
     t_steady, timed_images = time.perf_counter(), 0
     for i, host_batch in enumerate(bar):
         state, m = fold.train_step(state, parallel.to_global(host_batch, fold.mesh))
         if pending is not None:
-            _check_finite(pending[1], epoch, pending[0], config)
-        pending = ((epoch - 1) * n_steps + i + 1, m.pop("finite"))
+            _check_healthy(pending[1], epoch, pending[0], config)
+        pending = ((epoch - 1) * n_steps + i + 1, m.pop("healthy"))
         sums = m if not sums else jax.tree.map(jnp.add, sums, m)
         if i == 0:
             # Throughput excludes the first step: on the first epoch it includes compilation.
@@ -222,7 +223,7 @@ def _train_epoch(fold: Fold, state, epoch: int) -> tuple[steps.TrainState, dict[
         if (i + 1) % config.train.log_every_steps == 0:
             bar.set_postfix(loss=f"{float(sums['loss_sum'] / sums['count']):.4f}")
     if pending is not None:
-        _check_finite(pending[1], epoch, pending[0], config)
+        _check_healthy(pending[1], epoch, pending[0], config)
     totals = parallel.to_host(sums)
     n = float(totals["count"])
     return state, {

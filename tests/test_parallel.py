@@ -33,10 +33,10 @@ def _worker(out: Path) -> None:
     import optax
 
     from configs import smoke
-    from jaxcerv import model as model_lib
     from jaxcerv import evaluate, parallel, steps, train
-    from jaxcerv.rundir import RunDir
+    from jaxcerv import model as model_lib
     from jaxcerv.data import pipeline, splits
+    from jaxcerv.rundir import RunDir
 
     assert jax.device_count() == DEVICES, jax.devices()
     # Identical programs (the steps below and the ones _train_fold jits again) compile once.
@@ -302,8 +302,8 @@ def _variant(dtype: str, remat: bool):
     import jax.numpy as jnp
 
     from configs import smoke
-    from jaxcerv import model as model_lib
     from jaxcerv import losses, parallel, regulator
+    from jaxcerv import model as model_lib
 
     config = smoke.get_config()
     config.model.dtype, config.model.remat = dtype, remat

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from jaxcerv import predict
-from jaxcerv.rundir import RunDir
 from jaxcerv.data import pipeline
+from jaxcerv.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,20 @@ def test_scores_do_not_depend_on_the_padded_batch(smoke_workdir):
         alone = predictor.predict_arrays(images[i : i + 1])
         for k in ("probabilities", "weights", "regulators"):
             np.testing.assert_allclose(alone[k][0], together[k][i], rtol=1e-5, atol=1e-6)
+
+
+def test_over_long_names_get_their_own_error_and_the_rest_are_scored(
+    smoke_workdir, inputs, tmp_path, capsys
+):
+    paths, _ = inputs
+    long_input = str(tmp_path / ("x" * 300 + ".png"))  # cannot even be opened
+    long_output = tmp_path / ("y" * 248 + ".png")  # opens, but its heatmap name is too long
+    long_output.write_bytes(open(paths[2], "rb").read())
+    argv = ["--workdir", smoke_workdir, "--out", str(tmp_path / "out"), long_input,
+            str(long_output), paths[2]]
+    assert predict.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    assert "File name too long" in lines[0]["error"]
+    assert "cannot write the heatmap" in lines[1]["error"]
+    assert "probability" in lines[2] and os.path.isfile(lines[2]["heatmap"])

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from jaxcerv import metrics, report
-from jaxcerv.rundir import RunDir
 from jaxcerv.data import pipeline
+from jaxcerv.rundir import RunDir
 
 
 class _Page(HTMLParser):
