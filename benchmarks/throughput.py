@@ -3,7 +3,7 @@
     python benchmarks/throughput.py --config=configs/paper.py [--batch 4] [--dtype float32|bfloat16]
         [--impls s2d,s2d+remat=false,xla+remat=false] [--json] [--nopredict]
 
-Times ``jaxcerv.train``'s own jitted train and eval steps (``train.jit_steps``, compiled with
+Times jaxcerv's own jitted train and eval steps (``steps.jit_steps``, compiled with
 ``conv.compiler_options`` for the conv implementation) on synthetic in-memory images put on the
 device once, so neither grain nor TFDS is needed (on a machine without them, the data modules are
 stubbed; the steps never touch them). Compilation is timed apart; steady state is the median
@@ -68,7 +68,7 @@ _stub_data_modules()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxcerv import conv, parallel, predict, train  # noqa: E402
+from jaxcerv import conv, parallel, predict, steps  # noqa: E402
 from jaxcerv import model as model_lib  # noqa: E402
 from jaxcerv.data import images  # noqa: E402
 
@@ -175,12 +175,12 @@ class Case:
         self.batch = batch
         self.model = model_lib.from_config(config)
         self.options = conv.compiler_options(name) if not opts else XLA_OPTIONS[opts]
-        tx = train.make_optimizer(config)
+        tx = steps.make_optimizer(config)
         b = batch["image"].shape[0]
-        self.state = train.create_train_state(config, self.model, tx, b, jax.random.PRNGKey(0))
+        self.state = steps.create_train_state(config, self.model, tx, b, jax.random.PRNGKey(0))
         self.state = jax.device_put(self.state, parallel.replicated(mesh))
         # train's own jitted steps (shardings, donation); compiled below with this impl's options.
-        self.train_jit, self.eval_jit = train.jit_steps(config, self.model, tx, mesh)
+        self.train_jit, self.eval_jit = steps.jit_steps(config, self.model, tx, mesh)
         self.times: dict[str, list[float]] = {"train": [], "infer": []}
         self.compile_s: dict[str, float] = {}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +88,7 @@ class Checkpoints:
         """Step ``step`` of ``kind``, shaped and sharded like ``like``; its parameters must match
         the digest saved with them. Raises CheckpointError when unreadable or mismatching."""
         where = self.run.checkpoint_dir(kind, step)
+        _drop_closed_loop_reports()
         try:
             out = self.managers[kind].restore(
                 step,
@@ -143,6 +145,7 @@ def restore_params(step_dir: str, like: Any) -> Any:
         raise CheckpointError(f"{step_dir}: not an orbax step directory of a train state (no "
                               "state/)")
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    _drop_closed_loop_reports()
     target = {
         "params": jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
@@ -166,6 +169,25 @@ def restore_params(step_dir: str, like: Any) -> Any:
         raise CheckpointError(f"{step_dir}: parameters do not match the digest saved with them; "
                               "the checkpoint is corrupt")
     return params
+
+
+def _drop_closed_loop_reports() -> None:
+    """Installed before every restore. After a failed one, tensorstore completes the other
+    pending reads into the asyncio loop orbax has already closed, and each is reported
+    (sys.unraisablehook) as a ``RuntimeError('Event loop is closed')`` traceback, some time
+    later, from another thread.
+    They say nothing beyond the CheckpointError already raised: drop exactly those reports."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxcerv_filter", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._jaxcerv_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
