@@ -173,14 +173,21 @@ def _define_data() -> Callable[[list[str]], int]:
                 include_variants=c.data.include_variants, num_images=c.data.num_images,
                 synthetic_seed=c.data.synthetic_seed,
             )
-            summary = builders.prepare(builder, c.data.manual_dir)
+            announced: list[str] = []  # a fresh build announces itself and its summary
+
+            def announce(line: str) -> None:
+                announced.append(line)
+                print(line, flush=True)
+
+            summary = builders.prepare(builder, c.data.manual_dir, announce=announce)
         except Exception as e:  # one line naming the file and problem, unless --traceback
             if traceback.value:
                 raise
             print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                   file=sys.stderr)
             return 1
-        print(builders.format_summary(summary))
+        if not announced:
+            print(builders.format_summary(summary))
         return 0
 
     return main
