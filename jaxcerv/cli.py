@@ -61,12 +61,8 @@ def _define_predict() -> Callable[[list[str]], int]:
         "model", None, "An exported model (jaxcerv export): runs with jax and numpy only."
     )
     out = flags.DEFINE_string("out", None, "Folder for the heatmap PNGs.")
-    normalisation = flags.DEFINE_enum(
-        "normalisation", "minmax", ["minmax", "percentile"], "Heatmap colour scaling."
-    )
     cmap = flags.DEFINE_string("cmap", "jet", "Matplotlib colour map of the heatmap.")
     alpha = flags.DEFINE_float("alpha", 0.45, "Heatmap opacity in [0, 1].")
-    smooth = flags.DEFINE_float("smooth", 0.0, "Heatmap blur sigma, in patches.")
 
     def main(argv: list[str]) -> int:
         import json
@@ -77,10 +73,7 @@ def _define_predict() -> Callable[[list[str]], int]:
             raise app.UsageError("pass --workdir, --checkpoint or --model, then IMAGE...")
         if model.value is not None and (workdir.value or checkpoint.value):
             raise app.UsageError("--model serves an exported file: drop --workdir/--checkpoint")
-        options = dict(
-            normalisation=normalisation.value, cmap=cmap.value, alpha=alpha.value,
-            smooth_sigma=smooth.value,
-        )
+        options = dict(cmap=cmap.value, alpha=alpha.value)
         try:
             if model.value is not None:
                 from jaxcerv import served

@@ -443,6 +443,82 @@ def heatmap_overlay(
     return _save(fig, path)
 
 
+def photo_view(
+    pixels: np.ndarray, weights, width: int, height: int, resize: str, *, max_side: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model input and its patch weights back at the photograph's own aspect ratio.
+
+    ``pixels`` (S, S, 3) is what the model saw (``resize`` "stretch" or "pad" of a width x height
+    photograph); a letterbox is cropped off, then both are resized to the photograph's shape with
+    the long side at most ``max_side``. Weights stay blocky (nearest), one block per patch.
+    Returns uint8 (h, w, 3) and float (h, w).
+    """
+    from PIL import Image
+
+    from jaxcerv.data.images import letterbox_box
+
+    img = np.asarray(pixels)
+    w = np.asarray(weights, dtype=np.float32)
+    size = img.shape[0]
+    ri = np.minimum(np.arange(size) * w.shape[0] // size, w.shape[0] - 1)
+    ci = np.minimum(np.arange(size) * w.shape[1] // size, w.shape[1] - 1)
+    heat = w[ri[:, None], ci[None, :]]
+    if resize == "pad":
+        x0, y0, bw, bh = letterbox_box(width, height, size)
+        img, heat = img[y0 : y0 + bh, x0 : x0 + bw], heat[y0 : y0 + bh, x0 : x0 + bw]
+    scale = min(1.0, max_side / max(width, height))
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (w, h)
+    photo = np.asarray(Image.fromarray(img).resize(shape, Image.Resampling.BICUBIC))
+    heat = np.asarray(Image.fromarray(heat, "F").resize(shape, Image.Resampling.NEAREST))
+    return photo, heat
+
+
+def clinician_figure(
+    photo: np.ndarray,
+    heat: np.ndarray,
+    probability: float,
+    threshold: float,
+    *,
+    cmap: str = "jet",
+    alpha: float = 0.45,
+    warning: str = "",
+    title: str = "",
+) -> Figure:
+    """The photograph at its own aspect ratio with the patch-weight heatmap over it, a colour bar
+    in weight units, and the probability, threshold and decision written on the figure.
+
+    ``photo`` and ``heat`` come from ``photo_view``; ``warning`` (e.g. the model never saw a real
+    photograph) is printed in red under the image.
+    """
+    from matplotlib.colors import Normalize
+
+    rows, cols = heat.shape
+    fig = _figure(7.0, 7.0 * rows / cols + 1.6)
+    ax = fig.subplots()
+    ax.imshow(photo)
+    lo, hi = float(np.min(heat)), float(np.max(heat))
+    shown = ax.imshow(
+        heat, cmap=_colormap(cmap), alpha=alpha, norm=Normalize(lo, hi if hi > lo else lo + 1e-6)
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    decision = CLASS_NAMES[int(probability >= threshold)]
+    sign = ">=" if probability >= threshold else "<"
+    ax.set_title(
+        (f"{title}\n" if title else "")
+        + f"P(CIN2+) = {probability:.3f} {sign} threshold {threshold:.3f}: {decision}"
+    )
+    bar = fig.colorbar(shown, ax=ax, shrink=0.8)
+    bar.set_label("Patch weight (where the model looked)")
+    if warning:
+        ax.set_xlabel(warning, color="tab:red", wrap=True)
+    return fig
+
+
+def save_figure(fig: Figure, path: PathLike) -> str:
+    return _save(fig, path)
+
+
 def evolution_epochs(available: Sequence[int]) -> list[int]:
     """Epochs shown in Fig. 5 d-g: 1, 32, 48 when they were run, plus the last one."""
     avail = sorted(set(int(e) for e in available))

@@ -219,7 +219,8 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         f"{report['dataset']}/{report['config']}: {report['num_images']} images, "
         f"{report['num_sessions']} sessions (source: {report['source']})",
-        "  per label: " + ", ".join(f"{k}: {v}" for k, v in report["labels"].items())
+        "  per label (1 = CIN2+): "
+        + ", ".join(f"{k}: {v}" for k, v in report["labels"].items())
         + "  (sessions: "
         + ", ".join(f"{k}: {v}" for k, v in report["sessions_per_label"].items()) + ")",
         "  per grade: " + ", ".join(
