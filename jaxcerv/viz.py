@@ -556,39 +556,32 @@ def regulator_evolution(
 
 
 def training_curves(metrics_jsonl_path: PathLike, path: PathLike) -> str:
-    """Train/val loss and val ROC AUC (and balanced accuracy) per epoch from metrics.jsonl."""
+    """Training curves from metrics.jsonl (see ``training_curves_figure``)."""
     with open(metrics_jsonl_path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
         raise ValueError(f"{os.fspath(metrics_jsonl_path)} has no epochs")
+    return _save(training_curves_figure(rows), path)
+
+
+def training_curves_figure(rows: Sequence[Mapping[str, float]]) -> Figure:
+    """BCE (train, validation), the spatial loss and the validation scores, each on its own axes:
+    the spatial loss is a sum over patches (~10^1-10^2) and would flatten the BCE (~0.5)."""
 
     def series(key: str) -> tuple[np.ndarray, np.ndarray] | None:
         pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         return (np.array([e for e, _ in pts]), np.array([v for _, v in pts])) if pts else None
 
-    fig = _figure(10.0, 4.0)
-    loss_ax, score_ax = fig.subplots(1, 2)
+    fig = _figure(13.5, 4.0)
+    bce_ax, spatial_ax, score_ax = fig.subplots(1, 3)
     panels = (
-        (
-            loss_ax,
-            (
-                ("train_loss", "Train loss (total)"),
-                ("train_bce", "Train BCE"),
-                ("train_spatial", "Train spatial loss"),
-                ("val_loss", "Validation loss"),
-            ),
-            "Loss",
-            "Loss per epoch",
-        ),
-        (
-            score_ax,
-            (
-                ("val_roc_auc", "Validation ROC AUC"),
-                ("val_balanced_accuracy", "Validation balanced accuracy"),
-            ),
-            "Score",
-            "Validation scores per epoch",
-        ),
+        (bce_ax, (("train_bce", "Train BCE"), ("val_loss", "Validation BCE")), "BCE",
+         "Classification loss (BCE)"),
+        (spatial_ax, (("train_spatial", "Train spatial loss"),), "Spatial loss (Eq. 5-6)",
+         "Spatial loss per image (added x lambda)"),
+        (score_ax, (("val_roc_auc", "Validation ROC AUC"),
+                    ("val_balanced_accuracy", "Validation balanced accuracy")), "Score",
+         "Validation scores (CIN2+ vs rest)"),
     )
     for ax, keys, ylabel, ax_title in panels:
         for key, label in keys:
@@ -600,4 +593,4 @@ def training_curves(metrics_jsonl_path: PathLike, path: PathLike) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     score_ax.set_ylim(0, 1.02)
-    return _save(fig, path)
+    return fig

@@ -78,6 +78,15 @@ def test_training_curves(tmp_path):
     ]
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     _assert_png(viz.training_curves(log, tmp_path / "curves.png"), min_wh=(800, 300))
+    # BCE and the spatial loss (~100x larger in real runs) never share an axis.
+    bce_ax, spatial_ax, _ = viz.training_curves_figure(rows).axes
+    lines = {ax: {ln.get_label(): ln.get_ydata() for ln in ax.get_lines()}
+             for ax in (bce_ax, spatial_ax)}
+    assert set(lines[bce_ax]) == {"Train BCE", "Validation BCE"}
+    np.testing.assert_allclose(lines[bce_ax]["Validation BCE"], [r["val_loss"] for r in rows])
+    assert set(lines[spatial_ax]) == {"Train spatial loss"}
+    np.testing.assert_allclose(lines[spatial_ax]["Train spatial loss"],
+                               [r["train_spatial"] for r in rows])
 
 
 def test_overlay_alpha_extremes_and_hand_pixel():
