@@ -26,6 +26,8 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if (problem := parallel.accelerator_problem()) is not None:
+        sys.exit(f"error: {problem}")
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
