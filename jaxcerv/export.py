@@ -12,7 +12,6 @@ size, resized as in training -> float32 probabilities (B,) and patch weights (B,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -23,15 +22,10 @@ import ml_collections
 
 from jaxcerv import conv, served
 from jaxcerv import model as model_lib
-from jaxcerv.predict import Predictor, RunError, run_folder
+from jaxcerv.predict import Predictor
+from jaxcerv.rundir import RunError
 
 PLATFORMS = ("cpu", "cuda", "tpu")
-
-
-def config_digest(config: ml_collections.ConfigDict) -> str:
-    """sha256 of the config's canonical JSON: two exports of the same run say the same."""
-    text = json.dumps(config.to_dict(), sort_keys=True, default=list)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def inference_fn(config: ml_collections.ConfigDict, params: Any):
@@ -55,20 +49,11 @@ def export_model(
     return jax.export.export(jax.jit(inference_fn(config, params)), platforms=platforms)(spec)
 
 
-def sidecar(config: ml_collections.ConfigDict, threshold: float, results: dict) -> dict[str, Any]:
-    """What a caller needs besides the function, and the model's provenance."""
+def sidecar(card: dict[str, Any], config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The model card plus what the file itself needs: format, jax version, platforms."""
     return {
         "format": served.FORMAT,
-        "image_size": config.grid_size * config.patch_size,
-        "grid_size": config.grid_size,
-        "patch_size": config.patch_size,
-        "resize": config.data.resize,
-        "threshold": threshold,
-        "dataset": config.data.name,
-        "trained_on_synthetic_data": config.data.name == "synthetic_cervix",
-        "config_digest": config_digest(config),
-        "test_metrics": results.get("test", {}),
-        "best_epoch": results.get("best_epoch"),
+        **card,
         "jax_version": jax.__version__,
         "platforms": list(PLATFORMS),
         # Applied by the loader when it runs on CPU: the faster convolution path (see conv.py).
@@ -77,18 +62,14 @@ def sidecar(config: ml_collections.ConfigDict, threshold: float, results: dict) 
 
 
 def export_run(workdir: str | None, out: str, checkpoint: str | None = None) -> dict[str, Any]:
-    """Write ``out`` and ``out + '.json'`` from the run's best checkpoint; returns the sidecar."""
-    predictor = Predictor.from_run(workdir, checkpoint)
-    results_path = os.path.join(run_folder(workdir, checkpoint), "results.json")
-    with open(results_path) as f:
-        results = json.load(f)
-    exported = export_model(predictor.config, predictor.params)
-    meta = sidecar(predictor.config, predictor.threshold, results)
-    meta["source"] = os.path.abspath(checkpoint or run_folder(workdir, checkpoint))
+    """Write ``out`` and ``out + '.json'`` from the run's selected checkpoint (or ``checkpoint``);
+    returns the sidecar."""
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise RunError(f"--out {out}: folder {folder} does not exist")
-    blob = exported.serialize()
+    predictor = Predictor.from_run(workdir, checkpoint)
+    blob = export_model(predictor.config, predictor.params).serialize()
+    meta = sidecar(predictor.card, predictor.config)
     with open(out, "wb") as f:
         f.write(blob)
     with open(served.sidecar_path(out), "w") as f:

@@ -11,6 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# Alg. 1 variants: "iterative" re-fits every image's regulator (the paper), "fixed" keeps G0 for
+# every image, "none" drops the spatial loss (the ablation of Fig. 5c).
+MODES = ("iterative", "fixed", "none")
+# What each regulator is fitted to: see ``fit_targets``.
+FIT_ON = ("weights", "normalised", "above_median")
+
 # Variances below this (in squared patches) are treated as degenerate: a fit that collapses onto a
 # single patch would give an infinitely sharp density and a meaningless spatial loss.
 MIN_VARIANCE = 1e-3
@@ -86,3 +92,70 @@ def is_valid(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
         (s_hh > MIN_VARIANCE) & (s_vv > MIN_VARIANCE) & (s_hh * s_vv - s_hv**2 > MIN_VARIANCE**2)
     )
     return finite & inside & definite
+
+
+def fit_targets(weights: jax.Array, fit_on: str) -> jax.Array:
+    """The per-patch masses the regulator is fitted to (Alg. 1's "estimation from patch weights").
+
+    "weights": the raw sigmoid outputs, as the paper states; their background floor drags every
+    fit towards the grid centre. "normalised": min-max normalised, what the spatial loss sees.
+    "above_median": the normalised weights less their per-image median, clipped at 0, so only the
+    patches weighted above the image's typical patch locate the regulator.
+    """
+    if fit_on == "weights":
+        return weights
+    normalised = min_max(weights)
+    if fit_on == "normalised":
+        return normalised
+    if fit_on == "above_median":
+        median = jnp.median(normalised.reshape(*normalised.shape[:-2], -1), axis=-1)
+        return jnp.maximum(normalised - median[..., None, None], 0.0)
+    raise ValueError(f"config.regulator.fit_on={fit_on!r}: use one of {FIT_ON}")
+
+
+def fit(weights: jax.Array, fit_on: str) -> jax.Array:
+    """An image's own regulator: the weighted-moment fit of its fit targets -> (..., 5)."""
+    return fit_gaussian(fit_targets(weights, fit_on))
+
+
+def scatter_rows(
+    regulators: jax.Array, index: jax.Array, fits: jax.Array, write: jax.Array
+) -> jax.Array:
+    """Alg. 1's "if valid then update": scatter ``fits`` into rows ``index`` where ``write``.
+
+    Rows that must not be written go to an out-of-range index and are dropped, so a padding row
+    can never race a real row for the same slot.
+    """
+    target = jnp.where(write, index, regulators.shape[0])
+    return regulators.at[target].set(fits, mode="drop")
+
+
+def batch_regulators(
+    regulators: jax.Array, index: jax.Array, mode: str, grid_hw: tuple[int, int]
+) -> jax.Array:
+    """The regulators a batch's spatial loss uses: each image's own row (Alg. 1), or G0 for
+    every image when the mode keeps G0 fixed (or has no spatial loss)."""
+    if mode == "iterative":
+        return regulators[index]
+    g0 = initial_params(grid_hw)
+    return jnp.broadcast_to(g0, (index.shape[0], 5))
+
+
+def refit(
+    regulators: jax.Array,
+    index: jax.Array,
+    weights: jax.Array,
+    mask: jax.Array,
+    *,
+    fit_on: str,
+    mode: str,
+) -> tuple[jax.Array, jax.Array]:
+    """One whole Algorithm-1 update for a batch: fit each image's Gaussian to its (stopped)
+    patch weights, keep the fits that are valid (and real rows, ``mask``), write them back into
+    rows ``index`` when the mode re-estimates. Returns (new regulators, which rows were valid)."""
+    grid = weights.shape[-2:]
+    fits = fit(jax.lax.stop_gradient(weights), fit_on)
+    valid = is_valid(fits, grid) & mask
+    if mode == "iterative":
+        regulators = scatter_rows(regulators, index, fits, valid)
+    return regulators, valid

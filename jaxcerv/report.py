@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from jaxcerv import viz
-from jaxcerv.predict import find_config_file, read_config, regulator_is_drawable
+from jaxcerv.rundir import RunDir, read_json
 
 Curve = tuple[np.ndarray, np.ndarray]  # (labels, probabilities)
 
@@ -97,21 +97,9 @@ class HeatmapStyle:
 # Reading a run folder.
 
 
-def _read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def load_test_curve(workdir: str) -> Curve:
@@ -119,22 +107,20 @@ def load_test_curve(workdir: str) -> Curve:
 
     For ``--compare``/``roc_baselines``: any finished run can be drawn on another run's ROC plot.
     """
-    path = os.path.join(workdir, "eval", "test.npz")
+    run = RunDir(workdir)
+    path = run.eval_npz("test")
     if os.path.isfile(path):
         z = _read_npz(path)
         return z["labels"], z["probabilities"]
-    folds = sorted(
-        (d for d in os.listdir(workdir) if re.fullmatch(r"fold_\d+", d)),
-        key=lambda d: int(d[5:]),
-    ) if os.path.isdir(workdir) else []
+    folds = run.folds()
     if not folds:
         raise FileNotFoundError(f"{path} is missing and {workdir} has no fold_K folders")
-    parts = [load_test_curve(os.path.join(workdir, d)) for d in folds]
+    parts = [load_test_curve(fold.root) for fold in folds]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _regulator_epochs(run_dir: str) -> dict[int, str]:
-    folder = os.path.join(run_dir, "regulators")
+    folder = RunDir(run_dir).regulators
     out = {}
     if os.path.isdir(folder):
         for name in os.listdir(folder):
@@ -304,8 +290,8 @@ def _figures(
     add("quarters.png", "Mean probability by quarter of the image-to-diagnosis window (Fig. 4f)",
         viz.probability_by_quarter(test["days_to_diagnosis"], probs,
                                    os.path.join(fig_dir, "quarters.png"), labels=labels))
-    metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    if _read_jsonl(metrics_path):
+    metrics_path = RunDir(run_dir).metrics
+    if RunDir(run_dir).read_metrics():
         add("training.png", "Training and validation curves",
             viz.training_curves(metrics_path, os.path.join(fig_dir, "training.png")))
     return parts
@@ -341,7 +327,7 @@ def _gallery(
             cmap=style.cmap,
             alpha=style.alpha,
             smooth_sigma=style.smooth_sigma,
-            regulator=fit if regulator_is_drawable(fit) else None,
+            regulator=fit if viz.regulator_is_drawable(fit) else None,
             patch_size=config.patch_size,
             title=f"{image_id}: p = {prob:.2f}",
         )
@@ -354,7 +340,7 @@ def _evolution(
 ) -> tuple[list[str], str]:
     """Fig. 5 d-g for the first ``n`` training images; returns (figures, note)."""
     files = _regulator_epochs(run_dir)
-    ids_path = os.path.join(run_dir, "regulators", "train_ids.json")
+    ids_path = RunDir(run_dir).train_ids
     if not files or not os.path.isfile(ids_path) or n <= 0:
         return [], "No per-epoch regulators were saved."
     available = sorted(files)
@@ -368,14 +354,14 @@ def _evolution(
     if missing:
         note += f" Not saved, so left out: {', '.join(map(str, missing))}."
     params = {e: np.load(files[e]) for e in chosen}
-    train_ids = _read_json(ids_path)
+    train_ids = read_json(ids_path)
     source, records = data
     row_of = {str(i): k for k, i in enumerate(records.ids)}
     parts = []
     for k, image_id in enumerate(train_ids[:n]):
         if image_id not in row_of:
             continue
-        drawable = {e: p[k] for e, p in params.items() if regulator_is_drawable(p[k])}
+        drawable = {e: p[k] for e, p in params.items() if viz.regulator_is_drawable(p[k])}
         if not drawable:
             continue
         name = _safe_name(k, image_id)
@@ -419,8 +405,9 @@ def _run_report(
     num_evolution: int,
     back_link: str | None = None,
 ) -> str:
-    results = _read_json(os.path.join(run_dir, "results.json"))
-    test = _read_npz(os.path.join(run_dir, "eval", "test.npz"))
+    run = RunDir(run_dir)
+    results = read_json(run.results)
+    test = _read_npz(run.eval_npz("test"))
     os.makedirs(out_dir, exist_ok=True)
     body = [f'<p><a href="{_esc(back_link)}">&larr; all folds</a></p>'] if back_link else []
     body.append(
@@ -448,7 +435,7 @@ def _run_report(
         body.append(_key_value_table(reg, REGULATOR_NAMES, "regulator"))
     body += ["<h2>Figures (paper Fig. 4)</h2>",
              *_figures(run_dir, out_dir, test, results, config, roc_baselines)]
-    body.append(_epoch_table(_read_jsonl(os.path.join(run_dir, "metrics.jsonl"))))
+    body.append(_epoch_table(run.read_metrics()))
     if isinstance(data, str):
         body.append(f"<h2>Images</h2><p class='note'>Dataset images unavailable, so no gallery "
                     f"or regulator evolution: {_esc(data)}</p>")
@@ -462,7 +449,7 @@ def _run_report(
         figures, note = _evolution(run_dir, out_dir, config, data, num_evolution, epochs)
         body += ["<h2>Regulator evolution during training (Fig. 5 d-g)</h2>",
                  f"<p class='note'>{_esc(note)}</p>", *figures]
-    links = [name for name in (_copy(os.path.join(run_dir, f), out_dir)
+    links = [name for name in (_copy(run.path(f), out_dir)
                                for f in ("results.json", "metrics.jsonl")) if name]
     if links:
         body.append("<p>Raw files: " + ", ".join(
@@ -495,7 +482,7 @@ def _cv_index(
     links = " &middot; ".join(
         f'<a href="{_esc(p)}">fold {k}</a>' for k, p in enumerate(fold_pages)
     )
-    curves = {f"Fold {k}": load_test_curve(os.path.join(workdir, f"fold_{k}"))
+    curves = {f"Fold {k}": load_test_curve(RunDir(workdir).fold(k).root)
               for k in range(len(folds))}
     viz.roc_curves({**curves, **roc_baselines}, os.path.join(out_dir, "figures", "roc.png"))
     body = [
@@ -507,7 +494,7 @@ def _cv_index(
         "<h2>ROC curves</h2>",
         _figure("figures/roc.png", "Each fold's test ROC curve (Fig. 4b)", 520),
     ]
-    copied = _copy(os.path.join(workdir, "results.json"), out_dir)
+    copied = _copy(RunDir(workdir).results, out_dir)
     if copied:
         body.append(f'<p>Raw file: <a href="{_esc(copied)}">{_esc(copied)}</a></p>')
     body.append(_config_section(config, out_dir, config_file))
@@ -536,14 +523,15 @@ def write_report(
     """
     style = style or HeatmapStyle()
     roc_baselines = dict(roc_baselines or {})
-    config_file = find_config_file(workdir)
-    config = read_config(workdir)
+    run = RunDir(workdir)
+    config_file = run.config_file()
+    config = run.read_config()
     if data is None:
         data = _load_data(config, os.path.dirname(config_file))
-    out_dir = os.path.join(workdir, "report")
+    out_dir = run.report
     if os.path.isdir(out_dir):
         shutil.rmtree(out_dir)  # no stale figures from an earlier report
-    results = _read_json(os.path.join(workdir, "results.json"))
+    results = read_json(run.results)
     common = dict(config=config, config_file=config_file, data=data, style=style, epochs=epochs,
                   num_gallery=num_gallery, num_evolution=num_evolution)
     name = os.path.basename(os.path.abspath(workdir))
@@ -553,7 +541,7 @@ def write_report(
     pages = []
     for k in range(len(results["folds"])):
         _run_report(
-            os.path.join(workdir, f"fold_{k}"), os.path.join(out_dir, f"fold_{k}"),
+            run.fold(k).root, os.path.join(out_dir, f"fold_{k}"),
             title=f"jaxcerv report: {name}, fold {k}", roc_baselines=roc_baselines,
             back_link="../index.html", **common,
         )

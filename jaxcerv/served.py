@@ -6,7 +6,9 @@ file, its ``.json`` sidecar and ``pip install jax numpy`` (pillow to decode imag
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -63,6 +65,19 @@ class ServedModel:
     def threshold(self) -> float:
         return float(self.meta["threshold"])
 
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 8) -> dict[str, np.ndarray]:
+        """``probabilities`` and ``weights`` for any number of images, ``batch_size`` at a time,
+        a last partial batch padded to ``padded_batch`` (few compiled shapes)."""
+        probs, weights = [], []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            n = len(batch)
+            padding = np.zeros((padded_batch(n, batch_size) - n, *batch.shape[1:]), np.uint8)
+            p, w = self(np.concatenate([batch, padding]))
+            probs.append(p[:n])
+            weights.append(w[:n])
+        return {"probabilities": np.concatenate(probs), "weights": np.concatenate(weights)}
+
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         s = self.image_size
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (s, s, 3):
@@ -78,15 +93,40 @@ SYNTHETIC_WARNING = (
     "seen a real photograph and its output on one means nothing"
 )
 CLASS_NAMES = ("normal or CIN1", "CIN2+")  # label 0 / 1
+Forward = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def provenance(meta: dict[str, Any]) -> dict[str, Any]:
-    """What a result says about the model that made it (from the export sidecar)."""
-    test = meta.get("test_metrics") or {}
+def config_digest(config: Any) -> str:
+    """sha256 of the config's canonical JSON: two exports of the same run say the same."""
+    text = json.dumps(config.to_dict(), sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_card(config: Any, threshold: float, results: dict, source: str | None) -> dict[str, Any]:
+    """What a caller needs to feed the model, and where the model came from (the export sidecar,
+    and every prediction's ``model`` field)."""
     return {
-        "dataset": meta["dataset"],
-        "config_digest": meta["config_digest"],
-        "source": meta.get("source"),
+        "image_size": config.grid_size * config.patch_size,
+        "grid_size": config.grid_size,
+        "patch_size": config.patch_size,
+        "resize": config.data.resize,
+        "threshold": threshold,
+        "dataset": config.data.name,
+        "trained_on_synthetic_data": config.data.name == "synthetic_cervix",
+        "config_digest": config_digest(config),
+        "test_metrics": results.get("test", {}),
+        "best_epoch": results.get("best_epoch"),
+        "source": source,
+    }
+
+
+def provenance(card: dict[str, Any]) -> dict[str, Any]:
+    """The ``model`` field of a prediction."""
+    test = card.get("test_metrics") or {}
+    return {
+        "dataset": card["dataset"],
+        "config_digest": card["config_digest"],
+        "source": card.get("source"),
         "test_roc_auc": test.get("roc_auc"),
         "test_n": test.get("n"),
     }
@@ -99,31 +139,41 @@ def padded_batch(n: int, batch_size: int) -> int:
 
 
 def predict_files(
-    model_path: str,
+    model_path: str, paths: Sequence[str], out_dir: str | None = None, **options: Any
+) -> list[dict[str, Any]]:
+    """``predict_images`` with an exported model (``out_dir`` default ``<model>.predictions``)."""
+    model = ServedModel(model_path)
+    out_dir = out_dir or os.path.splitext(model_path)[0] + ".predictions"
+    return predict_images(model.predict_arrays, model.meta, paths, out_dir, **options)
+
+
+def predict_images(
+    forward: Forward,
+    card: dict[str, Any],
     paths: Sequence[str],
-    out_dir: str | None = None,
+    out_dir: str,
     *,
     batch_size: int = 8,
     cmap: str = "jet",
     alpha: float = 0.45,
     warn: TextIO | None = None,
 ) -> list[dict[str, Any]]:
-    """Score image files with an exported model: one result dict per path, in order.
+    """Score image files: one result dict per path, in order, ``batch_size`` files at a time.
 
-    Each result: image, probability, label (1 = CIN2+), class, threshold, heatmap (a PNG in
-    ``out_dir``, default ``<model>.predictions/``: the photograph at its own aspect with the
-    weights, colour bar, probability and threshold), model (provenance), and ``warning`` when the
-    model was trained on synthetic data (said once on ``warn``, default stderr). A file that cannot
-    be used gets ``{"image", "error"}``.
+    ``forward`` maps uint8 images (n, S, S, 3) to ``probabilities`` (n,), ``weights`` (n, H, W)
+    and optionally ``regulators`` (n, 5); ``card`` is ``model_card``'s dict. Each result: image,
+    probability, label (1 = CIN2+), class, threshold, heatmap (a PNG in ``out_dir``: the
+    photograph at its own aspect with the weights, a colour bar, probability and threshold),
+    model (provenance), regulator when ``forward`` gives one, and ``warning`` when the model was
+    trained on synthetic data (also said once on ``warn``, default stderr). A file that cannot be
+    read, or whose heatmap cannot be written, gets ``{"image", "error"}``.
     """
     from jaxcerv import viz
     from jaxcerv.data.images import ImageError, read_image
 
-    model = ServedModel(model_path)
-    meta = model.meta
-    out_dir = out_dir or os.path.splitext(model_path)[0] + ".predictions"
     os.makedirs(out_dir, exist_ok=True)
-    warning = SYNTHETIC_WARNING if meta.get("trained_on_synthetic_data") else ""
+    threshold = float(card["threshold"])
+    warning = SYNTHETIC_WARNING if card.get("trained_on_synthetic_data") else ""
     if warning:
         print(f"warning: {warning}", file=sys.stderr if warn is None else warn, flush=True)
     results: list[dict[str, Any]] = [{"image": os.fspath(p)} for p in paths]
@@ -133,35 +183,42 @@ def predict_files(
         for k in range(start, min(start + batch_size, len(paths))):
             try:
                 decoded[k] = read_image(
-                    paths[k], image_size=model.image_size, patch_size=meta["patch_size"],
-                    resize=meta["resize"],
+                    paths[k], image_size=card["image_size"], patch_size=card["patch_size"],
+                    resize=card["resize"],
                 )
             except ImageError as e:
-                results[k]["error"] = " ".join(str(e).split())
+                results[k]["error"] = " ".join(str(e).split())  # one line, whatever Pillow said
         if not decoded:
             continue
-        pixels = np.stack([d.pixels for d in decoded.values()])
-        n = len(pixels)
-        pad = padded_batch(n, batch_size) - n
-        padding = np.zeros((pad, *pixels.shape[1:]), np.uint8)
-        probs, weights = model(np.concatenate([pixels, padding]))
+        pred = forward(np.stack([d.pixels for d in decoded.values()]))
         for j, (k, d) in enumerate(decoded.items()):
-            prob = float(probs[j])
-            label = int(prob >= model.threshold)
-            photo, heat = viz.photo_view(d.pixels, weights[j], d.width, d.height, meta["resize"])
+            prob = float(pred["probabilities"][j])
+            label = int(prob >= threshold)
+            photo, heat = viz.photo_view(d.pixels, pred["weights"][j], d.width, d.height,
+                                         card["resize"])
             figure = viz.clinician_figure(
-                photo, heat, prob, model.threshold, cmap=cmap, alpha=alpha, warning=warning,
+                photo, heat, prob, threshold, cmap=cmap, alpha=alpha, warning=warning,
                 title=os.path.basename(paths[k]),
             )
+            try:
+                heatmap = viz.save_figure(figure, os.path.join(out_dir, names[k]))
+            except (OSError, ValueError) as e:  # e.g. a name too long: the others still run
+                results[k]["error"] = f"cannot write the heatmap: {' '.join(str(e).split())}"
+                continue
             results[k].update(
                 probability=prob, label=label, **{"class": CLASS_NAMES[label]},
-                threshold=model.threshold,
-                heatmap=viz.save_figure(figure, os.path.join(out_dir, names[k])),
-                model=provenance(meta),
+                threshold=threshold, heatmap=heatmap, model=provenance(card),
             )
+            if "regulators" in pred:
+                results[k]["regulator"] = [_json_number(v) for v in pred["regulators"][j]]
             if warning:
                 results[k]["warning"] = warning
     return results
+
+
+def _json_number(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 def heatmap_names(paths: Sequence[str]) -> list[str]:

@@ -306,6 +306,12 @@ def heatmap_rgba(
     return np.round(rgba * 255.0).astype(np.uint8)
 
 
+def regulator_is_drawable(params: np.ndarray) -> bool:
+    """Finite, positive-definite covariance (an ellipse exists); others are reported, not drawn."""
+    s_hh, s_hv, s_vv = float(params[2]), float(params[3]), float(params[4])
+    return s_hh > 0 and s_hh * s_vv - s_hv**2 > 0
+
+
 def draw_regulator(
     image: np.ndarray,
     params,

@@ -32,10 +32,28 @@ export JAX_PLATFORMS=cpu
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=${devices}"
 
 declare -A alive=()  # pid -> process index, until it has exited
+# Stop every worker: SIGTERM, then SIGKILL after 5 s (a worker blocked in a collective or an
+# orbax barrier does not act on SIGTERM). Also run when the launcher itself is stopped (Ctrl-C,
+# kill, `timeout`), so no worker is left behind as an orphan.
 stop_all() {
-  for pid in "${!alive[@]}"; do kill "$pid" 2>/dev/null || true; done
+  local pids=("${!alive[@]}") pid left
+  ((${#pids[@]})) || return 0
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  for _ in {1..50}; do
+    left=0
+    for pid in "${pids[@]}"; do
+      # A worker that has exited but is not yet reaped is a zombie: it counts as gone.
+      if [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; then
+        left=1
+      fi
+    done
+    ((left)) || return 0
+    sleep 0.1
+  done
+  kill -KILL "${pids[@]}" 2>/dev/null || true
 }
-trap 'stop_all; exit 130' INT TERM
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
 
 for ((k = 0; k < num_processes; k++)); do
   cmd=("$PYTHON" -m jaxcerv.main --coordinator="127.0.0.1:${port}"

@@ -68,6 +68,8 @@ ROWS = [
     ("good3.png", "1", "", "s6", "2020-13-01", "", "", "not an ISO date"),
     ("good3.png", "1", "", "", "", "", "", "empty session"),
     ("../outside.png", "1", "", "s6", "", "", "", "outside the folder"),
+    ("loop.png", "1", "", "s6", "", "", "", "unreadable path"),  # a symlink to itself
+    ("x" * 300 + ".png", "1", "", "s6", "", "", "", "unreadable path (File name too long)"),
     ("good3.png", "0", "", "s7", "", "", "g3", "kept"),
 ]
 # Stored colour of each kept image (solid images; JPEG within a few levels).
@@ -101,6 +103,7 @@ def _make_folder(root: Path) -> Path:
     Image.new("RGB", (5, 5), (1, 1, 1)).save(root / "tiny.png")
     (root / "bomb.png").write_bytes(png_header(100_000, 100_000))
     Image.new("RGB", (24, 24)).save(root.parent / "outside.png")
+    (root / "loop.png").symlink_to("loop.png")
     with open(root / "labels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "label", "grade", "session", "date", "diagnosis_date", "id",
@@ -305,6 +308,13 @@ def test_no_usable_image_is_fatal(tmp_path, capsys):
     rc, err = _cli(capsys, "cervix_folder", "--manual_dir", str(folder), "--data_dir",
                    str(tmp_path / "tfds"), "--grid_size", "2", "--patch_size", "8")
     assert rc == 1 and "no usable images" in err and "gone.png" in err
+
+
+def test_header_only_csv_is_one_line(tmp_path, capsys):
+    folder = _csv_folder(tmp_path, "image,label,session")
+    rc, err = _cli(capsys, "cervix_folder", "--manual_dir", str(folder), "--data_dir",
+                   str(tmp_path / "tfds"), "--grid_size", "2", "--patch_size", "8")
+    assert rc == 1 and len(err.splitlines()) == 1 and "no images listed" in err, err
 
 
 def test_missing_manual_dir_is_fatal(tmp_path, capsys):

@@ -12,7 +12,8 @@ from conftest import REPO
 from PIL import Image
 
 from jaxcerv import export, served
-from jaxcerv.predict import Predictor, read_config
+from jaxcerv.predict import Predictor, best_checkpoint_dir
+from jaxcerv.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_exported_predictions_match_the_checkpoint(smoke_workdir, exported, batc
 
 def test_sidecar_says_what_the_model_expects_and_where_it_came_from(smoke_workdir, exported):
     meta = json.loads(open(exported[0] + ".json").read())
-    config = read_config(smoke_workdir)
+    config = RunDir(smoke_workdir).read_config()
     results = json.loads(open(os.path.join(smoke_workdir, "results.json")).read())
     assert meta == exported[1]
     assert meta["image_size"] == config.grid_size * config.patch_size == 112
@@ -44,9 +45,11 @@ def test_sidecar_says_what_the_model_expects_and_where_it_came_from(smoke_workdi
     assert meta["threshold"] == results["threshold"]
     assert meta["test_metrics"] == results["test"]
     assert meta["dataset"] == "synthetic_cervix" and meta["trained_on_synthetic_data"] is True
-    assert meta["config_digest"] == export.config_digest(config)
+    assert meta["best_epoch"] == results["best_epoch"]
+    assert meta["source"] == os.path.abspath(best_checkpoint_dir(smoke_workdir))
+    assert meta["config_digest"] == served.config_digest(config)
     config.train.epochs += 1  # any change moves the digest
-    assert meta["config_digest"] != export.config_digest(config)
+    assert meta["config_digest"] != served.config_digest(config)
 
 
 def test_wrong_input_and_bad_files_give_one_line(exported, tmp_path):

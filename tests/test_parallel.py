@@ -33,9 +33,10 @@ def _worker(out: Path) -> None:
     import optax
 
     from configs import smoke
+    from jaxcerv import evaluate, parallel, steps, train
     from jaxcerv import model as model_lib
-    from jaxcerv import parallel, train
     from jaxcerv.data import pipeline, splits
+    from jaxcerv.rundir import RunDir
 
     assert jax.device_count() == DEVICES, jax.devices()
     # Identical programs (the steps below and the ones _train_fold jits again) compile once.
@@ -52,7 +53,7 @@ def _worker(out: Path) -> None:
     split = splits.make_splits(records, config.data, out, write=False)[0]
     train_idx = split["train"]
     meshes = {1: parallel.make_mesh(jax.devices()[:1]), DEVICES: parallel.make_mesh()}
-    model, tx = model_lib.from_config(config), train.make_optimizer(config)
+    model, tx = model_lib.from_config(config), steps.make_optimizer(config)
     found: dict[str, object] = {}
 
     # Two train steps on the first global batch of epoch 1; the second repeats it with one row
@@ -69,9 +70,9 @@ def _worker(out: Path) -> None:
     direct = jax.jit(lambda params: jax.nn.sigmoid(model.apply({"params": params}, images).logits))
     arrays: dict[str, np.ndarray] = {}
     for n, mesh in meshes.items():
-        train_step, eval_step = train.jit_steps(config, model, tx, mesh)
+        train_step, eval_step = steps.jit_steps(config, model, tx, mesh)
         state = parallel.replicated_init(  # as train._train_fold does
-            functools.partial(train.create_train_state, config, model, tx, len(train_idx)),
+            functools.partial(steps.create_train_state, config, model, tx, len(train_idx)),
             mesh,
             jax.random.PRNGKey(config.seed),
         )
@@ -92,7 +93,7 @@ def _worker(out: Path) -> None:
         found[f"{n}/batch_rows_per_device"] = sorted(
             {s.data.shape[0] for s in batch["image"].addressable_shards}
         )
-        pred = train.predict_split(config, eval_step, state.params, source, eval_idx, mesh)
+        pred = evaluate.predict_split(config, eval_step, state.params, source, eval_idx, mesh)
         for name, v in pred.items():
             arrays[f"{n}/eval/{name}"] = v
         # The oracle for the padded evaluation: all 13 images at once on one device, no mask.
@@ -104,17 +105,17 @@ def _worker(out: Path) -> None:
         bad[what][field] = 12
         try:
             if what == "train":
-                train._train_fold(bad, str(out / "uneven"), source, records, split,
+                train._train_fold(bad, RunDir(str(out / "uneven")), source, records, split,
                                   meshes[DEVICES])
             else:
-                train.predict_split(bad, eval_step, state.params, source, eval_idx,
+                evaluate.predict_split(bad, eval_step, state.params, source, eval_idx,
                                     meshes[DEVICES])
             found[f"error/{what}"] = None
         except ValueError as e:
             found[f"error/{what}"] = str(e)
 
     for n, mesh in meshes.items():
-        train._train_fold(config, str(out / f"run{n}"), source, records, split, mesh)
+        train._train_fold(config, RunDir(str(out / f"run{n}")), source, records, split, mesh)
     (out / "found.json").write_text(json.dumps(found))
 
 
@@ -311,8 +312,8 @@ def _variant(dtype: str, remat: bool):
     import jax.numpy as jnp
 
     from configs import smoke
+    from jaxcerv import losses, parallel, regulator
     from jaxcerv import model as model_lib
-    from jaxcerv import parallel, regulator, train
 
     config = smoke.get_config()
     config.model.dtype, config.model.remat = dtype, remat
@@ -331,7 +332,7 @@ def _variant(dtype: str, remat: bool):
 
     def loss_fn(p):
         out = model.apply({"params": p}, images)
-        bce = train.classification_loss(out.logits, labels)
+        bce = losses.classification_loss(out.logits, labels)
         return jnp.mean(bce + config.regulator.lam * regulator.spatial_loss(out.weights, density))
 
     traced = jax.jit(jax.value_and_grad(loss_fn)).trace(params)

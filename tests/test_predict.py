@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcerv import predict
+from jaxcerv import predict, served
 from jaxcerv.data import pipeline
+from jaxcerv.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def inputs(smoke_workdir, tmp_path_factory):
     with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as z:
         saved = {k: z[k] for k in z.files}
     row = 0
-    source, records = pipeline.load(predict.read_config(smoke_workdir), smoke_workdir)
+    source, records = pipeline.load(RunDir(smoke_workdir).read_config(), smoke_workdir)
     index = int(np.flatnonzero(records.ids == saved["ids"][row])[0])
     png = folder / "dataset image.png"
     Image.fromarray(np.asarray(source[index]["image"])).save(png)
@@ -46,17 +47,23 @@ def test_good_images_get_probability_heatmap_and_regulator(predictions, inputs, 
     results, out = predictions
     with open(os.path.join(smoke_workdir, "results.json")) as f:
         threshold = json.load(f)["threshold"]
-    side = 4 * 28  # configs/smoke.py: grid 4, patch 28
+    config = RunDir(smoke_workdir).read_config()
     for r, path in zip([results[0], results[2]], [inputs[0][0], inputs[0][2]], strict=True):
-        assert set(r) == {"image", "probability", "label", "threshold", "heatmap", "regulator"}
+        assert set(r) == {"image", "probability", "label", "class", "threshold", "heatmap",
+                          "regulator", "model", "warning"}
         assert r["image"] == path
         assert 0.0 <= r["probability"] <= 1.0
         assert r["threshold"] == threshold
         assert r["label"] == int(r["probability"] >= threshold)
         assert os.path.dirname(r["heatmap"]) == out
         with Image.open(r["heatmap"]) as im:
-            assert im.format == "PNG" and im.size == (side, side)
+            assert im.format == "PNG"  # the clinician figure: tests/test_viz.py
         assert len(r["regulator"]) == 5 and np.all(np.isfinite(r["regulator"]))
+        assert r["class"] == served.CLASS_NAMES[r["label"]]
+        assert r["model"]["dataset"] == "synthetic_cervix"
+        assert r["model"]["config_digest"] == served.config_digest(config)
+        assert r["model"]["source"] == os.path.abspath(predict.best_checkpoint_dir(smoke_workdir))
+        assert r["warning"] == served.SYNTHETIC_WARNING  # the smoke model saw synthetic data only
     json.dumps(results, allow_nan=False)  # every line is strict JSON
 
 
@@ -110,3 +117,20 @@ def test_scores_do_not_depend_on_the_padded_batch(smoke_workdir):
         alone = predictor.predict_arrays(images[i : i + 1])
         for k in ("probabilities", "weights", "regulators"):
             np.testing.assert_allclose(alone[k][0], together[k][i], rtol=1e-5, atol=1e-6)
+
+
+def test_over_long_names_get_their_own_error_and_the_rest_are_scored(
+    smoke_workdir, inputs, tmp_path, capsys
+):
+    paths, _ = inputs
+    long_input = str(tmp_path / ("x" * 300 + ".png"))  # cannot even be opened
+    long_output = tmp_path / ("y" * 248 + ".png")  # opens, but its heatmap name is too long
+    long_output.write_bytes(open(paths[2], "rb").read())
+    argv = ["--workdir", smoke_workdir, "--out", str(tmp_path / "out"), long_input,
+            str(long_output), paths[2]]
+    assert predict.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    assert "File name too long" in lines[0]["error"]
+    assert "cannot write the heatmap" in lines[1]["error"]
+    assert "probability" in lines[2] and os.path.isfile(lines[2]["heatmap"])

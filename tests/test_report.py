@@ -10,8 +10,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from jaxcerv import metrics, predict, report
+from jaxcerv import metrics, report
 from jaxcerv.data import pipeline
+from jaxcerv.rundir import RunDir
 
 
 class _Page(HTMLParser):
@@ -112,7 +113,7 @@ def test_cross_validation_index(smoke_workdir, tmp_path):
     summary = metrics.summarize_folds([r["test"] for r in fold_results])
     (cv / "results.json").write_text(json.dumps({"folds": fold_results, "test": summary}))
 
-    config = predict.read_config(smoke_workdir)
+    config = RunDir(smoke_workdir).read_config()
     path = report.write_report(
         str(cv), data=pipeline.load(config, smoke_workdir), num_gallery=1, num_evolution=0
     )

@@ -61,6 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.learning_rate = 1e-3
     config.train.patience = 4  # early stopping: epochs without a better validation AUC
     config.train.log_every_steps = 10
+    # Divergence guard: a step whose loss, gradients, parameters or regulators are not finite, or
+    # whose mean BCE exceeds this (a trained classifier's stays below ~10; a diverged one reached
+    # 4e9 at learning rate 1e2), stops the run before anything is saved.
+    config.train.max_bce = 1e3
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 32

@@ -367,10 +367,15 @@ class _PhotoBuilder(Builder, skip_registration=True):
                 converted.append({"file": candidate.source, "conversion": conversion})
             kept.append(candidate)
         if not kept:
-            first = f"; first: {scan.skipped[0]['file']}: {scan.skipped[0]['reason']}"
+            if not scan.skipped:
+                raise DatasetError(
+                    f"no images listed in {self._source_name(root)}: add one row per image "
+                    "(the CSV has a header but no rows, or the folder is empty)"
+                )
+            first = scan.skipped[0]
             raise DatasetError(
-                f"no usable images in {self._source_name(root)} ({len(scan.skipped)} skipped"
-                + (first if scan.skipped else "") + ")"
+                f"no usable images in {self._source_name(root)} ({len(scan.skipped)} skipped; "
+                f"first: {first['file']}: {first['reason']})"
             )
         rows = [dataclasses.asdict(c) for c in kept]
         report = _summarise(
@@ -636,9 +641,17 @@ def _folder_candidate(
     if not image:
         raise _RowError("empty image path")
     path = root / image
-    if Path(image).is_absolute() or not path.resolve().is_relative_to(root_resolved):
+    try:
+        resolved = path.resolve()
+        is_file = path.is_file()
+        if is_file:
+            os.stat(path)  # a symlink loop or an over-long name fails here, not at decode time
+    except (RuntimeError, OSError) as e:  # RuntimeError: symlink loop (Path.resolve)
+        reason = e.strerror if isinstance(e, OSError) else e
+        raise _RowError(f"unreadable path ({reason})") from None
+    if Path(image).is_absolute() or not resolved.is_relative_to(root_resolved):
         raise _RowError(f"image path {image!r} is outside the folder {root}")
-    if not path.is_file():
+    if not is_file:
         raise _RowError("file not found")
     label_text, grade_text = row.get("label", ""), row.get("grade", "")
     label = grade = None

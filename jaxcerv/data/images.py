@@ -99,7 +99,11 @@ def read_image(
         raise ImageError(name, f"unreadable file ({e.strerror})") from None
     except UnidentifiedImageError:
         raise ImageError(name, "not a readable image (corrupt or unknown format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except OSError as e:
+        if e.errno is not None:  # the path itself: too long, a symlink loop, an I/O error
+            raise ImageError(name, f"unreadable path ({e.strerror})") from None
+        raise ImageError(name, f"corrupt or truncated image ({e})") from None
+    except (SyntaxError, ValueError, EOFError) as e:
         # Pillow reports truncated/corrupt streams as OSError, some plugins as SyntaxError.
         raise ImageError(name, f"corrupt or truncated image ({e})") from None
     return Decoded(

@@ -9,7 +9,7 @@ import pytest
 
 from configs import smoke
 from jaxcerv import model as model_lib
-from jaxcerv import regulator, train
+from jaxcerv import regulator, steps
 
 
 @functools.cache
@@ -18,9 +18,9 @@ def _compiled(mode):
     config = smoke.get_config()
     config.regulator.mode = mode
     model = model_lib.from_config(config)
-    tx = train.make_optimizer(config)
-    state = train.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
-    step = jax.jit(train.make_train_step(config, model, tx), donate_argnums=0)
+    tx = steps.make_optimizer(config)
+    state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
+    step = jax.jit(steps.make_train_step(config, model, tx), donate_argnums=0)
     side = config.grid_size * config.patch_size
     rng = np.random.default_rng(0)
     batch = {
@@ -52,7 +52,7 @@ def test_iterative_writes_fits_of_pre_update_weights_for_unmasked_rows():
     g0 = np.asarray(state.regulators)
     out = model.apply({"params": state.params}, batch["image"])
     want = np.asarray(
-        regulator.fit_gaussian(train.fit_weights(out.weights, config.regulator.fit_on))
+        regulator.fit_gaussian(regulator.fit_targets(out.weights, config.regulator.fit_on))
     )
     new_state, m = step(state, batch)
     regs = np.asarray(new_state.regulators)
@@ -89,7 +89,7 @@ def test_none_mode_has_no_spatial_term():
     np.testing.assert_allclose(m["loss_sum"], m["bce_sum"], rtol=1e-6)
 
 
-@pytest.mark.parametrize("fit_on", train.FIT_ON)
+@pytest.mark.parametrize("fit_on", regulator.FIT_ON)
 def test_fit_weights_hand_computed(fit_on):
     w = np.array([[0.2, 0.6], [0.4, 0.3]], np.float32)
     normalised = np.array([[0.0, 1.0], [0.5, 0.25]])
@@ -98,13 +98,73 @@ def test_fit_weights_hand_computed(fit_on):
         "normalised": normalised,
         "above_median": np.maximum(normalised - np.median(normalised), 0.0),
     }[fit_on]
-    np.testing.assert_allclose(train.fit_weights(jnp.asarray(w), fit_on), want, rtol=1e-6)
+    np.testing.assert_allclose(regulator.fit_targets(jnp.asarray(w), fit_on), want, rtol=1e-6)
 
 
 def test_update_regulators_drops_unwritten_rows_even_with_duplicate_index():
     regs = jnp.zeros((4, 5))
     fits = jnp.stack([jnp.full(5, 1.0), jnp.full(5, 2.0)])
-    out = train.update_regulators(regs, jnp.array([2, 2]), fits, jnp.array([True, False]))
+    out = regulator.scatter_rows(regs, jnp.array([2, 2]), fits, jnp.array([True, False]))
     out = np.asarray(out)
     np.testing.assert_array_equal(out[2], np.full(5, 1.0))
     np.testing.assert_array_equal(out[[0, 1, 3]], 0)
+
+
+def _numpy_density(params: np.ndarray, grid: int) -> np.ndarray:
+    """Oracle for Eq. 10: scipy's bivariate normal pdf at the patch centres (h = col + .5)."""
+    from scipy.stats import multivariate_normal
+
+    v, h = np.meshgrid(np.arange(grid) + 0.5, np.arange(grid) + 0.5, indexing="ij")
+    mu_h, mu_v, s_hh, s_hv, s_vv = params
+    pdf = multivariate_normal([mu_h, mu_v], [[s_hh, s_hv], [s_hv, s_vv]]).pdf
+    return pdf(np.stack([h, v], axis=-1))
+
+
+def _min_max(x: np.ndarray) -> np.ndarray:
+    return (x - x.min()) / (x.max() - x.min())
+
+
+def test_step_loss_is_bce_plus_lambda_spatial_from_the_batch_rows_regulators():
+    """Oracle by hand: per image, BCE from the logit and sum(1 - norm(a) * norm(s)) with s the
+    density of the regulator in row ``index`` (not row 0..B-1), combined as BCE + lambda * spatial
+    and averaged over the unmasked rows."""
+    config, model, state, step, batch = _setup()
+    grid = config.grid_size
+    rng = np.random.default_rng(1)
+    regs = np.tile(np.asarray(regulator.initial_params((grid, grid))), (8, 1))
+    for row in range(8):  # every row a different valid Gaussian
+        a = rng.uniform(0.3, 1.2, (2, 2))
+        cov = a @ a.T + 0.2 * np.eye(2)
+        regs[row] = [*rng.uniform(0.5, grid - 0.5, 2), cov[0, 0], cov[0, 1], cov[1, 1]]
+    state = state.replace(regulators=jnp.asarray(regs, jnp.float32))
+    out = model.apply({"params": state.params}, batch["image"], train=True,
+                      rngs={"dropout": jax.random.PRNGKey(0)})  # dropout is 0 in smoke
+    weights, logits = np.asarray(out.weights, np.float64), np.asarray(out.logits, np.float64)
+    labels = np.asarray(batch["label"], np.float64)
+    index, mask = np.asarray(batch["index"]), np.asarray(batch["mask"])
+    spatial = np.array([
+        np.sum(1 - _min_max(weights[b]) * _min_max(_numpy_density(regs[index[b]], grid)))
+        for b in range(len(index))
+    ])
+    bce = np.log1p(np.exp(-np.abs(logits))) + np.maximum(logits, 0) - logits * labels
+    lam = config.regulator.lam
+    _, m = step(state, batch)
+    np.testing.assert_allclose(float(m["spatial_sum"]), spatial[mask].sum(), rtol=1e-4)
+    np.testing.assert_allclose(float(m["bce_sum"]), bce[mask].sum(), rtol=1e-4)
+    np.testing.assert_allclose(
+        float(m["loss_sum"]), (bce + lam * spatial)[mask].sum(), rtol=1e-4
+    )
+    # Lambda matters: the spatial term is not negligible in this case.
+    assert lam * spatial[mask].sum() > 1e-3 * bce[mask].sum()
+
+
+def test_step_reports_divergence():
+    _, _, state, step, batch = _setup()
+    poisoned = jax.tree.map(jnp.copy, state.params)
+    kernel = poisoned["classifier"]["Dense_0"]["kernel"]
+    poisoned["classifier"]["Dense_0"]["kernel"] = kernel.at[0, 0].set(jnp.nan)
+    _, m = step(state, batch)
+    assert bool(m["healthy"])
+    _, _, state, step, batch = _setup()
+    _, m = step(state.replace(params=poisoned), batch)
+    assert not bool(m["healthy"])

@@ -1,0 +1,144 @@
+"""Config validation before anything is written: ranges, enums and the override keys.
+
+Every problem is one line naming the setting and what to use instead (``ConfigError``); ``main``
+prints it and exits with status 2, leaving the workdir untouched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from jaxcerv import regulator
+from jaxcerv.conv import IMPLS
+from jaxcerv.data.images import RESIZE_POLICIES
+from jaxcerv.metrics import THRESHOLD_CRITERIA
+
+DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder")
+AGGREGATIONS = ("mean", "sum", "concat")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """One line: the setting, its value, and what to set instead."""
+
+
+def _get(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _has(config: Any, dotted: str) -> bool:
+    try:
+        _get(config, dotted)
+    except (KeyError, AttributeError):
+        return False
+    return True
+
+
+def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
+    """(setting, predicate, what it must be) for every checked setting."""
+    features = "model.conv_features"
+    layers = len(tuple(_get(config, features))) if _has(config, features) else 3
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    is_num = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    positive_ints = lambda v: len(tuple(v)) > 0 and all(is_int(x) and x >= 1 for x in v)  # noqa: E731
+    return [
+        ("seed", is_int, "an integer"),
+        ("grid_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        (
+            "patch_size",
+            lambda v: is_int(v) and v >= 2**layers,
+            f"an integer >= {2**layers} (the {layers} 2x2 max-pools of the encoder must leave a "
+            "pixel)",
+        ),
+        ("data.name", lambda v: v in DATASETS, f"one of {DATASETS}"),
+        ("data.num_images", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("data.resize", lambda v: v in RESIZE_POLICIES, f"one of {RESIZE_POLICIES}"),
+        ("data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+        ("data.test_fraction", lambda v: is_num(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+        ("data.num_folds", lambda v: is_int(v) and (v == 0 or v >= 2), "0 (one split) or >= 2"),
+        ("data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        ("data.prefetch", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        ("model.conv_features", positive_ints, "a non-empty list of integers >= 1"),
+        ("model.weight_hidden", lambda v: all(is_int(x) and x >= 1 for x in v),
+         "a list of integers >= 1"),
+        ("model.classifier_hidden", lambda v: all(is_int(x) and x >= 1 for x in v),
+         "a list of integers >= 1"),
+        ("model.aggregation", lambda v: v in AGGREGATIONS, f"one of {AGGREGATIONS}"),
+        ("model.dropout", lambda v: is_num(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+        ("model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}"),
+        ("model.remat_chunk", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("model.conv_impl", lambda v: v in IMPLS, f"one of {IMPLS}"),
+        ("regulator.mode", lambda v: v in regulator.MODES, f"one of {regulator.MODES}"),
+        ("regulator.lam", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
+         "a finite number >= 0"),
+        ("regulator.fit_on", lambda v: v in regulator.FIT_ON, f"one of {regulator.FIT_ON}"),
+        ("train.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("train.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("train.learning_rate", lambda v: is_num(v) and math.isfinite(v) and v > 0,
+         "a finite number > 0"),
+        ("train.patience", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("train.max_bce", lambda v: is_num(v) and v > 0, "a number > 0"),
+        ("train.log_every_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("eval.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("eval.threshold_criterion", lambda v: v in THRESHOLD_CRITERIA,
+         f"one of {THRESHOLD_CRITERIA}"),
+        ("eval.num_heatmaps", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        ("eval.bootstrap", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+    ]
+
+
+def check_config(config: Any) -> None:
+    """Raise ConfigError for the first setting out of range (in the order of the rules)."""
+    for key, ok, want in _rules(config):
+        if not _has(config, key):
+            continue
+        value = _get(config, key)
+        try:
+            good = bool(ok(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"config.{key}={value!r} is invalid: it must be {want}")
+    d = config.data
+    if d.num_folds == 0 and d.val_fraction + d.test_fraction >= 1:
+        raise ConfigError(
+            f"config.data.val_fraction + config.data.test_fraction = "
+            f"{d.val_fraction + d.test_fraction:g} leaves no training images: keep the sum below 1"
+        )
+
+
+def config_keys(config: Any, prefix: str = "") -> Iterable[str]:
+    """Every dotted leaf key of a ConfigDict (what ``--config.a.b=`` can set)."""
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            yield from config_keys(value, dotted + ".")
+        else:
+            yield dotted
+
+
+def unknown_key_message(override: str, config: Any) -> str:
+    """One line for ``--config.<override>=...`` naming a key the config does not have, with the
+    likeliest intended keys: an abbreviation (``lr`` = ``learning_rate``), then a prefix, then
+    the closest spellings."""
+    keys = list(config_keys(config))
+    *parent, leaf = override.split(".")
+
+    def initials(k: str) -> str:
+        return "".join(w[0] for w in k.rsplit(".", 1)[-1].split("_") if w)
+
+    def same_parent(k: str) -> bool:
+        return k.split(".")[:-1] == parent
+
+    ranked = [k for k in keys if same_parent(k) and initials(k) == leaf]
+    ranked += [k for k in keys if same_parent(k) and k.rsplit(".", 1)[-1].startswith(leaf)]
+    ranked += difflib.get_close_matches(override, keys, n=3, cutoff=0.5)
+    close = list(dict.fromkeys(ranked))[:3]
+    hint = f"; did you mean {' or '.join('config.' + k for k in close)}?" if close else ""
+    return f"config.{override} is not a setting of this config{hint}"

@@ -1,0 +1,143 @@
+"""Evaluation: predictions over a split, the test metrics (pure), and saving / drawing apart.
+
+The decision threshold is chosen on validation predictions only and applied to test, so test
+labels can never move it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxcerv import metrics as metrics_lib
+from jaxcerv import parallel
+from jaxcerv.data import pipeline
+from jaxcerv.rundir import RunDir
+
+
+def process_batches(config, source, indices, *, batch_size, epoch, train) -> Iterator[dict]:
+    """This process's share of each global batch."""
+    return pipeline.batches(
+        source,
+        indices,
+        batch_size=batch_size,
+        seed=config.seed,
+        epoch=epoch,
+        shuffle=train,
+        augment=train and config.data.augment,
+        drop_remainder=train,
+        num_workers=config.data.num_workers,
+        prefetch=config.data.prefetch,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+
+
+def predict_split(config, eval_step, params, source, indices, mesh) -> dict[str, np.ndarray]:
+    """Run ``eval_step`` over a split; the padded last batch is masked out, never dropped."""
+    parallel.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+    chunks: dict[str, list[np.ndarray]] = {}
+    for host_batch in process_batches(
+        config, source, indices, batch_size=config.eval.batch_size, epoch=0, train=False
+    ):
+        batch = parallel.to_global(host_batch, mesh)
+        out = parallel.to_host(
+            {**eval_step(params, batch), "mask": batch["mask"], "index": batch["index"]}
+        )
+        keep = out.pop("mask").astype(bool)
+        for k, v in out.items():
+            chunks.setdefault(k, []).append(np.asarray(v)[keep])
+    result = {k: np.concatenate(v) for k, v in chunks.items()}
+    order = np.argsort(result.pop("index"), kind="stable")
+    return {k: v[order] for k, v in result.items()}
+
+
+def bce(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy from logits (numerically stable, numpy)."""
+    z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+    return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+
+
+def test_metrics(
+    config: ml_collections.ConfigDict,
+    val: dict[str, np.ndarray],
+    test: dict[str, np.ndarray],
+) -> dict[str, Any]:
+    """Threshold on validation, metrics of both splits at it, bootstrap CIs on test.
+
+    ``val`` / ``test``: ``probabilities``, ``labels``, ``sessions`` (and, for the explanation
+    metrics on synthetic data, ``weights``, ``regulators``, ``truth_cervix``, ``truth_lesion``).
+    """
+    threshold = metrics_lib.choose_threshold(
+        val["labels"], val["probabilities"], config.eval.threshold_criterion
+    )
+    results: dict[str, Any] = {
+        "threshold": threshold,
+        "val": metrics_lib.binary_metrics(
+            val["labels"], val["probabilities"], threshold, split="val"
+        ),
+        "test": metrics_lib.binary_metrics(
+            test["labels"], test["probabilities"], threshold, split="test"
+        ),
+        "test_ci95": metrics_lib.bootstrap_ci(
+            test["labels"],
+            test["probabilities"],
+            threshold,
+            test["sessions"],
+            n_boot=config.eval.bootstrap,
+            seed=config.seed,
+        ),
+    }
+    if "truth_cervix" in test:
+        w = test["weights"]
+        results["explanation"] = {
+            "pointing_game": metrics_lib.pointing_game(w, test["truth_lesion"]),
+            "heatmap_mass_in_cervix": metrics_lib.mass_in_ellipse(w, test["truth_cervix"]),
+            "fitted_centre_error_patches": metrics_lib.centre_error(
+                test["regulators"], test["truth_cervix"]
+            ),
+        }
+    return results
+
+
+def with_records(pred: dict[str, np.ndarray], records: pipeline.Records, idx: np.ndarray) -> dict:
+    """A split's predictions joined with what the data says about its images."""
+    out = {
+        **pred,
+        "ids": records.ids[idx],
+        "labels": records.labels[idx],
+        "grades": records.grades[idx],
+        "sessions": records.sessions[idx],
+        "days_to_diagnosis": records.days_to_diagnosis[idx],
+    }
+    if records.truth_cervix is not None:
+        out["truth_cervix"] = records.truth_cervix[idx]
+        out["truth_lesion"] = records.truth_lesion[idx]
+    return out
+
+
+def save_predictions(run: RunDir, split: str, pred: dict[str, np.ndarray]) -> None:
+    """``W/eval/<split>.npz``: per-image predictions with ids, labels, grades, sessions."""
+    keep = {k: v for k, v in pred.items() if k not in ("logits", "truth_cervix", "truth_lesion")}
+    np.savez_compressed(run.eval_npz(split), **keep)
+
+
+def draw_heatmaps(config, run: RunDir, source, test: dict[str, np.ndarray], idx) -> None:
+    """Overlays of the first ``config.eval.num_heatmaps`` test images, with their fitted ellipse."""
+    from jaxcerv import viz
+
+    for k in range(min(config.eval.num_heatmaps, len(idx))):
+        i = int(idx[k])
+        image_id = str(test["ids"][k])
+        viz.heatmap_overlay(
+            np.asarray(source[i]["image"]),
+            test["weights"][k],
+            run.path("heatmaps", f"{image_id}.png"),
+            regulator=test["regulators"][k],
+            patch_size=config.patch_size,
+            title=f"{image_id}: label {test['labels'][k]}, p={test['probabilities'][k]:.2f}",
+        )

@@ -1,0 +1,173 @@
+"""The train state, the optimizer and the jitted steps: pure functions, no I/O.
+
+The per-image spatial regulators live in the train state as one (N_train, 5) array: each train
+step uses the batch's rows for the spatial loss and writes back the valid fits (Alg. 1,
+``regulator.refit``), so every epoch re-estimates every training image's regulator from its own
+patch weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxcerv import conv, losses, parallel, regulator
+from jaxcerv import model as model_lib
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree (checkpointed whole)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # split every step for stochastic layers (classifier dropout)
+    regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.adam(config.train.learning_rate)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: model_lib.PatchWiseModel,
+    tx: optax.GradientTransformation,
+    num_train: int,
+    rng: jax.Array,
+) -> TrainState:
+    """Fresh parameters and every training image's regulator at G0."""
+    init_rng, state_rng = jax.random.split(rng)
+    side = config.grid_size * config.patch_size
+    params = model.init(init_rng, jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
+    g0 = regulator.initial_params((config.grid_size, config.grid_size))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=state_rng,
+        regulators=jnp.tile(g0, (num_train, 1)),
+    )
+
+
+def _all_finite(*trees: Any) -> jax.Array:
+    leaves = [leaf for t in trees for leaf in jax.tree.leaves(t)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model: model_lib.PatchWiseModel,
+    tx: optax.GradientTransformation,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted train step for this config (jit it with donation: see ``jit_steps``).
+
+    ``metrics["healthy"]`` is false when the loss, a gradient, a new parameter or a regulator is
+    not finite, or the batch's mean BCE exceeds ``config.train.max_bce``: the loop stops on it
+    (divergence guard) before anything is saved.
+    """
+    mode, lam, fit_on = config.regulator.mode, config.regulator.lam, config.regulator.fit_on
+    max_bce = config.train.max_bce
+    grid = (config.grid_size, config.grid_size)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng, dropout_rng = jax.random.split(state.rng)
+        mask = batch["mask"].astype(jnp.float32)
+        count = jnp.maximum(jnp.sum(mask), 1.0)
+        density = regulator.gaussian_density(
+            regulator.batch_regulators(state.regulators, batch["index"], mode, grid), grid
+        )
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, ...]]:
+            out = model.apply(
+                {"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng}
+            )
+            bce = losses.classification_loss(out.logits, batch["label"])
+            spatial = regulator.spatial_loss(out.weights, density)
+            total = losses.combined_loss(bce, spatial, lam, mode)
+            return jnp.sum(total * mask) / count, (bce, spatial, out.weights)
+
+        (loss, (bce, spatial, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        regulators, valid = regulator.refit(
+            state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on, mode=mode
+        )
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, rng=rng, regulators=regulators
+        )
+        metrics = {
+            "loss_sum": loss * count,
+            "bce_sum": jnp.sum(bce * mask),
+            "spatial_sum": jnp.sum(spatial * mask),
+            "valid_fits": jnp.sum(valid.astype(jnp.float32)),
+            "count": jnp.sum(mask),
+            "healthy": _all_finite(loss, grads, params, regulators)
+            & (jnp.sum(bce * mask) / count <= max_bce),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(
+    model: model_lib.PatchWiseModel, fit_on: str
+) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """Forward pass for evaluation: probabilities, heatmaps, features and each image's own fit
+    (made as in training, see ``regulator.fit_targets``)."""
+
+    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        out = model.apply({"params": params}, batch["image"], train=False)
+        return {
+            "logits": out.logits,
+            "probabilities": jax.nn.sigmoid(out.logits),
+            "weights": out.weights,
+            "features": out.features,
+            "regulators": regulator.fit(out.weights, fit_on),
+        }
+
+    return eval_step
+
+
+def jit_eval_step(config: ml_collections.ConfigDict, model: model_lib.PatchWiseModel, **kw: Any):
+    """The eval step jitted with the config's compiler options (``kw``: shardings)."""
+    return jax.jit(
+        make_eval_step(model, config.regulator.fit_on),
+        compiler_options=conv.compiler_options(config.model.conv_impl),
+        **kw,
+    )
+
+
+def jit_steps(config, model, tx, mesh):
+    """Jit both steps over the mesh: batch split on ``data``, state replicated and donated."""
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(config, model, tx),
+        in_shardings=(rep, data),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+        compiler_options=conv.compiler_options(config.model.conv_impl),
+    )
+    eval_step = jit_eval_step(config, model, in_shardings=(rep, data), out_shardings=data)
+    return train_step, eval_step
+
+
+def abstract_params(config: ml_collections.ConfigDict, model: model_lib.PatchWiseModel) -> Any:
+    """Shapes and dtypes of the model's parameters, without computing them (for restoring)."""
+    side = config.grid_size * config.patch_size
+    return jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3), jnp.uint8))[
+            "params"
+        ]
+    )
