@@ -294,12 +294,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     run = command.define()
     _own_flags(run.__module__, prog)
     _own_flags(__name__, prog)
+    # A module may bring its own flag parser (main.parse_flags: a bad override in one line).
+    parser = getattr(sys.modules[run.__module__], "parse_flags", app.parse_flags_with_usage)
 
     def run_quietly(args: list[str]) -> int | None:
         _quiet_logs()
         return run(args)
 
-    app.run(run_quietly, argv=sys.argv)
+    app.run(run_quietly, argv=sys.argv, flags_parser=parser)
 
 
 if __name__ == "__main__":

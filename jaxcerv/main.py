@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
         _fail(str(e), 2)
 
     # Heavy imports after the checks, so a usage error answers at once.
-    from jaxcerv import parallel, report, train
+    from jaxcerv import parallel, progress, report, train
     from jaxcerv.rundir import RunError
 
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -104,7 +104,9 @@ def main(argv: list[str]) -> None:
         _fail(f"{e.strerror or e}{where}: free disk space or fix the folder, then rerun the "
               "same command to resume", 1)
     if parallel.is_writer():
-        print("report:", report.write_report(_WORKDIR.value), flush=True)
+        with progress.announce("writing the report"):
+            path = report.write_report(_WORKDIR.value)
+        print("report:", path, flush=True)
 
 
 if __name__ == "__main__":

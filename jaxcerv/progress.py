@@ -46,8 +46,10 @@ class Progress:
         stream: TextIO | None = None,
         every_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        enabled: bool = True,
     ) -> None:
         self.total, self.desc, self.every_s, self.clock = total, desc, every_s, clock
+        self.enabled = enabled  # False: count silently (every process but the writer)
         self.stream = sys.stderr if stream is None else stream
         self.tty = self.stream.isatty()
         self.done = 0
@@ -76,6 +78,8 @@ class Progress:
         if self.t_first is None:
             self.t_first = now
         self.postfix = postfix or self.postfix
+        if not self.enabled:
+            return
         if self.tty:
             self.stream.write("\r\033[K" + self.line(now))
             self.stream.flush()
@@ -84,6 +88,8 @@ class Progress:
             self._last_line = now
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         now = self.clock()
         if self.tty:
             self.stream.write("\r\033[K")
@@ -102,13 +108,19 @@ class Progress:
 
 @contextlib.contextmanager
 def announce(
-    what: str, *, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic
+    what: str,
+    *,
+    stream: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    enabled: bool = True,
 ) -> Iterator[None]:
     """``what...`` before the block and ``what: done in 12 s`` after it (not on an error)."""
     out = sys.stderr if stream is None else stream
-    out.write(f"{what}...\n")
-    out.flush()
+    if enabled:
+        out.write(f"{what}...\n")
+        out.flush()
     start = clock()
     yield
-    out.write(f"{what}: done in {format_duration(clock() - start)}\n")
-    out.flush()
+    if enabled:
+        out.write(f"{what}: done in {format_duration(clock() - start)}\n")
+        out.flush()

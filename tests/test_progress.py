@@ -72,3 +72,12 @@ def test_announce_brackets_a_phase_with_its_duration():
         "compiling the train step...",
         "compiling the train step: done in 15 s",
     ]
+
+
+def test_disabled_reporters_write_nothing():
+    clock, out = Clock(), Terminal()
+    with progress.Progress(3, "epoch", stream=out, clock=clock, enabled=False) as bar:
+        bar.update()
+    with progress.announce("evaluating", stream=out, clock=clock, enabled=False):
+        pass
+    assert out.getvalue() == "" and bar.done == 1
