@@ -23,7 +23,8 @@ training. GFLOP/s = that count x images/s.
 Also reported: the end-to-end latency of ``jaxcerv.predict.Predictor.predict`` on one 2400x1600
 JPEG (decode + resize with ``jaxcerv.data.images``, forward, heatmap PNG), how fast one CPU thread
 decodes such JPEGs and how fast batches reach the device (is the input pipeline the bottleneck?),
-peak host RSS and, on GPUs, peak device memory. Results go to ``--out`` as one JSON per run, and
+peak host RSS and, on GPUs, peak device memory. Results go to ``--out`` (default the untracked
+runs/bench; --out=benchmarks/results to add to the committed ones) as one JSON per run, and
 ``--out``/results.md is rebuilt as a table of every JSON there.
 """
 
@@ -85,7 +86,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
 _WHAT = flags.DEFINE_list("what", ["train", "infer"], "which steps to time")
 _PREDICT = flags.DEFINE_bool("predict", True, "time predict() end to end on one 2400x1600 JPEG")
 _JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
-_OUT = flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks/results"), "'' to write nothing")
+# runs/ is not tracked: a benchmark never rewrites the committed benchmarks/results/.
+_OUT = flags.DEFINE_string("out", os.path.join(ROOT, "runs/bench"), "'' to write nothing")
 _TAG = flags.DEFINE_string("tag", "", "extra words for the result's file name and table row")
 
 # "--impls=s2d@ynn" times impl s2d compiled with these options instead of conv.compiler_options's.

@@ -1,4 +1,5 @@
-"""Command line: `python -m jaxcerv.main --config=configs/default.py --workdir=DIR`.
+"""Command line: `python -m jaxcerv.main --config=configs/default.py --workdir=DIR` (the same as
+`jaxcerv train`; --config also takes a built-in name: default, paper, smoke, iarc_atlas).
 
 Rerunning the same command resumes from the workdir's latest checkpoint. Multi-host: pass
 --coordinator/--num_processes/--process_id, or let JAX auto-detect a TPU pod or SLURM job.
@@ -14,9 +15,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxcerv import configcheck
+from jaxcerv import configcheck, configs
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Config file.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", configs.resolve("default"), "Config: a built-in name or a file."
+)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Where checkpoints, logs and results go.")
 _COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process).")
@@ -54,7 +57,7 @@ def _load_config(argv: list[str]):
     import importlib.util
 
     path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")),
-                _CONFIG.default if hasattr(_CONFIG, "default") else "configs/default.py")
+                configs.resolve("default"))
     try:
         spec = importlib.util.spec_from_file_location("_jaxcerv_config", path.split(":")[0])
         module = importlib.util.module_from_spec(spec)
@@ -84,10 +87,12 @@ def main(argv: list[str]) -> None:
         _fail(str(e), 2)
 
     # Heavy imports after the checks, so a usage error answers at once.
-    from jaxcerv import parallel, report, train
+    from jaxcerv import parallel, progress, report, train
     from jaxcerv.rundir import RunError
 
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    if (problem := parallel.accelerator_problem()) is not None:
+        _fail(problem, 1)
     try:
         train.train_and_evaluate(config, _WORKDIR.value)
     except ValueError as e:  # settings that only the data or the devices can refute
@@ -99,8 +104,11 @@ def main(argv: list[str]) -> None:
         _fail(f"{e.strerror or e}{where}: free disk space or fix the folder, then rerun the "
               "same command to resume", 1)
     if parallel.is_writer():
-        print("report:", report.write_report(_WORKDIR.value), flush=True)
+        with progress.announce("writing the report"):
+            path = report.write_report(_WORKDIR.value)
+        print("report:", path, flush=True)
 
 
 if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *configs.resolve_args(sys.argv[1:])]  # config_flags reads sys.argv
     app.run(main, flags_parser=parse_flags)

@@ -32,8 +32,10 @@ def detect_cluster() -> str | None:
     """The multi-process launcher JAX can configure itself from, if this process runs under one.
 
     SLURM and Open MPI count only with more than one task (a plain ``srun python ...`` on one task
-    is a single process). A Cloud TPU VM (libtpu installed, TPU device files present) is always
-    reported: ``jax.distributed.initialize()`` finds its workers from the VM metadata, one or many.
+    is a single process); JAX finds an Open MPI job only under Open MPI <= 4, which sets
+    ``OMPI_MCA_orte_hnp_uri`` (Open MPI 5 gets a clear error instead). A Cloud TPU VM (libtpu
+    installed, TPU device files present) is always reported: ``jax.distributed.initialize()``
+    finds its workers from the VM metadata, one or many.
     """
     if all(
         k in os.environ
@@ -41,6 +43,13 @@ def detect_cluster() -> str | None:
     ) and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return "slurm"
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+        if "OMPI_MCA_orte_hnp_uri" not in os.environ:
+            # JAX finds the coordinator from this variable, which only Open MPI <= 4 sets.
+            raise ValueError(
+                "Open MPI >= 5 (no OMPI_MCA_orte_hnp_uri): JAX cannot find its coordinator; pass "
+                "--coordinator=HOST:PORT --num_processes=$OMPI_COMM_WORLD_SIZE "
+                "--process_id=$OMPI_COMM_WORLD_RANK"
+            )
         return "ompi"
     if os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_PROCESS_ADDRESSES"):
         return "tpu"
@@ -86,6 +95,32 @@ def initialize_distributed(
         jax.device_count(),
     )
     return True
+
+
+def allocated_gpus() -> str | None:
+    """``VAR=value`` of the first variable saying this process was given GPUs, else None."""
+    empty = {"", "-1", "NoDevFiles", "none"}
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE"):
+        value = os.environ.get(var, "").strip()
+        if value not in empty and not (var == "SLURM_GPUS_ON_NODE" and value == "0"):
+            return f"{var}={value}"
+    return None
+
+
+def accelerator_problem() -> str | None:
+    """One line when GPUs were allocated but JAX runs on the CPU (a CPU-only jaxlib, a driver
+    JAX cannot use): better than training for days on the CPU of a GPU node. ``JAX_PLATFORMS=cpu``
+    says the CPU is meant."""
+    gpus = allocated_gpus()
+    if gpus is None or os.environ.get("JAX_PLATFORMS", "").strip().lower() == "cpu":
+        return None
+    if jax.default_backend() != "cpu":
+        return None
+    return (
+        f"GPUs are allocated ({gpus}) but JAX found none and would run on the CPU: install the "
+        "CUDA build (pip install 'jaxcerv[cuda]', or 'jax[cuda12]==0.10.2' into this environment) "
+        "or set JAX_PLATFORMS=cpu to use the CPU on purpose"
+    )
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

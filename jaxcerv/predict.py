@@ -11,14 +11,16 @@ the run folder (config, threshold) is then the directory three levels up unless 
 
 Every file is decoded and resized exactly as the dataset builders do (``data.images.read_image``
 with the run's grid, patch size and resize policy), so a JPEG or PNG of any size and aspect works.
-Stdout gets one JSON line per input, in input order:
-``{"image", "probability", "label", "threshold", "heatmap", "regulator"}``, where ``heatmap`` is
-the overlay PNG written to ``--out`` (default ``W/predictions``; drawn on the resized model input,
-with the regulator's 2-sigma ellipse) and ``regulator`` is the Gaussian fitted to this image's patch
-weights, ``[mu_h, mu_v, s_hh, s_hv, s_vv]`` in patch units (null entries if the map is all zero).
-A file that cannot be used gets ``{"image", "error"}`` instead and the rest still run. The exit
-status is 1 only when every image failed (2 for a usage or run-folder problem), so a batch with a
-few bad files still counts as done.
+Stdout gets one JSON line per input, in input order (``served.predict_images``): ``image``,
+``probability``, ``label`` (1 = CIN2+), ``class``, ``threshold``, ``heatmap`` (a PNG in ``--out``,
+default ``W/predictions``: the photograph at its own aspect ratio with the patch weights, a colour
+bar, probability and threshold), ``model`` (provenance: data set, config digest, checkpoint, test
+ROC AUC), ``regulator`` (the Gaussian fitted to this image's patch weights,
+``[mu_h, mu_v, s_hh, s_hv, s_vv]`` in patch units, null entries if the map is all zero) and, for a
+model trained on synthetic data, ``warning`` (said once on stderr too). A file that cannot be
+used gets ``{"image", "error"}`` instead and the rest still run. The exit status is 1 only when
+every image failed (2 for a usage or run-folder problem), so a batch with a few bad files still
+counts as done. ``jaxcerv predict`` is the same with absl flags.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -37,10 +38,11 @@ import numpy as np
 from PIL import Image
 
 from jaxcerv import model as model_lib
-from jaxcerv import steps, viz
+from jaxcerv import served, steps
 from jaxcerv.checkpointing import restore_params
-from jaxcerv.data.images import ImageError, load_image
-from jaxcerv.rundir import RunDir, RunError, json_number
+from jaxcerv.data.images import load_image
+from jaxcerv.rundir import RunDir, RunError
+from jaxcerv.served import padded_batch
 
 
 def best_checkpoint_dir(workdir: str) -> str:
@@ -70,10 +72,19 @@ def run_folder(workdir: str | None, checkpoint: str | None) -> str:
 class Predictor:
     """A restored model ready to score files; build once, call ``predict`` many times."""
 
-    def __init__(self, config: ml_collections.ConfigDict, params: Any, threshold: float) -> None:
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        params: Any,
+        threshold: float,
+        card: dict[str, Any] | None = None,
+    ) -> None:
         self.config = config
         self.threshold = threshold
         self.params = params
+        # What each prediction says about the model (served.model_card): from_run fills in the
+        # run's test metrics and the checkpoint.
+        self.card = card or served.model_card(config, threshold, {}, source=None)
         self.image_size = config.grid_size * config.patch_size
         self.batch_size = int(config.eval.batch_size)
         # The eval step training used, so a served probability is the one evaluation computed.
@@ -86,8 +97,10 @@ class Predictor:
         config = run.read_config()
         threshold = run.read_threshold()
         like = steps.abstract_params(config, model_lib.from_config(config))
-        params = restore_params(checkpoint or best_checkpoint_dir(run.root), like)
-        return cls(config, params, threshold)
+        step_dir = checkpoint or best_checkpoint_dir(run.root)
+        params = restore_params(step_dir, like)
+        card = served.model_card(config, threshold, run.read_results(), os.path.abspath(step_dir))
+        return cls(config, params, threshold, card)
 
     def load(self, path: str) -> np.ndarray:
         """Decode + validate + resize one file as the dataset builders do; raises ImageError."""
@@ -115,105 +128,20 @@ class Predictor:
         return {k: np.concatenate(v) for k, v in chunks.items()}
 
     def predict(
-        self,
-        paths: Sequence[str],
-        out_dir: str,
-        *,
-        normalisation: str = "minmax",
-        cmap: str = "jet",
-        alpha: float = 0.45,
-        smooth_sigma: float = 0.0,
+        self, paths: Sequence[str], out_dir: str, *, cmap: str = "jet", alpha: float = 0.45
     ) -> list[dict[str, Any]]:
-        """One result dict per path, in order; unusable files get ``{"image", "error"}``.
-
-        Streams ``batch_size`` files at a time (decoding and overlay writing on a thread pool,
-        where Pillow and numpy release the GIL), so memory does not grow with the number of files.
-        """
-        results: list[dict[str, Any]] = [{"image": os.fspath(p)} for p in paths]
-        names = _output_names(paths)
-        os.makedirs(out_dir, exist_ok=True)
-
-        def decode(k: int) -> np.ndarray | None:
-            try:
-                return self.load(paths[k])
-            except ImageError as e:
-                results[k]["error"] = " ".join(str(e).split())  # one line, whatever Pillow said
-                return None
-
-        def write(k: int, image: np.ndarray, weights: np.ndarray, fit: np.ndarray) -> str | None:
-            """The overlay's path, or None with the reason in the result (one bad output name,
-            e.g. too long for the file system, must not cost the other images their results)."""
-            try:
-                return _write_overlay(k, image, weights, fit)
-            except (OSError, ValueError) as e:
-                results[k]["error"] = f"cannot write the heatmap: {' '.join(str(e).split())}"
-                return None
-
-        def _write_overlay(k: int, image: np.ndarray, weights: np.ndarray, fit: np.ndarray) -> str:
-            overlay = viz.overlay_array(
-                image,
-                weights,
-                normalisation=normalisation,
-                cmap=cmap,
-                alpha=alpha,
-                smooth_sigma=smooth_sigma,
-                regulator=fit if viz.regulator_is_drawable(fit) else None,
-                patch_size=self.config.patch_size,
-            )
-            path = os.path.join(out_dir, names[k])
-            save_png(overlay, path)
-            return path
-
-        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            for start in range(0, len(paths), self.batch_size):
-                chunk = range(start, min(start + self.batch_size, len(paths)))
-                decoded = list(pool.map(decode, chunk))
-                good = [k for k, px in zip(chunk, decoded, strict=True) if px is not None]
-                if not good:
-                    continue
-                pixels = [px for px in decoded if px is not None]
-                pred = self.predict_arrays(np.stack(pixels))
-                heatmaps = pool.map(
-                    write, good, pixels, pred["weights"], pred["regulators"]
-                )
-                for j, (k, heatmap) in enumerate(zip(good, heatmaps, strict=True)):
-                    if heatmap is None:
-                        continue
-                    prob = float(pred["probabilities"][j])
-                    results[k].update(
-                        probability=prob,
-                        label=int(prob >= self.threshold),
-                        threshold=self.threshold,
-                        heatmap=heatmap,
-                        regulator=[json_number(float(v)) for v in pred["regulators"][j]],
-                    )
-        return results
-
-
-def padded_batch(n: int, batch_size: int) -> int:
-    """The batch that ``n`` images are padded to: the next power of two, at most ``batch_size``."""
-    return min(batch_size, 1 << max(0, n - 1).bit_length())
+        """One result dict per path, in order (see the module); unusable files get
+        ``{"image", "error"}``. Streams ``batch_size`` files at a time."""
+        return served.predict_images(
+            self.predict_arrays, self.card, paths, out_dir, batch_size=self.batch_size,
+            cmap=cmap, alpha=alpha,
+        )
 
 
 def save_png(pixels: np.ndarray, path: str) -> None:
     """Write an RGB overlay as PNG with zlib level 1: 0.14 s against 0.76 s at Pillow's default
     level 6 for a 1176-px overlay (most of ``predict``'s latency), for files 12% larger."""
     Image.fromarray(pixels).save(path, compress_level=1)
-
-
-def _output_names(paths: Sequence[str]) -> list[str]:
-    """``<stem>.heatmap.png`` per input, ``<stem>-2.heatmap.png``... when a name is taken."""
-    used: set[str] = set()
-    names = []
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0] or "image"
-        name, n = f"{stem}.heatmap.png", 1
-        while name in used:
-            n += 1
-            name = f"{stem}-{n}.heatmap.png"
-        used.add(name)
-        names.append(name)
-    return names
 
 
 def predict_files(
@@ -244,10 +172,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "unless --workdir)",
     )
     p.add_argument("--out", help="folder for the heatmap PNGs (default: <workdir>/predictions)")
-    p.add_argument("--normalisation", choices=("minmax", "percentile"), default="minmax")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap name")
     p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity in [0, 1]")
-    p.add_argument("--smooth", type=float, default=0.0, help="Gaussian blur sigma, in patches")
     args = p.parse_args(argv)
     if args.workdir is None and args.checkpoint is None:
         p.error("pass --workdir or --checkpoint")
@@ -262,10 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.images,
             args.out,
             checkpoint=args.checkpoint,
-            normalisation=args.normalisation,
             cmap=args.cmap,
             alpha=args.alpha,
-            smooth_sigma=args.smooth,
         )
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)

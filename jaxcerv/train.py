@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 import time
 from typing import Any
 
@@ -20,11 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from tqdm import tqdm
 
 from jaxcerv import evaluate, parallel, regulator, steps
 from jaxcerv import metrics as metrics_lib
 from jaxcerv import model as model_lib
+from jaxcerv import progress as reporting
 from jaxcerv.checkpointing import CheckpointError, Checkpoints
 from jaxcerv.data import pipeline, splits
 from jaxcerv.rundir import RunDir, RunError, acquire_lock, release_lock, write_json
@@ -184,11 +183,14 @@ def _check_healthy(healthy: jax.Array, epoch: int, step: int, config) -> None:
         )
 
 
-def _train_epoch(fold: Fold, state, epoch: int) -> tuple[steps.TrainState, dict[str, float]]:
+def _train_epoch(
+    fold: Fold, state, epoch: int, *, first: bool = False
+) -> tuple[steps.TrainState, dict[str, float]]:
     """One pass over the training split; stops on the first non-finite step (divergence guard).
 
     The health of step i is read after step i+1 is dispatched, so the check costs no
     pipeline stall; a non-finite step is never saved because saving happens after the epoch.
+    ``first``: the first epoch this process runs, whose first step compiles (announced).
     """
     config = fold.config
     n_steps = len(fold.split["train"]) // config.train.batch_size
@@ -196,32 +198,31 @@ def _train_epoch(fold: Fold, state, epoch: int) -> tuple[steps.TrainState, dict[
         config, fold.source, fold.split["train"], batch_size=config.train.batch_size,
         epoch=epoch, train=True,
     )
-    bar = tqdm(
-        batches,
-        total=n_steps,
-        desc=f"epoch {epoch}/{config.train.epochs}",
-        disable=not parallel.is_writer(),
-        leave=False,
-        # In a log file (no terminal) a line every 30 s instead of a redraw every second.
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,
-    )
+    writer = parallel.is_writer()
+    # A redrawn bar on a terminal; in a log file a plain line every 30 s.
+    bar = reporting.Progress(n_steps, f"epoch {epoch}/{config.train.epochs}", enabled=writer)
     sums: dict[str, jax.Array] = {}
     pending = None  # (global step, health flag) of the step before
     t_steady, timed_images = time.perf_counter(), 0
-    for i, host_batch in enumerate(bar):
-        state, m = fold.train_step(state, parallel.to_global(host_batch, fold.mesh))
+    for i, host_batch in enumerate(batches):
+        compiling = first and i == 0
+        with reporting.announce("compiling the train step", enabled=writer and compiling):
+            state, m = fold.train_step(state, parallel.to_global(host_batch, fold.mesh))
+            if i == 0:
+                # Throughput excludes the first step: on the first epoch it includes compilation.
+                jax.block_until_ready(state.step)
+                t_steady = time.perf_counter()
         if pending is not None:
             _check_healthy(pending[1], epoch, pending[0], config)
         pending = ((epoch - 1) * n_steps + i + 1, m.pop("healthy"))
         sums = m if not sums else jax.tree.map(jnp.add, sums, m)
-        if i == 0:
-            # Throughput excludes the first step: on the first epoch it includes compilation.
-            jax.block_until_ready(state.step)
-            t_steady = time.perf_counter()
-        else:
+        if i > 0:
             timed_images += config.train.batch_size
+        postfix = ""
         if (i + 1) % config.train.log_every_steps == 0:
-            bar.set_postfix(loss=f"{float(sums['loss_sum'] / sums['count']):.4f}")
+            postfix = f"loss {float(sums['loss_sum'] / sums['count']):.4f}"
+        bar.update(postfix=postfix)
+    bar.close()
     if pending is not None:
         _check_healthy(pending[1], epoch, pending[0], config)
     totals = parallel.to_host(sums)
@@ -286,11 +287,14 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
     try:
         state, progress = _resume(ckpt, fold)
         truth = _truth(fold)
+        first_epoch = progress.epoch + 1
         while progress.epoch < config.train.epochs and not progress.stopped:
             epoch = progress.epoch + 1
             t0 = time.perf_counter()
-            state, row = _train_epoch(fold, state, epoch)
-            row.update(_validate(fold, state.params))
+            state, row = _train_epoch(fold, state, epoch, first=epoch == first_epoch)
+            with reporting.announce("validating (compiles the eval step)",
+                                    enabled=parallel.is_writer() and epoch == first_epoch):
+                row.update(_validate(fold, state.params))
             is_best = progress.selection.update(epoch, row["val_roc_auc"], row["val_loss"])
             progress.epoch = epoch
             progress.stopped = progress.selection.bad_epochs >= config.train.patience
@@ -313,7 +317,9 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
     finally:
         writer.close()
         ckpt.close()
-    results = _evaluate(fold, best_state.params)
+    with reporting.announce(f"evaluating the selected model (epoch {best_epoch}) on val and test",
+                            enabled=parallel.is_writer()):
+        results = _evaluate(fold, best_state.params)
     results["best_epoch"] = best_epoch
     results["epochs_run"] = progress.epoch
     results["regulator"] = _regulator_summary(fold, np.asarray(parallel.to_host(state.regulators)))

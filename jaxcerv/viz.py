@@ -449,6 +449,82 @@ def heatmap_overlay(
     return _save(fig, path)
 
 
+def photo_view(
+    pixels: np.ndarray, weights, width: int, height: int, resize: str, *, max_side: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model input and its patch weights back at the photograph's own aspect ratio.
+
+    ``pixels`` (S, S, 3) is what the model saw (``resize`` "stretch" or "pad" of a width x height
+    photograph); a letterbox is cropped off, then both are resized to the photograph's shape with
+    the long side at most ``max_side``. Weights stay blocky (nearest), one block per patch.
+    Returns uint8 (h, w, 3) and float (h, w).
+    """
+    from PIL import Image
+
+    from jaxcerv.data.images import letterbox_box
+
+    img = np.asarray(pixels)
+    w = np.asarray(weights, dtype=np.float32)
+    size = img.shape[0]
+    ri = np.minimum(np.arange(size) * w.shape[0] // size, w.shape[0] - 1)
+    ci = np.minimum(np.arange(size) * w.shape[1] // size, w.shape[1] - 1)
+    heat = w[ri[:, None], ci[None, :]]
+    if resize == "pad":
+        x0, y0, bw, bh = letterbox_box(width, height, size)
+        img, heat = img[y0 : y0 + bh, x0 : x0 + bw], heat[y0 : y0 + bh, x0 : x0 + bw]
+    scale = min(1.0, max_side / max(width, height))
+    shape = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (w, h)
+    photo = np.asarray(Image.fromarray(img).resize(shape, Image.Resampling.BICUBIC))
+    heat = np.asarray(Image.fromarray(heat, "F").resize(shape, Image.Resampling.NEAREST))
+    return photo, heat
+
+
+def clinician_figure(
+    photo: np.ndarray,
+    heat: np.ndarray,
+    probability: float,
+    threshold: float,
+    *,
+    cmap: str = "jet",
+    alpha: float = 0.45,
+    warning: str = "",
+    title: str = "",
+) -> Figure:
+    """The photograph at its own aspect ratio with the patch-weight heatmap over it, a colour bar
+    in weight units, and the probability, threshold and decision written on the figure.
+
+    ``photo`` and ``heat`` come from ``photo_view``; ``warning`` (e.g. the model never saw a real
+    photograph) is printed in red under the image.
+    """
+    from matplotlib.colors import Normalize
+
+    rows, cols = heat.shape
+    fig = _figure(7.0, 7.0 * rows / cols + 1.6)
+    ax = fig.subplots()
+    ax.imshow(photo)
+    lo, hi = float(np.min(heat)), float(np.max(heat))
+    shown = ax.imshow(
+        heat, cmap=_colormap(cmap), alpha=alpha, norm=Normalize(lo, hi if hi > lo else lo + 1e-6)
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    decision = CLASS_NAMES[int(probability >= threshold)]
+    sign = ">=" if probability >= threshold else "<"
+    ax.set_title(
+        (f"{title}\n" if title else "")
+        + f"P(CIN2+) = {probability:.3f} {sign} threshold {threshold:.3f}: {decision}"
+    )
+    bar = fig.colorbar(shown, ax=ax, shrink=0.8)
+    bar.set_label("Patch weight (where the model looked)")
+    if warning:
+        ax.set_xlabel(warning, color="tab:red", wrap=True)
+    return fig
+
+
+def save_figure(fig: Figure, path: PathLike) -> str:
+    return _save(fig, path)
+
+
 def evolution_epochs(available: Sequence[int]) -> list[int]:
     """Epochs shown in Fig. 5 d-g: 1, 32, 48 when they were run, plus the last one."""
     avail = sorted(set(int(e) for e in available))
@@ -486,39 +562,32 @@ def regulator_evolution(
 
 
 def training_curves(metrics_jsonl_path: PathLike, path: PathLike) -> str:
-    """Train/val loss and val ROC AUC (and balanced accuracy) per epoch from metrics.jsonl."""
+    """Training curves from metrics.jsonl (see ``training_curves_figure``)."""
     with open(metrics_jsonl_path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
         raise ValueError(f"{os.fspath(metrics_jsonl_path)} has no epochs")
+    return _save(training_curves_figure(rows), path)
+
+
+def training_curves_figure(rows: Sequence[Mapping[str, float]]) -> Figure:
+    """BCE (train, validation), the spatial loss and the validation scores, each on its own axes:
+    the spatial loss is a sum over patches (~10^1-10^2) and would flatten the BCE (~0.5)."""
 
     def series(key: str) -> tuple[np.ndarray, np.ndarray] | None:
         pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         return (np.array([e for e, _ in pts]), np.array([v for _, v in pts])) if pts else None
 
-    fig = _figure(10.0, 4.0)
-    loss_ax, score_ax = fig.subplots(1, 2)
+    fig = _figure(13.5, 4.0)
+    bce_ax, spatial_ax, score_ax = fig.subplots(1, 3)
     panels = (
-        (
-            loss_ax,
-            (
-                ("train_loss", "Train loss (total)"),
-                ("train_bce", "Train BCE"),
-                ("train_spatial", "Train spatial loss"),
-                ("val_loss", "Validation loss"),
-            ),
-            "Loss",
-            "Loss per epoch",
-        ),
-        (
-            score_ax,
-            (
-                ("val_roc_auc", "Validation ROC AUC"),
-                ("val_balanced_accuracy", "Validation balanced accuracy"),
-            ),
-            "Score",
-            "Validation scores per epoch",
-        ),
+        (bce_ax, (("train_bce", "Train BCE"), ("val_loss", "Validation BCE")), "BCE",
+         "Classification loss (BCE)"),
+        (spatial_ax, (("train_spatial", "Train spatial loss"),), "Spatial loss (Eq. 5-6)",
+         "Spatial loss per image (added x lambda)"),
+        (score_ax, (("val_roc_auc", "Validation ROC AUC"),
+                    ("val_balanced_accuracy", "Validation balanced accuracy")), "Score",
+         "Validation scores (CIN2+ vs rest)"),
     )
     for ax, keys, ylabel, ax_title in panels:
         for key, label in keys:
@@ -530,4 +599,4 @@ def training_curves(metrics_jsonl_path: PathLike, path: PathLike) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     score_ax.set_ylim(0, 1.02)
-    return _save(fig, path)
+    return fig

@@ -225,7 +225,8 @@ def test_first_epoch_of_the_real_loop_matches_one_device(eight):
 
 _LAUNCH_ENV = (
     "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID",
-    "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+    "OMPI_COMM_WORLD_SIZE", "OMPI_MCA_orte_hnp_uri", "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
 )
 
 
@@ -246,7 +247,8 @@ def bare_env(monkeypatch):
         ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1",
           "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}, None),
         ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),
-        ({"OMPI_COMM_WORLD_SIZE": "2"}, "ompi"),
+        ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:5000"},
+         "ompi"),
         ({"OMPI_COMM_WORLD_SIZE": "1"}, None),
         ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, "tpu"),
     ],
@@ -257,6 +259,14 @@ def test_detect_cluster(bare_env, env, want):
     for k, v in env.items():
         bare_env.setenv(k, v)
     assert parallel.detect_cluster() == want
+
+
+def test_open_mpi_5_asks_for_the_three_flags(bare_env):
+    from jaxcerv import parallel
+
+    bare_env.setenv("OMPI_COMM_WORLD_SIZE", "2")  # Open MPI 5 sets no OMPI_MCA_orte_hnp_uri
+    with pytest.raises(ValueError, match="Open MPI >= 5.*--coordinator.*--process_id"):
+        parallel.detect_cluster()
 
 
 @pytest.mark.parametrize(

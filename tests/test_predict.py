@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcerv import predict
+from jaxcerv import predict, served
 from jaxcerv.data import pipeline
 from jaxcerv.rundir import RunDir
 
@@ -47,17 +47,23 @@ def test_good_images_get_probability_heatmap_and_regulator(predictions, inputs, 
     results, out = predictions
     with open(os.path.join(smoke_workdir, "results.json")) as f:
         threshold = json.load(f)["threshold"]
-    side = 4 * 28  # configs/smoke.py: grid 4, patch 28
+    config = RunDir(smoke_workdir).read_config()
     for r, path in zip([results[0], results[2]], [inputs[0][0], inputs[0][2]], strict=True):
-        assert set(r) == {"image", "probability", "label", "threshold", "heatmap", "regulator"}
+        assert set(r) == {"image", "probability", "label", "class", "threshold", "heatmap",
+                          "regulator", "model", "warning"}
         assert r["image"] == path
         assert 0.0 <= r["probability"] <= 1.0
         assert r["threshold"] == threshold
         assert r["label"] == int(r["probability"] >= threshold)
         assert os.path.dirname(r["heatmap"]) == out
         with Image.open(r["heatmap"]) as im:
-            assert im.format == "PNG" and im.size == (side, side)
+            assert im.format == "PNG"  # the clinician figure: tests/test_viz.py
         assert len(r["regulator"]) == 5 and np.all(np.isfinite(r["regulator"]))
+        assert r["class"] == served.CLASS_NAMES[r["label"]]
+        assert r["model"]["dataset"] == "synthetic_cervix"
+        assert r["model"]["config_digest"] == served.config_digest(config)
+        assert r["model"]["source"] == os.path.abspath(predict.best_checkpoint_dir(smoke_workdir))
+        assert r["warning"] == served.SYNTHETIC_WARNING  # the smoke model saw synthetic data only
     json.dumps(results, allow_nan=False)  # every line is strict JSON
 
 

@@ -78,6 +78,15 @@ def test_training_curves(tmp_path):
     ]
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     _assert_png(viz.training_curves(log, tmp_path / "curves.png"), min_wh=(800, 300))
+    # BCE and the spatial loss (~100x larger in real runs) never share an axis.
+    bce_ax, spatial_ax, _ = viz.training_curves_figure(rows).axes
+    lines = {ax: {ln.get_label(): ln.get_ydata() for ln in ax.get_lines()}
+             for ax in (bce_ax, spatial_ax)}
+    assert set(lines[bce_ax]) == {"Train BCE", "Validation BCE"}
+    np.testing.assert_allclose(lines[bce_ax]["Validation BCE"], [r["val_loss"] for r in rows])
+    assert set(lines[spatial_ax]) == {"Train spatial loss"}
+    np.testing.assert_allclose(lines[spatial_ax]["Train spatial loss"],
+                               [r["train_spatial"] for r in rows])
 
 
 def test_overlay_alpha_extremes_and_hand_pixel():
@@ -201,3 +210,43 @@ def test_heatmap_overlay_and_regulator_evolution_figures(tmp_path):
     )
     assert viz.evolution_epochs(range(1, 61)) == [1, 32, 48, 60]
     assert viz.evolution_epochs([1, 2, 3]) == [1, 3]
+
+
+def test_photo_view_crops_the_letterbox_and_keeps_the_photo_aspect():
+    # An 800x600 photo padded into 112 px (4x4 patches of 28): the photo is the 112x84 band at
+    # rows 14..97 (letterbox by hand: scale 0.14, (112 - 84) // 2 = 14).
+    weights = np.arange(16, dtype=np.float32).reshape(4, 4)
+    pixels = np.zeros((112, 112, 3), np.uint8)
+    pixels[14:98] = 200
+    photo, heat = viz.photo_view(pixels, weights, 800, 600, "pad", max_side=400)
+    assert photo.shape == (300, 400, 3) and heat.shape == (300, 400)
+    assert photo.min() >= 190  # no black letterbox left
+    # Row r of the display is input row 14 + r * 84 / 300 (nearest): patch row of that input row.
+    for r in (0, 50, 150, 299):
+        expected = weights[int((14 + (r + 0.5) * 84 / 300) // 28)]
+        np.testing.assert_array_equal(heat[r, [0, 120, 220, 399]], expected)
+
+
+def test_photo_view_stretch_maps_the_whole_grid():
+    weights = np.array([[0.0, 1.0], [2.0, 3.0]], np.float32)
+    photo, heat = viz.photo_view(np.zeros((56, 56, 3), np.uint8), weights, 300, 100, "stretch")
+    assert photo.shape == (100, 300, 3)
+    np.testing.assert_array_equal(heat[[0, 0, 99, 99], [0, 299, 0, 299]], [0.0, 1.0, 2.0, 3.0])
+
+
+def test_clinician_figure_states_probability_threshold_and_warning(tmp_path):
+    photo = np.full((60, 160, 3), 128, np.uint8)
+    heat = np.linspace(0.1, 0.9, 60 * 160).reshape(60, 160)
+    fig = viz.clinician_figure(photo, heat, 0.731, 0.5, warning="synthetic only", title="a.jpg")
+    ax, bar = fig.axes
+    assert "P(CIN2+) = 0.731 >= threshold 0.500" in ax.get_title()
+    assert viz.CLASS_NAMES[1] in ax.get_title() and ax.get_title().startswith("a.jpg")
+    assert ax.get_xlabel() == "synthetic only"
+    shown = ax.get_images()
+    assert shown[0].get_array().shape[:2] == (60, 160)  # the photograph's own aspect
+    assert (shown[1].norm.vmin, shown[1].norm.vmax) == pytest.approx((0.1, 0.9))  # weight units
+    assert "Patch weight" in bar.get_ylabel()
+    below = viz.clinician_figure(photo, heat, 0.2, 0.5)
+    assert "0.200 < threshold 0.500" in below.axes[0].get_title()
+    assert viz.CLASS_NAMES[0] in below.axes[0].get_title()
+    _assert_png(viz.save_figure(fig, tmp_path / "c.png"), min_wh=(300, 150))

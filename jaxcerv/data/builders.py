@@ -22,6 +22,7 @@ cervix_folder), `s{image_size}_g{grid}_seed{seed}_n{count}` for synthetic_cervix
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -31,6 +32,7 @@ import json
 import logging
 import os
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -217,7 +219,8 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         f"{report['dataset']}/{report['config']}: {report['num_images']} images, "
         f"{report['num_sessions']} sessions (source: {report['source']})",
-        "  per label: " + ", ".join(f"{k}: {v}" for k, v in report["labels"].items())
+        "  per label (1 = CIN2+): "
+        + ", ".join(f"{k}: {v}" for k, v in report["labels"].items())
         + "  (sessions: "
         + ", ".join(f"{k}: {v}" for k, v in report["sessions_per_label"].items()) + ")",
         "  per grade: " + ", ".join(
@@ -241,6 +244,21 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _dropping_absl_warning(prefix: str) -> Iterator[None]:
+    """Drop absl log records starting with ``prefix`` for the duration (TFDS logs via absl)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Validate, report, then generate: the shared skeleton of the three builders."""
 
@@ -253,6 +271,23 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """None: nothing is downloaded, so there is no checksums file to locate. (TFDS's lookup
         would import the `importlib_resources` backport, which the pinned stack lacks.)"""
         return None
+
+    def _create_builder_config(self, builder_config, version):
+        """Without TFDS's "Using custom data configuration" warning: every config of ours is
+        made on the fly (its name encodes the resolution), none is declared in BUILDER_CONFIGS."""
+        with _dropping_absl_warning("Using custom data configuration"):
+            return super()._create_builder_config(builder_config, version=version)
+
+    def is_prepared(self) -> bool:
+        """Without TFDS's "Variant folder ... has no dataset_info.json" for an unbuilt folder."""
+        return (self.data_path / "dataset_info.json").is_file() and super().is_prepared()
+
+    def _log_download_bytes(self) -> None:
+        """Silent: TFDS would print "Downloading and preparing dataset Unknown size", but nothing
+        is downloaded; ``prepare`` announces the build."""
+
+    def _log_download_done(self) -> None:
+        """Silent: ``prepare`` announces the build summary."""
 
     def _image_size(self) -> int:
         raise NotImplementedError
@@ -800,6 +835,8 @@ def prepare(
                     f"building {builder.name}/{builder.builder_config.name} in "
                     f"{builder.data_dir} (first use)"
                 )
+            # TFDS's bars redraw with carriage returns: one bar per line in a log file.
+            tfds.display_progress_bar(sys.stderr.isatty())
             builder.download_and_prepare(download_config=download_config)
             if announce:
                 announce(format_summary(read_report(builder)))

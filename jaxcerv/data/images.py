@@ -156,16 +156,19 @@ def _to_rgb(im: Image.Image, name: str) -> tuple[Image.Image, str | None]:
     raise ImageError(name, f"unsupported image mode {mode}")
 
 
-def _resize(im: Image.Image, size: int, policy: Resize) -> np.ndarray:
-    if policy == "stretch":
-        return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
-    width, height = im.size
+def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """Where ``resize="pad"`` puts a width x height photo in the size x size input: x0, y0, w, h
+    (also how a heatmap is cropped back to the photo)."""
     scale = size / max(width, height)
     new_w = min(size, max(1, round(width * scale)))
     new_h = min(size, max(1, round(height * scale)))
+    return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
+
+
+def _resize(im: Image.Image, size: int, policy: Resize) -> np.ndarray:
+    if policy == "stretch":
+        return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    x0, y0, new_w, new_h = letterbox_box(*im.size, size)
     canvas = Image.new("RGB", (size, size))  # black letterbox
-    canvas.paste(
-        im.resize((new_w, new_h), Image.Resampling.BICUBIC),
-        ((size - new_w) // 2, (size - new_h) // 2),
-    )
+    canvas.paste(im.resize((new_w, new_h), Image.Resampling.BICUBIC), (x0, y0))
     return np.asarray(canvas, dtype=np.uint8)
