@@ -27,11 +27,12 @@ def get_config() -> ml_collections.ConfigDict:
     syn.benign_whiten = (0.35, 0.7)
     syn.lesion_rim = 0.2
     syn.benign_rim = 0.4
-    syn.texture_amplitude = 0.4
-    syn.textured_fraction = 0.7
+    syn.texture_amplitude = 0.8
+    syn.textured_fraction = 0.5
     syn.illumination = 0.3
     syn.highlights = (3, 12)
-    syn.blur = 0.8
+    syn.blur = 0.6
     syn.label_noise = 0.03
-    config.train.epochs = 14
+    config.train.epochs = 24
+    config.train.patience = 8  # the model's plateau lasts longer on this harder task
     return config

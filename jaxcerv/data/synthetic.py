@@ -32,7 +32,7 @@ over the cervix ellipse* (semi-axes a, b along angle theta): Sigma = R diag(a^2/
 the ellipse boundary is the 2-sigma contour (Mahalanobis distance 2), and a maximum-likelihood
 Gaussian fitted to a patch-weight map that is uniform over the cervix recovers it.
 ``lesion`` marks the patches that contain at least one lesion pixel: textured acetowhite, or the
-whitened footprint of a CIN2+ lesion drawn without texture. Blur (a knob, off in the demo) is
+visibly whitened pixels of a CIN2+ lesion drawn without texture. Blur (a knob, off in the demo) is
 applied after the mask is taken and spreads the drawn lesion by about its sigma.
 """
 
@@ -65,6 +65,7 @@ _OS_COLOUR = _planes([95.0, 30.0, 42.0])
 _MUCUS = _planes([190.0, 190.0, 195.0])  # whitish tint of background distractors
 _BAR_TINT = _planes([1.0, 1.0, 1.04])  # steel is a touch blue
 _CERVIX_INNER = 0.85  # acetowhite areas stay inside this fraction of the cervix ellipse
+_VISIBLE = 0.1  # an untextured lesion's pixels: whitened at least this much (~8 grey levels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,7 +494,7 @@ def _paint_area(img, area: Area, whiten_to: np.ndarray, cervix: Blob | None, les
     """Whiten a blob with a soft rim and add its texture with a sharper rim; inside the cervix
     (``cervix`` given) both are cut to the transformation zone. ``lesion_px`` (given for the
     areas of CIN2+ images) gets the lesion's pixels: the textured ones, or for a lesion without
-    texture (``textured_fraction`` < 1) its whitened footprint.
+    texture (``textured_fraction`` < 1) those it whitens visibly (``_VISIBLE``).
 
     The texture's weight is constant over each texture cell (period x period pixels on a grid
     anchored at the image origin), so any aligned 8x8 box holds whole cells, each of zero mean:
@@ -505,7 +506,7 @@ def _paint_area(img, area: Area, whiten_to: np.ndarray, cervix: Blob | None, les
     whiten = area.whiten * np.clip((1.0 - t) / area.rim, 0.0, 1.0) * inside
     _blend(region, whiten_to, whiten)
     if area.texture is None and lesion_px is not None:
-        lesion_px[rows, cols] |= whiten > 0
+        lesion_px[rows, cols] |= whiten >= _VISIBLE
     if area.texture is not None:
         p = area.texture.period
         uc, vc = (u - 0.5) // p * p + p / 2, (v - 0.5) // p * p + p / 2  # cell centres
