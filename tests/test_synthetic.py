@@ -485,3 +485,22 @@ def test_benchmark_truth_still_matches_the_pixels():
         assert pink[dist < 1.7].mean() >= 0.8
         assert pink[dist > 2.3].mean() <= 0.08
         assert bool(d["lesion"].any()) == bool(scene.true_label)
+
+
+def test_knobs_name_the_dataset_build(tmp_path):
+    """Changed knobs give a new dataset (never a stale build); the demo keeps its name."""
+    from jaxcerv.data import builders
+
+    def name(synthetic) -> str:
+        b = builders.make_builder("synthetic_cervix", data_dir=tmp_path, grid_size=4,
+                                  patch_size=8, num_images=6, synthetic=synthetic)
+        return b.builder_config.name
+
+    from configs import benchmark, default
+
+    assert name(None) == name(default.get_config().data.synthetic) == "s32_g4_seed0_n6"
+    bench = name(benchmark.get_config().data.synthetic)
+    assert bench.startswith("s32_g4_seed0_n6_k") and bench == name(dict(BENCH.changed()))
+    assert name({"label_noise": 0.1}) not in (bench, name({"label_noise": 0.2}))
+    with pytest.raises(builders.DatasetError, match="config.data.synthetic.blur=-1"):
+        name({"blur": -1})
