@@ -1,5 +1,5 @@
 """Command line: `python -m jaxcerv.main --config=configs/default.py --workdir=DIR` (the same as
-`jaxcerv train`; --config also takes a built-in name: default, paper, smoke, iarc_atlas).
+`jaxcerv train`; --config also takes a built-in name: default, paper, smoke, iarc_atlas, benchmark).
 
 Rerunning the same command resumes from the workdir's latest checkpoint. Multi-host: pass
 --coordinator/--num_processes/--process_id, or let JAX auto-detect a TPU pod or SLURM job.

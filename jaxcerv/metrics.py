@@ -340,3 +340,158 @@ def centre_error(params_a, params_b) -> float:
     if a.shape != b.shape:
         raise MetricsError(f"{a.shape[0]} and {b.shape[0]} ellipses cannot be paired")
     return float(np.mean(np.hypot(a[:, 0] - b[:, 0], a[:, 1] - b[:, 1])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesion-level explanation metrics. Each per-image function returns one value per input image,
+# NaN for the images it does not use, so that `explanation_summary` can resample sessions.
+
+
+def _inside_ellipse(params: np.ndarray, height: int, width: int, n_sigma: float) -> np.ndarray:
+    """(N, height, width) bool: patch centre within ``n_sigma`` Mahalanobis of each Gaussian."""
+    v, h = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    dh = h[None] - params[:, 0, None, None]
+    dv = v[None] - params[:, 1, None, None]
+    prec = _precision_matrices(params)
+    m2 = (
+        prec[:, 0, 0, None, None] * dh**2
+        + 2.0 * prec[:, 0, 1, None, None] * dh * dv
+        + prec[:, 1, 1, None, None] * dv**2
+    )
+    return m2 <= n_sigma**2
+
+
+def _check_truth(w: np.ndarray, lesion=None, cervix_params=None, labels=None) -> tuple:
+    """Ground truth as arrays aligned with the (N, H, W) maps, or a one-line MetricsError."""
+    n = w.shape[0]
+    out = []
+    if lesion is not None:
+        les = np.asarray(lesion).astype(bool)
+        if les.shape != w.shape:
+            raise MetricsError(f"lesion masks {les.shape} differ from weights {w.shape}")
+        out.append(les)
+    if cervix_params is not None:
+        params = np.asarray(cervix_params, dtype=np.float64)
+        if params.shape != (n, 5):
+            raise MetricsError(f"cervix params must be ({n}, 5), got {params.shape}")
+        out.append(params)
+    if labels is not None:
+        y = np.asarray(labels).reshape(-1)
+        if y.shape != (n,) or not np.all(np.isin(y, (0, 1))):
+            raise MetricsError(f"labels must be {n} values in {{0, 1}}")
+        out.append(y.astype(np.int64))
+    return tuple(out)
+
+
+def pointing_hits(weights, lesion, labels, tolerance: int = 0) -> np.ndarray:
+    """Per image: 1.0 if the top-weighted patch is within ``tolerance`` patches (Chebyshev) of a
+    lesion patch, else 0.0; NaN unless the image is CIN2+ (label 1) and has a lesion patch.
+
+    Ties for the top weight go to the first patch in row-major order, so a flat map scores only
+    by luck of position."""
+    w = _check_maps(weights)
+    les, y = _check_truth(w, lesion=lesion, labels=labels)
+    out = np.full(w.shape[0], np.nan)
+    for k in np.flatnonzero((y == 1) & les.any(axis=(1, 2))):
+        top = np.unravel_index(int(np.argmax(w[k])), w[k].shape)
+        rows, cols = np.nonzero(les[k])
+        out[k] = float(np.maximum(np.abs(rows - top[0]), np.abs(cols - top[1])).min() <= tolerance)
+    return out
+
+
+def lesion_auc(weights, lesion, cervix_params, labels, n_sigma: float = 2.0) -> np.ndarray:
+    """Per image: ROC AUC of the patch weights, lesion patches against the other patches inside
+    the cervix (centre within the ``n_sigma`` ellipse), ties counting one half; NaN unless the
+    image is CIN2+ and has both kinds of patch.
+
+    Unlike the pointing game this reads the whole ranking: 1 when every lesion patch outweighs
+    every other cervix patch, 0.5 for a map blind to lesions within the cervix."""
+    w = _check_maps(weights)
+    les, params, y = _check_truth(w, lesion, cervix_params, labels)
+    cervix = _inside_ellipse(params, w.shape[1], w.shape[2], n_sigma)
+    out = np.full(w.shape[0], np.nan)
+    for k in np.flatnonzero(y == 1):
+        pos, neg = w[k][les[k]], w[k][cervix[k] & ~les[k]]
+        if pos.size and neg.size:
+            diff = pos[:, None] - neg[None, :]
+            out[k] = float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+    return out
+
+
+def mass_in_cervix(weights, cervix_params, n_sigma: float = 2.0) -> np.ndarray:
+    """Per image: share of the heatmap mass on patches whose centre lies inside the cervix
+    ellipse (as ``mass_in_ellipse``, not averaged)."""
+    w = _check_maps(weights)
+    if np.any(w < 0):
+        raise MetricsError("heatmap weights must be non-negative to be read as mass")
+    total = w.sum(axis=(1, 2))
+    if np.any(total <= 0):
+        raise MetricsError(f"{int(np.sum(total <= 0))} heatmaps have zero total mass")
+    (params,) = _check_truth(w, cervix_params=cervix_params)
+    inside = _inside_ellipse(params, w.shape[1], w.shape[2], n_sigma)
+    return (w * inside).sum(axis=(1, 2)) / total
+
+
+def session_bootstrap_mean(
+    values, sessions, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict:
+    """Mean of the non-NaN per-image ``values`` and its percentile interval, resampling the
+    sessions that hold them (images of one session are correlated).
+
+    Returns ``{"value", "ci95": [lo, hi], "n_images", "n_sessions"}``; value and interval are
+    None when no image has a value."""
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    g = np.asarray(sessions).reshape(-1)
+    if g.shape != v.shape:
+        raise MetricsError(f"sessions ({g.size}) and values ({v.size}) differ in length")
+    if n_boot < 1 or not 0.0 < alpha < 1.0:
+        raise MetricsError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    used = ~np.isnan(v)
+    if not used.any():
+        return {"value": None, "ci95": None, "n_images": 0, "n_sessions": 0}
+    _, unit = np.unique(g[used], return_inverse=True)
+    sums = np.bincount(unit, weights=v[used])
+    counts = np.bincount(unit).astype(np.float64)
+    draw = np.random.default_rng(seed).integers(0, sums.size, size=(n_boot, sums.size))
+    means = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    lo, hi = np.quantile(means, (alpha / 2.0, 1.0 - alpha / 2.0))
+    return {
+        "value": float(v[used].mean()),
+        "ci95": [float(lo), float(hi)],
+        "n_images": int(used.sum()),
+        "n_sessions": int(sums.size),
+    }
+
+
+EXPLANATION_IMAGES = {
+    "pointing_game": "CIN2+ images with a lesion patch; hit = top-weighted patch is a lesion patch",
+    "lesion_auc": "CIN2+ images with lesion and non-lesion patches inside the cervix",
+    "mass_in_cervix": "all images",
+    "mass_in_cervix_normal": "normal images (label 0)",
+}
+
+
+def explanation_summary(
+    weights, lesion_masks, cervix_params, labels, sessions, *, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """The lesion-level explanation metrics of a split, each with its session-bootstrap 95%
+    interval, the images and sessions it used, and which images those are (``images``).
+
+    ``weights`` (N, G, G) patch weights; ``lesion_masks`` (N, G, G) lesion patches;
+    ``cervix_params`` (N, 5) the true cervix Gaussian in patch units; ``labels`` 0/1 (1 = CIN2+);
+    ``sessions`` (N,) the resampling unit."""
+    y = np.asarray(labels).reshape(-1)
+    mass = mass_in_cervix(weights, cervix_params)
+    per_image = {
+        "pointing_game": pointing_hits(weights, lesion_masks, labels),
+        "lesion_auc": lesion_auc(weights, lesion_masks, cervix_params, labels),
+        "mass_in_cervix": mass,
+        "mass_in_cervix_normal": np.where(y == 0, mass, np.nan),
+    }
+    return {
+        name: {
+            **session_bootstrap_mean(values, sessions, n_boot=n_boot, seed=seed),
+            "images": EXPLANATION_IMAGES[name],
+        }
+        for name, values in per_image.items()
+    }

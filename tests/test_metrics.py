@@ -264,3 +264,158 @@ def test_centre_error():
     a = np.array([[0.0, 0.0, 1, 0, 1], [1.0, 1.0, 1, 0, 1]])
     b = np.array([[3.0, 4.0, 2, 0, 2], [1.0, 1.0, 5, 0, 5]])
     assert metrics.centre_error(a, b) == pytest.approx(2.5)
+
+
+# ------------------------------------------------------------------ lesion-level explanation
+
+
+def _cervix_oracle(params: np.ndarray, grid: int, n_sigma: float = 2.0) -> np.ndarray:
+    """(N, grid, grid) patch centres inside each ellipse, by scipy's Mahalanobis distance."""
+    from scipy.spatial.distance import mahalanobis
+
+    out = np.zeros((len(params), grid, grid), bool)
+    for k, p in enumerate(params):
+        vi = np.linalg.inv([[p[2], p[3]], [p[3], p[4]]])
+        for i in range(grid):
+            for j in range(grid):
+                out[k, i, j] = mahalanobis([j + 0.5, i + 0.5], p[:2], vi) <= n_sigma
+    return out
+
+
+def _explanation_case(seed: int, n: int = 30, grid: int = 7):
+    """Random maps with ties, lesion blobs near random cervix ellipses, labels and sessions."""
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(0, 6, size=(n, grid, grid)) / 5.0  # few levels: many ties
+    labels = rng.integers(0, 2, size=n)
+    lesion = (rng.uniform(size=(n, grid, grid)) < 0.15) & (labels[:, None, None] == 1)
+    lesion[3] = False  # a CIN2+ image without a lesion patch, if image 3 is CIN2+
+    theta = rng.uniform(0, np.pi, n)
+    a, b = rng.uniform(1.0, 2.0, n), rng.uniform(0.6, 1.5, n)
+    c, s = np.cos(theta), np.sin(theta)
+    params = np.stack(
+        [rng.uniform(2.5, 4.5, n), rng.uniform(2.5, 4.5, n),
+         a * c * c + b * s * s, (a - b) * s * c, a * s * s + b * c * c], axis=1,
+    )
+    sessions = np.repeat(np.arange(n // 2), 2)[:n].astype(str)
+    return weights, lesion.astype(np.uint8), params, labels, sessions
+
+
+def test_pointing_hits_hand_case():
+    w = np.zeros((5, 4, 4))
+    les = np.zeros((5, 4, 4), np.uint8)
+    labels = np.array([1, 1, 0, 1, 1])
+    w[0, 1, 2] = 1.0  # on its lesion -> 1
+    les[0, 1, 2] = 1
+    w[1, 0, 0] = 1.0  # lesion one patch away -> 0 at tolerance 0, 1 at tolerance 1
+    les[1, 1, 1] = 1
+    w[2, 2, 2] = 1.0  # a normal image -> not used, even with a lesion mask
+    les[2, 2, 2] = 1
+    w[3, 3, 3] = 1.0  # CIN2+ without a lesion patch -> not used
+    les[4, 0, 0] = 1  # flat map: the tie goes to (0, 0), the first patch -> 1
+    hits = metrics.pointing_hits(w, les, labels)
+    np.testing.assert_array_equal(hits, [1.0, 0.0, np.nan, np.nan, 1.0])
+    np.testing.assert_array_equal(
+        metrics.pointing_hits(w, les, labels, tolerance=1), [1.0, 1.0, np.nan, np.nan, 1.0]
+    )
+    with pytest.raises(metrics.MetricsError, match="labels"):
+        metrics.pointing_hits(w, les, [1, 1, 0, 1, 2])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lesion_auc_matches_sklearn_per_image(seed):
+    w, les, params, labels, _ = _explanation_case(seed)
+    cervix = _cervix_oracle(params, w.shape[1])
+    got = metrics.lesion_auc(w, les, params, labels)
+    used = 0
+    for k in range(len(w)):
+        pos = les[k].astype(bool)
+        neg = cervix[k] & ~pos
+        if labels[k] != 1 or not pos.any() or not neg.any():
+            assert np.isnan(got[k]), k
+            continue
+        sel = pos | neg
+        expected = skm.roc_auc_score(pos[sel], w[k][sel])
+        assert got[k] == pytest.approx(expected), k
+        used += 1
+    assert used >= 8  # the case exercises the comparison, not only the NaN branch
+
+
+def test_lesion_auc_hand_case():
+    # A 3x3 grid whose cervix ellipse is a wide circle holding every patch: lesion patch
+    # weights (0.9, 0.5) against the other seven (0.5 once, 0.1 six times): the 0.9 beats all 7,
+    # the 0.5 beats 6 and ties 1, so AUC = (7 + 6.5) / 14.
+    w = np.full((1, 3, 3), 0.1)
+    les = np.zeros((1, 3, 3), np.uint8)
+    w[0, 0, 0], w[0, 1, 1], w[0, 2, 2] = 0.9, 0.5, 0.5
+    les[0, 0, 0] = les[0, 1, 1] = 1
+    params = np.array([[1.5, 1.5, 4.0, 0.0, 4.0]])
+    assert metrics.lesion_auc(w, les, params, [1])[0] == pytest.approx(13.5 / 14)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mass_in_cervix_per_image(seed):
+    w, _, params, _, _ = _explanation_case(seed)
+    w = w + 0.01  # no all-zero map
+    cervix = _cervix_oracle(params, w.shape[1])
+    expected = [(wk * ck).sum() / wk.sum() for wk, ck in zip(w, cervix, strict=True)]
+    np.testing.assert_allclose(metrics.mass_in_cervix(w, params), expected)
+    assert np.mean(expected) == pytest.approx(metrics.mass_in_ellipse(w, params))
+
+
+def test_session_bootstrap_mean_resamples_sessions():
+    # Two sessions: one of 9 images at 1.0, one of 1 image at 0.0 (and a NaN, not used). A
+    # session-level resample gives means 1.0 ({a, a}), 0.9 ({a, b}) or 0.0 ({b, b}) only.
+    values = np.r_[np.ones(9), 0.0, np.nan]
+    sessions = np.array(["a"] * 9 + ["b", "c"])
+    res = metrics.session_bootstrap_mean(values, sessions, n_boot=400, seed=0)
+    assert res["value"] == pytest.approx(0.9)
+    assert (res["n_images"], res["n_sessions"]) == (10, 2)
+    assert res["ci95"] == [0.0, 1.0]  # both extremes have probability 1/4 each
+    # Within-session values never mix: every session constant -> bootstrap means are
+    # averages of whole sessions, so a single session gives a zero-width interval.
+    one = metrics.session_bootstrap_mean([0.3, 0.5], ["s", "s"], n_boot=50)
+    assert one["ci95"] == [pytest.approx(0.4), pytest.approx(0.4)]
+    empty = metrics.session_bootstrap_mean([np.nan, np.nan], ["s", "t"], n_boot=10)
+    assert empty == {"value": None, "ci95": None, "n_images": 0, "n_sessions": 0}
+
+
+def test_session_bootstrap_interval_shrinks_with_sessions():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (20, 500):
+        res = metrics.session_bootstrap_mean(rng.uniform(size=n), np.arange(n), n_boot=300)
+        assert res["ci95"][0] <= res["value"] <= res["ci95"][1]
+        widths.append(res["ci95"][1] - res["ci95"][0])
+    # The interval width scales as 1/sqrt(sessions): 5x narrower for 25x the sessions.
+    assert widths[1] < widths[0] / 3
+
+
+def test_explanation_summary_uses_the_documented_images():
+    w, les, params, labels, sessions = _explanation_case(4, n=40)
+    w = w + 0.01
+    out = metrics.explanation_summary(w, les, params, labels, sessions, n_boot=100, seed=0)
+    assert set(out) == {"pointing_game", "lesion_auc", "mass_in_cervix", "mass_in_cervix_normal"}
+    cervix = _cervix_oracle(params, w.shape[1])
+    mass = np.array([(wk * ck).sum() / wk.sum() for wk, ck in zip(w, cervix, strict=True)])
+    has_lesion = les.reshape(len(w), -1).any(axis=1)
+    # Which images each metric reads, counted independently.
+    assert out["pointing_game"]["n_images"] == int(np.sum((labels == 1) & has_lesion))
+    assert out["mass_in_cervix"]["n_images"] == len(w)
+    assert out["mass_in_cervix_normal"]["n_images"] == int(np.sum(labels == 0))
+    assert out["mass_in_cervix"]["value"] == pytest.approx(mass.mean())
+    assert out["mass_in_cervix_normal"]["value"] == pytest.approx(mass[labels == 0].mean())
+    hits = [
+        float(les[k].flat[int(np.argmax(w[k]))] == 1)
+        for k in range(len(w))
+        if labels[k] == 1 and has_lesion[k]
+    ]
+    assert out["pointing_game"]["value"] == pytest.approx(np.mean(hits))
+    for m in out.values():
+        lo, hi = m["ci95"]
+        assert lo <= m["value"] <= hi and m["images"]
+    # No CIN2+ image at all: the lesion metrics say so instead of failing the evaluation.
+    none = metrics.explanation_summary(
+        w, les * 0, params, np.zeros(len(w), int), sessions, n_boot=10
+    )
+    assert none["pointing_game"]["value"] is None and none["lesion_auc"]["n_images"] == 0
+    assert none["mass_in_cervix_normal"]["n_images"] == len(w)

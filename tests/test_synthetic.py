@@ -280,3 +280,227 @@ def test_mean_colour_does_not_separate_classes():
     assert 40 <= labels.sum() <= 80
     for channel in range(3):
         assert abs(roc_auc_score(labels, colours[:, channel]) - 0.5) <= 0.2
+
+
+# ------------------------------------------------------------------ difficulty knobs
+
+BENCH = sy.Knobs.from_mapping(__import__("configs.benchmark").benchmark.get_config().data.synthetic)
+
+
+def test_default_config_knobs_are_the_demo():
+    from configs import default
+
+    assert sy.Knobs.from_mapping(default.get_config().data.synthetic) == sy.Knobs()
+    assert BENCH.changed()  # the benchmark really departs from the demo
+
+
+def test_bad_knobs_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"config.data.synthetic.nope: unknown knob"):
+        sy.Knobs.from_mapping({"nope": 1})
+    with pytest.raises(ValueError, match=r"config.data.synthetic.label_noise=0.6: must be"):
+        sy.Knobs(label_noise=0.6)
+    with pytest.raises(ValueError, match=r"benign_whiten=\(0.8, 0.3\)"):
+        sy.Knobs(benign_whiten=(0.8, 0.3))
+    assert sy.Knobs.from_mapping({"highlights": [2, 5]}).highlights == (2, 5)
+
+
+def untextured(scene: sy.Scene) -> sy.Scene:
+    return dataclasses.replace(
+        scene, areas=tuple(dataclasses.replace(a, texture=None) for a in scene.areas)
+    )
+
+
+def abnormal_scenes(knobs: sy.Knobs, n: int, seed: int = 41, **geometry) -> list[sy.Scene]:
+    geometry = geometry or dict(grid=GRID, patch=PATCH)
+    out, i = [], 0
+    while len(out) < n:
+        scene = sy.make_scene(i, seed=seed, knobs=knobs, **geometry)
+        if scene.true_label == 1:
+            out.append(scene)
+        i += 1
+    return out
+
+
+@pytest.mark.parametrize("knobs", [sy.Knobs(), dataclasses.replace(BENCH, blur=0.0)],
+                         ids=["demo", "benchmark_unblurred"])
+def test_lesion_mask_is_the_drawn_lesion(knobs):
+    """Counterfactual: render each CIN2+ scene with and without its lesions. Every lesion patch
+    holds pixels the lesions change (by 4+ grey levels), and nearly all changed pixels lie in
+    lesion patches (a soft whitening rim may spill a little past them). Holds for textured
+    lesions and for those drawn without texture (``textured_fraction`` < 1)."""
+    for scene in abnormal_scenes(knobs, 8):
+        image, lesion_px = sy.render(scene)
+        bare, _ = sy.render(dataclasses.replace(scene, areas=()))
+        changed = np.abs(image.astype(int) - bare).max(axis=-1) >= 4
+        lesion = sy.patch_any(lesion_px, PATCH).astype(bool)
+        assert lesion.any()
+        np.testing.assert_array_equal(sy.patch_any(changed & lesion_px, PATCH).astype(bool),
+                                      lesion)
+        in_lesion_patches = np.repeat(np.repeat(lesion, PATCH, 0), PATCH, 1)
+        assert (changed & ~in_lesion_patches).sum() <= 0.02 * changed.sum()
+
+
+def texture_contrast(knobs: sy.Knobs, down: int = 1, n: int = 5) -> float:
+    """RMS of the lesion texture (textured minus untextured render, green channel) over the
+    lesion pixels, after a ``down`` x ``down`` box average."""
+    sq, count = 0.0, 0
+    for scene in abnormal_scenes(knobs, n):
+        image, lesion_px = sy.render(scene)
+        smooth, _ = sy.render(untextured(scene))
+        diff = image[..., 1].astype(np.float64) - smooth[..., 1]
+        mask = box_down(lesion_px.astype(np.float64), down) == 1.0  # blocks wholly in a lesion
+        sq += float(np.sum(box_down(diff, down)[mask] ** 2))
+        count += int(mask.sum())
+    return np.sqrt(sq / count)
+
+
+def test_texture_amplitude_scales_the_fine_cue():
+    strong, faint = texture_contrast(sy.Knobs()), texture_contrast(sy.Knobs(texture_amplitude=0.4))
+    assert 0.3 <= faint / strong <= 0.5  # 0.4 up to uint8 rounding
+
+
+def test_texture_scale_decides_what_survives_8x_downsampling():
+    """Periods 2-4 px (scale 1) and 4-8 px (scale 2) vanish in 8x8 means; 8-16 px (scale 4)
+    keeps a large share of its full-resolution contrast."""
+    for scale, lo, hi in ((1, 0.0, 0.05), (2, 0.0, 0.05), (4, 0.25, 1.0)):
+        knobs = sy.Knobs(texture_scale=scale)
+        ratio = texture_contrast(knobs, down=8) / texture_contrast(knobs)
+        assert lo <= ratio <= hi, (scale, ratio)
+
+
+def test_textured_fraction_sets_the_share_of_textured_lesions():
+    counts = {}
+    for fraction in (1.0, 0.5, 0.0):
+        areas = [a for s in abnormal_scenes(sy.Knobs(textured_fraction=fraction), 60, **SMALL)
+                 for a in s.areas]
+        counts[fraction] = np.mean([a.texture is not None for a in areas])
+    assert counts[1.0] == 1.0 and counts[0.0] == 0.0
+    assert 0.35 <= counts[0.5] <= 0.65  # ~150 areas: binomial sd 0.04
+
+
+def test_blur_weakens_the_fine_texture():
+    sharp = texture_contrast(sy.Knobs(texture_amplitude=0.5))
+    blurred = texture_contrast(sy.Knobs(texture_amplitude=0.5, blur=2.0))
+    assert blurred < 0.6 * sharp
+
+
+def coarse_auc(knobs: sy.Knobs, n: int = 240) -> float:
+    """ROC AUC of one low-resolution statistic, against the drawn class: how many of the
+    cervix's 8x8 blocks have a green channel 25 grey levels above the cervix's median
+    (acetowhite extent), scored on 8x8-averaged pixels only."""
+    labels, scores = [], []
+    for i in range(n):
+        scene = sy.make_scene(i, seed=51, grid=8, patch=32, knobs=knobs)
+        image, _ = sy.render(scene)
+        down = box_down(image.astype(np.float64), 8)
+        c = (np.arange(down.shape[0]) + 0.5) * 8
+        inside = mahalanobis(scene.cervix_gaussian(), 32, c[None, :], c[:, None]) < 1.8
+        g = down[..., 1][inside]
+        scores.append(np.sum(g >= np.median(g) + 25))
+        labels.append(scene.true_label)
+    return roc_auc_score(labels, scores)
+
+
+def test_coarse_knobs_move_the_low_resolution_signal():
+    """Demo: acetowhite extent at 8x says nothing of the class. Each coarse knob pulled towards
+    bigger, more numerous lesions (or smaller benign areas) makes it informative, and the
+    benchmark's knobs together sit between chance and saturation. Same scenes throughout, so
+    the comparisons are paired (session-to-session noise moves the demo's AUC by +-0.1 across
+    seeds; the knobs' gains over it were 0.18-0.37 on two seeds)."""
+    demo = coarse_auc(sy.Knobs())
+    assert abs(demo - 0.5) <= 0.15
+    for change in (dict(lesion_scale=1.4), dict(benign_scale=0.6), dict(benign_count_add=-2),
+                   dict(lesion_count_add=2)):
+        assert coarse_auc(sy.Knobs(**change)) >= demo + 0.15, change
+    bench = coarse_auc(BENCH)
+    assert demo + 0.1 <= bench <= 0.9
+
+
+def test_denser_lesions_are_whiter_and_sharper_margins_have_stronger_edges():
+    """Paired renders of the same scenes: whiten raises the lesions' green level; a smaller
+    rim concentrates the lesion edge into fewer pixels (a larger peak gradient at 4x)."""
+
+    def lesion_stats(knobs: sy.Knobs) -> tuple[float, float]:
+        greens, edges = [], []
+        for scene in abnormal_scenes(dataclasses.replace(knobs, textured_fraction=0.0), 5):
+            image, lesion_px = sy.render(scene)
+            greens.append(image[..., 1][lesion_px].mean())
+            g4 = box_down(image[..., 1].astype(np.float64), 4)
+            gy, gx = np.gradient(g4)
+            edges.append(np.hypot(gx, gy)[box_down(lesion_px.astype(float), 4) > 0].max())
+        return float(np.mean(greens)), float(np.mean(edges))
+
+    faint, dense = lesion_stats(sy.Knobs(lesion_whiten=(0.3, 0.4))), lesion_stats(
+        sy.Knobs(lesion_whiten=(0.7, 0.8)))
+    assert dense[0] >= faint[0] + 20
+    soft, sharp = lesion_stats(sy.Knobs(lesion_rim=0.8)), lesion_stats(sy.Knobs(lesion_rim=0.1))
+    assert sharp[1] >= 1.3 * soft[1]
+
+
+def test_label_noise_flips_records_not_pixels():
+    knobs = sy.Knobs(label_noise=0.2)
+    scenes = [sy.make_scene(i, seed=61, knobs=knobs, **SMALL) for i in range(600)]
+    first = {}
+    for s in scenes:
+        first.setdefault(s.session, s)
+        assert s.label == first[s.session].label  # a session's record flips as a whole
+        assert s.label == int(s.grade >= 2)
+    flipped = np.mean([s.label != s.true_label for s in first.values()])
+    assert 0.13 <= flipped <= 0.27  # ~330 sessions: binomial sd 0.022
+    clean = [sy.make_scene(i, seed=61, **SMALL) for i in range(600)]
+    for s, c in zip(scenes, clean, strict=True):
+        assert s.true_label == c.label  # the noise does not change what is drawn
+        assert s.areas == c.areas
+
+
+def test_nuisance_knobs():
+    """Illumination spreads the cervix's brightness across photos; more highlights put more
+    near-white pixels in the image."""
+
+    def cervix_green(knobs):
+        out = []
+        for i in range(40):
+            d = sy.generate(i, seed=71, knobs=knobs, **SMALL)
+            out.append(d["image"][..., 0][pixel_distance(d, SMALL["patch"]) < 1.5].mean())
+        return np.std(out)
+
+    assert cervix_green(sy.Knobs(illumination=0.4)) >= 2 * cervix_green(sy.Knobs())
+
+    def near_white(knobs):
+        return np.mean([(sy.generate(i, seed=72, knobs=knobs, **SMALL)["image"].min(-1) >= 240)
+                        .mean() for i in range(30)])
+
+    assert near_white(sy.Knobs(highlights=(12, 16))) >= 2 * near_white(sy.Knobs())
+
+
+def test_benchmark_truth_still_matches_the_pixels():
+    """Under the benchmark's knobs (light, blur, highlights) the cervix truth stays the pink
+    region, and lesion patches exist exactly in the images whose pixels are CIN2+."""
+    for i in range(24):
+        d = sy.generate(i, seed=81, grid=GRID, patch=PATCH, knobs=BENCH)
+        scene = sy.make_scene(i, seed=81, grid=GRID, patch=PATCH, knobs=BENCH)
+        img = d["image"].astype(np.float64)
+        pink = (img[..., 0] >= 150) & (img[..., 0] - img[..., 1] >= 20)
+        dist = pixel_distance(d, PATCH)
+        assert pink[dist < 1.7].mean() >= 0.8
+        assert pink[dist > 2.3].mean() <= 0.08
+        assert bool(d["lesion"].any()) == bool(scene.true_label)
+
+
+def test_knobs_name_the_dataset_build(tmp_path):
+    """Changed knobs give a new dataset (never a stale build); the demo keeps its name."""
+    from jaxcerv.data import builders
+
+    def name(synthetic) -> str:
+        b = builders.make_builder("synthetic_cervix", data_dir=tmp_path, grid_size=4,
+                                  patch_size=8, num_images=6, synthetic=synthetic)
+        return b.builder_config.name
+
+    from configs import benchmark, default
+
+    assert name(None) == name(default.get_config().data.synthetic) == "s32_g4_seed0_n6"
+    bench = name(benchmark.get_config().data.synthetic)
+    assert bench.startswith("s32_g4_seed0_n6_k") and bench == name(dict(BENCH.changed()))
+    assert name({"label_noise": 0.1}) not in (bench, name({"label_noise": 0.2}))
+    with pytest.raises(builders.DatasetError, match="config.data.synthetic.blur=-1"):
+        name({"blur": -1})

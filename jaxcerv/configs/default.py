@@ -18,6 +18,31 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.csv = ""
     config.data.num_images = 400
     config.data.synthetic_seed = 0
+    # Difficulty knobs of the synthetic generator (jaxcerv.data.synthetic.Knobs says what each
+    # does). These values draw the demo: fine lesion texture is the only class signal.
+    # configs/benchmark.py sets the discriminating benchmark.
+    config.data.synthetic = ml_collections.ConfigDict()
+    syn = config.data.synthetic
+    syn.lesion_count_add = 0  # coarse cues: lesion (CIN2+) vs benign (normal) acetowhite areas
+    syn.benign_count_add = 0
+    syn.lesion_scale = 1.0
+    syn.benign_scale = 1.0
+    syn.lesion_whiten = (0.45, 0.75)
+    syn.benign_whiten = (0.45, 0.75)
+    syn.lesion_rim = 0.35
+    syn.benign_rim = 0.35
+    syn.texture_amplitude = 1.0  # fine cue: mosaic / punctation texture of the lesions
+    syn.texture_scale = 1
+    syn.textured_fraction = 1.0
+    syn.cervix_radius = (0.25, 0.40)  # nuisance variation
+    syn.cervix_aspect = (1.0, 1.35)
+    syn.cervix_offset = 0.25
+    syn.position_jitter = 0.03
+    syn.rotation_jitter = 0.12
+    syn.illumination = 0.0
+    syn.highlights = (3, 9)
+    syn.blur = 0.0
+    syn.label_noise = 0.0
     config.data.resize = "stretch"  # | "pad" (keep aspect, letterbox)
     config.data.include_variants = False
     config.data.val_fraction = 0.15

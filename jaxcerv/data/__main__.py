@@ -44,6 +44,7 @@ def _config_values(path: str) -> dict[str, Any]:
         "include_variants": data.include_variants,
         "num_images": data.num_images,
         "synthetic_seed": data.synthetic_seed,
+        "synthetic": data.get("synthetic"),
         "manual_dir": data.manual_dir,
         "csv": data.csv,
     }

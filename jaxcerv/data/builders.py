@@ -16,7 +16,8 @@ so `pipeline.load` gets labels, sessions, ... without decoding a single image.
 
 Builder config names carry everything that changes the stored pixels, so builds never collide:
 `s{image_size}_p{patch_size}_{resize}` (+ `_variants` for the atlas, + a CSV fingerprint for
-cervix_folder), `s{image_size}_g{grid}_seed{seed}_n{count}` for synthetic_cervix.
+cervix_folder), `s{image_size}_g{grid}_seed{seed}_n{count}` for synthetic_cervix (+ `_k` and a
+fingerprint of the difficulty knobs that differ from the demo's).
 """
 
 from __future__ import annotations
@@ -114,6 +115,25 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     patch_size: int = 28
     seed: int = 0
     num_images: int = 560
+    knobs: tuple[tuple[str, Any], ...] = ()  # `synthetic.Knobs` fields that differ from the demo
+
+
+def _synthetic_knobs(values: Any) -> tuple[tuple[str, Any], ...]:
+    """Validated non-default knobs, sorted by name; a bad knob is a one-line DatasetError."""
+    from jaxcerv.data import synthetic
+
+    try:
+        knobs = synthetic.Knobs.from_mapping(values)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(str(e).splitlines()[0]) from None
+    return tuple(sorted(knobs.changed().items()))
+
+
+def _knobs_suffix(knobs: tuple[tuple[str, Any], ...]) -> str:
+    """'' for the demo's knobs, else `_k` + 8 hex digits of their SHA-1: new knobs, new dataset."""
+    if not knobs:
+        return ""
+    return "_k" + hashlib.sha1(json.dumps(knobs).encode()).hexdigest()[:8]
 
 
 def _image_config_name(image_size: int, patch_size: int, resize: str) -> str:
@@ -726,10 +746,11 @@ class SyntheticCervix(Builder):
 
         cfg = self.builder_config
         size = self._image_size()
+        knobs = synthetic.Knobs(**dict(cfg.knobs))
 
         def make(index: int) -> tuple[dict[str, Any], _Compressed]:
             example = synthetic.generate(
-                index, seed=cfg.seed, grid=cfg.grid_size, patch=cfg.patch_size
+                index, seed=cfg.seed, grid=cfg.grid_size, patch=cfg.patch_size, knobs=knobs
             )
             return example, compress_image(np.asarray(example["image"]), size)
 
@@ -747,9 +768,10 @@ class SyntheticCervix(Builder):
             rows.append(row)
             yield index, {"image": image, **row}
         self._write_records(rows)
-        report = _summarise(
-            self.name, cfg.name, f"jaxcerv.data.synthetic seed {cfg.seed}", rows, _Scan(), []
-        )
+        source = f"jaxcerv.data.synthetic seed {cfg.seed}"
+        if cfg.knobs:
+            source += ", knobs " + ", ".join(f"{k}={v}" for k, v in cfg.knobs)
+        report = _summarise(self.name, cfg.name, source, rows, _Scan(), [])
         self._write_json(REPORT_FILE, report)
 
 
@@ -768,8 +790,12 @@ def make_builder(
     include_variants: bool = False,
     num_images: int = 0,
     synthetic_seed: int = 0,
+    synthetic: Any = None,
 ) -> Builder:
-    """The builder of dataset `name` at grid_size * patch_size px (nothing is built yet)."""
+    """The builder of dataset `name` at grid_size * patch_size px (nothing is built yet).
+
+    `synthetic`: the difficulty knobs of synthetic_cervix (a mapping of `synthetic.Knobs` fields,
+    e.g. `config.data.synthetic`); None or {} draws the demo's images."""
     if grid_size < 1 or patch_size < 1:
         raise DatasetError(f"grid_size and patch_size must be >= 1, got {grid_size}, {patch_size}")
     if resize not in RESIZE_POLICIES:
@@ -777,10 +803,11 @@ def make_builder(
     size = grid_size * patch_size
     base = _image_config_name(size, patch_size, resize)
     if name == "synthetic_cervix":
+        knobs = _synthetic_knobs(synthetic)
         config: tfds.core.BuilderConfig = SyntheticConfig(
-            name=f"s{size}_g{grid_size}_seed{synthetic_seed}_n{num_images}",
+            name=f"s{size}_g{grid_size}_seed{synthetic_seed}_n{num_images}" + _knobs_suffix(knobs),
             grid_size=grid_size, patch_size=patch_size, seed=synthetic_seed,
-            num_images=num_images,
+            num_images=num_images, knobs=knobs,
         )
         cls: type[Builder] = SyntheticCervix
     elif name == "iarc_colposcopy_atlas":

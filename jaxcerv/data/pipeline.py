@@ -54,6 +54,7 @@ def dataset_builder(config: Any, workdir: str | os.PathLike[str]) -> builders.Bu
         include_variants=data.include_variants,
         num_images=data.num_images,
         synthetic_seed=data.synthetic_seed,
+        synthetic=data.get("synthetic"),
     )
 
 

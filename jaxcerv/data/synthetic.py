@@ -11,7 +11,14 @@ background objects (walls, speculum), so the only class signal is fine texture *
 a model must learn where to look, and at full resolution: the texture has a period of 2 or 4 px,
 zero mean over every period cell and a weight that is constant per cell, so 8x8 box averages
 (8 is a multiple of both periods) remove it exactly and the acetowhite areas of both classes then
-look alike.
+look alike. That is the demo, drawn by the default ``Knobs``.
+
+``Knobs`` (``config.data.synthetic``) set the difficulty. They let the classes differ in coarse
+cues that survive downsampling (acetowhite extent, density and margin sharpness of the CIN2+
+lesions against the CIN1-like benign areas of normal images), weaken the fine cue (texture
+contrast, scale, the share of lesions that carry it), add nuisance variation (cervix pose,
+illumination, specular highlights, defocus blur) and flip a share of the recorded labels
+(``Scene.true_label`` keeps the class the pixels show). ``configs/benchmark.py`` mixes them.
 
 Sessions (1-3 photos of one screening) share label, grade, days to diagnosis, cervix geometry and
 acetowhite areas, with a small jitter in cervix position and pose per photo. Sessions never cross
@@ -24,7 +31,9 @@ Truth geometry, in patch units (patch (row i, col j) has centre h = j + 0.5, v =
 over the cervix ellipse* (semi-axes a, b along angle theta): Sigma = R diag(a^2/4, b^2/4) R^T. So
 the ellipse boundary is the 2-sigma contour (Mahalanobis distance 2), and a maximum-likelihood
 Gaussian fitted to a patch-weight map that is uniform over the cervix recovers it.
-``lesion`` marks the patches that contain at least one lesion pixel (textured acetowhite).
+``lesion`` marks the patches that contain at least one lesion pixel: textured acetowhite, or the
+visibly whitened pixels of a CIN2+ lesion drawn without texture. Blur (a knob, off in the demo) is
+applied after the mask is taken and spreads the drawn lesion by about its sigma.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
+import scipy.ndimage
 
 BLOCK = 6  # sessions are cut from blocks of this many consecutive indices
 PERIODS = (2, 4)  # texture periods in px: both divide 8, so 8x8 box means cancel them exactly
@@ -55,6 +65,96 @@ _OS_COLOUR = _planes([95.0, 30.0, 42.0])
 _MUCUS = _planes([190.0, 190.0, 195.0])  # whitish tint of background distractors
 _BAR_TINT = _planes([1.0, 1.0, 1.04])  # steel is a touch blue
 _CERVIX_INNER = 0.85  # acetowhite areas stay inside this fraction of the cervix ellipse
+_VISIBLE = 0.1  # an untextured lesion's pixels: whitened at least this much (~8 grey levels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Knobs:
+    """Difficulty knobs (``config.data.synthetic.*``). The defaults draw the demo's images bit for
+    bit: lesions and benign areas alike in extent, density and margin, so fine texture is the only
+    class signal. Each field says which way it moves difficulty; ``tests/test_synthetic.py``
+    checks each direction with a model-free oracle.
+
+    Lesions are the acetowhite areas of CIN2+ images (label 1); benign areas are those of normal
+    images (CIN1-like immature metaplasia: flat, smooth, never textured). Ranges are (low, high)
+    of a uniform draw."""
+
+    # Coarse cues (visible at 8x downsampling): moving the lesion and benign values apart makes
+    # acetowhite extent, density and margin tell the classes apart; equal values carry nothing.
+    lesion_count_add: int = 0  # added to the 1-4 areas drawn by grade (at least 1 lesion stays)
+    benign_count_add: int = 0  # added to the benign count (may reach 0: no acetowhite at all)
+    lesion_scale: float = 1.0  # multiplies lesion radii: larger = more acetowhite extent
+    benign_scale: float = 1.0
+    lesion_whiten: tuple[float, float] = (0.45, 0.75)  # density: blend towards acetowhite
+    benign_whiten: tuple[float, float] = (0.45, 0.75)
+    lesion_rim: float = 0.35  # width of the whitening's rim, relative to the radius: small = sharp
+    benign_rim: float = 0.35
+    # Fine cue (full resolution only): the lesions' mosaic / punctation texture.
+    texture_amplitude: float = 1.0  # multiplies the 55-75 grey-level contrast: lower = harder
+    texture_scale: int = 1  # multiplies the 2 / 4 px periods; at 1 and 2 they divide 8, so 8x8
+    # box means remove the texture exactly; at 4 and above it survives 8x downsampling in part
+    textured_fraction: float = 1.0  # share of lesions that carry texture; the rest show coarse cues
+    # Nuisance variation: more = harder for every model.
+    cervix_radius: tuple[float, float] = (0.25, 0.40)  # geometric-mean semi-axis / image size
+    cervix_aspect: tuple[float, float] = (1.0, 1.35)  # squared axis ratio
+    cervix_offset: float = 0.25  # largest offset of the session's cervix centre / image size
+    position_jitter: float = 0.03  # per photo, / image size
+    rotation_jitter: float = 0.12  # per photo, radians (the session's orientation is uniform)
+    illumination: float = 0.0  # per photo: exposure within 1 +- x/2 and a linear gradient
+    # of slope up to x across the image (0: even light)
+    highlights: tuple[int, int] = (3, 9)  # specular highlights per photo, [low, high)
+    blur: float = 0.0  # per photo: Gaussian blur of sigma up to this many px (defocus); it
+    # weakens the 2 px punctation first
+    label_noise: float = 0.0  # share of sessions whose stored label (and grade) is flipped
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, field: str, need: str) -> None:
+            if not ok:
+                raise ValueError(
+                    f"config.data.synthetic.{field}={getattr(self, field)!r}: must be {need}"
+                )
+
+        for f in ("lesion_whiten", "benign_whiten", "cervix_radius", "cervix_aspect"):
+            lo, hi = getattr(self, f)
+            check(0 <= lo <= hi, f, "a (low, high) pair with 0 <= low <= high")
+        for f in ("lesion_whiten", "benign_whiten"):
+            check(getattr(self, f)[1] <= 1, f, "a (low, high) pair within [0, 1]")
+        check(self.cervix_aspect[0] >= 1, "cervix_aspect", "a range of ratios >= 1")
+        for f in ("lesion_scale", "benign_scale", "lesion_rim", "benign_rim"):
+            check(getattr(self, f) > 0, f, "> 0")
+        check(self.texture_scale >= 1 and int(self.texture_scale) == self.texture_scale,
+              "texture_scale", "an integer >= 1")
+        for f in ("texture_amplitude", "cervix_offset", "position_jitter", "rotation_jitter",
+                  "illumination", "blur"):
+            check(getattr(self, f) >= 0, f, ">= 0")
+        check(0 <= self.textured_fraction <= 1, "textured_fraction", "in [0, 1]")
+        check(0 <= self.label_noise < 0.5, "label_noise", "in [0, 0.5)")
+        check(0 <= self.highlights[0] < self.highlights[1], "highlights", "[low, high) counts")
+
+    @classmethod
+    def from_mapping(cls, values) -> Knobs:
+        """Knobs from a config mapping (lists become tuples); unknown names are one-line errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = dict(values or {})
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"config.data.synthetic.{unknown[0]}: unknown knob; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def changed(self) -> dict:
+        """The knobs that differ from the defaults (what names a dataset build)."""
+        default = Knobs()
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+DEMO = Knobs()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +190,7 @@ class Area:
     blob: Blob
     whiten: float  # blend weight towards the whitening colour at the blob's core
     texture: Texture | None
+    rim: float = 0.35  # width of the whitening's soft rim, relative to the blob's radius
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +210,8 @@ class Scene:
     index: int
     size: int
     patch: int
-    label: int
-    grade: int
+    label: int  # as recorded: flipped from the drawn class for a share of sessions (label_noise)
+    grade: int  # as recorded, consistent with ``label``
     session: str
     days_to_diagnosis: float
     wall: tuple[float, float, float]
@@ -123,6 +224,9 @@ class Scene:
     os: Blob
     highlights: tuple[tuple[float, float, float, float], ...]  # (u, v, sigma px, strength)
     noise_seed: int
+    true_label: int  # the class the pixels show
+    light: tuple[float, float, float] = (1.0, 0.0, 0.0)  # exposure, gradient per image along u, v
+    blur: float = 0.0  # Gaussian sigma in px
 
     @property
     def id(self) -> str:
@@ -171,13 +275,15 @@ def session_of(index: int, *, seed: int) -> tuple[int, int, int]:
     raise AssertionError("blocks are covered by their sessions")
 
 
-def _texture(rng: np.random.Generator) -> Texture:
-    """Mosaic (1-px lines, period 4) or punctation (dots of half the period, period 2 or 4)."""
+def _texture(rng: np.random.Generator, knobs: Knobs = DEMO) -> Texture:
+    """Mosaic (lines a quarter of the period wide, period 4) or punctation (dots of half the
+    period, period 2 or 4); periods and line widths times ``knobs.texture_scale``."""
     if rng.uniform() < 0.5:
         kind, period = "mosaic", 4  # period-2 lines would cover 3/4 of the area: not a mosaic
     else:
         kind, period = "punctation", PERIODS[int(rng.integers(len(PERIODS)))]
-    return Texture(kind, period, float(rng.uniform(55.0, 75.0)))
+    amplitude = float(rng.uniform(55.0, 75.0)) * knobs.texture_amplitude
+    return Texture(kind, period * knobs.texture_scale, amplitude)
 
 
 def _wobbly(rng: np.random.Generator, cx: float, cy: float, r: float, theta: float) -> Blob:
@@ -194,8 +300,11 @@ def _wobbly(rng: np.random.Generator, cx: float, cy: float, r: float, theta: flo
     )
 
 
-def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
-    """Draw the scene of image ``index``: session-level draws first, then per-photo jitter."""
+def make_scene(index: int, *, seed: int, grid: int, patch: int, knobs: Knobs = DEMO) -> Scene:
+    """Draw the scene of image ``index``: session-level draws first, then per-photo jitter.
+
+    Knob-driven draws that the demo does not make come from their own streams (kinds 4-6), so
+    default knobs leave every demo draw, and so every demo pixel, unchanged."""
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     size = grid * patch
@@ -206,27 +315,41 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
     severity = int(rs.choice(list(GRADE_P), p=list(GRADE_P.values())))
     grade = severity if label else int(rs.choice([0, 1]))
     days = float(rs.uniform(0.0, 365.0))
-    radius = rs.uniform(0.25, 0.40) * size  # geometric-mean semi-axis
-    aspect = math.sqrt(rs.uniform(1.0, 1.35))
+    radius = rs.uniform(*knobs.cervix_radius) * size  # geometric-mean semi-axis
+    aspect = math.sqrt(rs.uniform(*knobs.cervix_aspect))
     theta = rs.uniform(0.0, math.pi)
-    off_r, off_a = 0.25 * size * math.sqrt(rs.uniform()), rs.uniform(0.0, 2 * math.pi)
+    off_r = knobs.cervix_offset * size * math.sqrt(rs.uniform())
+    off_a = rs.uniform(0.0, 2 * math.pi)
     pink = rs.uniform([215.0, 105.0, 115.0], [235.0, 135.0, 145.0])
     os_rel = rs.uniform(-0.12, 0.12, 2)  # os centre, cervix-normalised coordinates
     os_shape = (rs.uniform(0.06, 0.12), rs.uniform(0.02, 0.045), rs.uniform(-0.3, 0.3))
     n_areas = int(rs.choice(_AREAS_BY_SEVERITY[severity]))
     area_scale = 0.9 + 0.1 * (severity - 2)
+    if label:
+        n_areas = max(1, n_areas + knobs.lesion_count_add)
+        area_scale *= knobs.lesion_scale
+        whiten_range, rim = knobs.lesion_whiten, knobs.lesion_rim
+    else:
+        n_areas = max(0, n_areas + knobs.benign_count_add)
+        area_scale *= knobs.benign_scale
+        whiten_range, rim = knobs.benign_whiten, knobs.benign_rim
+    recorded_label, recorded_grade = label, grade
+    rn = _rng(seed, 4, first)  # label noise: the record is wrong, the pixels are not
+    if rn.uniform() < knobs.label_noise:
+        recorded_label = 1 - label
+        recorded_grade = severity if recorded_label else int(rn.choice([0, 1]))
 
     # Photo: jitter the cervix, then draw the background.
     ri = _rng(seed, 2, index)
     radius *= ri.uniform(0.95, 1.05)
-    theta += ri.uniform(-0.12, 0.12)
+    theta += ri.uniform(-knobs.rotation_jitter, knobs.rotation_jitter)
     a, b = radius * aspect, radius / aspect
     cos, sin = math.cos(theta), math.sin(theta)
     half_u = math.sqrt((a * cos) ** 2 + (b * sin) ** 2)
     half_v = math.sqrt((a * sin) ** 2 + (b * cos) ** 2)
     centre = []
     for off, half in ((off_r * math.cos(off_a), half_u), (off_r * math.sin(off_a), half_v)):
-        c = size / 2 + off + ri.uniform(-0.03, 0.03) * size
+        c = size / 2 + off + ri.uniform(-knobs.position_jitter, knobs.position_jitter) * size
         lo, hi = 0.75 * half, size - 0.75 * half  # at most a quarter of each half sticks out
         centre.append(size / 2 if lo > hi else float(np.clip(c, lo, hi)))
     cervix = Blob(centre[0], centre[1], a, b, theta)
@@ -245,8 +368,11 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
         u, v = to_pixels(os_rel[0] + rho * math.cos(phi), os_rel[1] + rho * math.sin(phi))
         r = ra.uniform(0.16, 0.30) * area_scale * radius
         blob = _wobbly(ra, u, v, r, theta + ra.uniform(0, math.pi))
-        whiten = float(ra.uniform(0.45, 0.75))
-        areas.append(Area(blob, whiten, _texture(ra) if label else None))
+        whiten = float(ra.uniform(*whiten_range))
+        texture = _texture(ra, knobs) if label else None
+        if _rng(seed, 5, first, k).uniform() >= knobs.textured_fraction:
+            texture = None
+        areas.append(Area(blob, whiten, texture, rim))
 
     wall = tuple(float(x) for x in ri.uniform([115.0, 45.0, 50.0], [140.0, 65.0, 70.0]))
     folds = (
@@ -270,7 +396,7 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
                 distractors.append(Area(blob, float(ri.uniform(0.0, 0.35)), _texture(ri)))
                 break
     highlights = []
-    for _ in range(int(ri.integers(3, 9))):
+    for _ in range(int(ri.integers(*knobs.highlights))):
         if ri.uniform() < 0.6:
             rho, phi = 0.9 * math.sqrt(ri.uniform()), ri.uniform(0, 2 * math.pi)
             u, v = to_pixels(rho * math.cos(phi), rho * math.sin(phi))
@@ -279,12 +405,18 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
         sigma = max(2.0, ri.uniform(0.004, 0.012) * size)
         highlights.append((float(u), float(v), float(sigma), float(ri.uniform(0.5, 0.95))))
 
+    rp = _rng(seed, 6, index)  # photo conditions the demo does not vary
+    gain = rp.uniform(-0.5, 0.5) * knobs.illumination
+    slope, direction = rp.uniform(0.0, knobs.illumination), rp.uniform(0.0, 2 * math.pi)
+    light = (1.0 + gain, slope * math.cos(direction), slope * math.sin(direction))
+    blur = float(rp.uniform(0.0, knobs.blur))
+
     return Scene(
         index=index,
         size=size,
         patch=patch,
-        label=label,
-        grade=grade,
+        label=recorded_label,
+        grade=recorded_grade,
         session=f"syn_s{first:06d}",
         days_to_diagnosis=days,
         wall=wall,
@@ -297,6 +429,9 @@ def make_scene(index: int, *, seed: int, grid: int, patch: int) -> Scene:
         os=os,
         highlights=tuple(highlights),
         noise_seed=int(ri.integers(2**63 - 1)),
+        true_label=label,
+        light=tuple(float(x) for x in light),
+        blur=blur,
     )
 
 
@@ -337,9 +472,10 @@ def _pattern(tex: Texture, rows: slice, cols: slice) -> np.ndarray:
     p = tex.period
     y = np.arange(rows.start, rows.stop) % p
     x = np.arange(cols.start, cols.stop) % p
-    if tex.kind == "mosaic":  # 1-px lines
-        on = (y == 0)[:, None] | (x == 0)[None, :]
-        frac = 1.0 - (1.0 - 1.0 / p) ** 2
+    if tex.kind == "mosaic":  # lines a quarter of the period wide
+        w = max(1, p // 4)
+        on = (y < w)[:, None] | (x < w)[None, :]
+        frac = 1.0 - (1.0 - w / p) ** 2
     else:  # square dots of half the period
         d = p // 2
         on = (y < d)[:, None] & (x < d)[None, :]
@@ -356,7 +492,9 @@ def _blend(region: np.ndarray, target, alpha) -> None:
 
 def _paint_area(img, area: Area, whiten_to: np.ndarray, cervix: Blob | None, lesion_px=None):
     """Whiten a blob with a soft rim and add its texture with a sharper rim; inside the cervix
-    (``cervix`` given) both are cut to the transformation zone and textured pixels are lesion.
+    (``cervix`` given) both are cut to the transformation zone. ``lesion_px`` (given for the
+    areas of CIN2+ images) gets the lesion's pixels: the textured ones, or for a lesion without
+    texture (``textured_fraction`` < 1) those it whitens visibly (``_VISIBLE``).
 
     The texture's weight is constant over each texture cell (period x period pixels on a grid
     anchored at the image origin), so any aligned 8x8 box holds whole cells, each of zero mean:
@@ -365,7 +503,10 @@ def _paint_area(img, area: Area, whiten_to: np.ndarray, cervix: Blob | None, les
     t = _blob_radius(area.blob, u, v)
     inside = 1.0 if cervix is None else (_cervix_radius(cervix, u, v) < _CERVIX_INNER)
     region = img[:, rows, cols]
-    _blend(region, whiten_to, area.whiten * np.clip((1.0 - t) / 0.35, 0.0, 1.0) * inside)
+    whiten = area.whiten * np.clip((1.0 - t) / area.rim, 0.0, 1.0) * inside
+    _blend(region, whiten_to, whiten)
+    if area.texture is None and lesion_px is not None:
+        lesion_px[rows, cols] |= whiten >= _VISIBLE
     if area.texture is not None:
         p = area.texture.period
         uc, vc = (u - 0.5) // p * p + p / 2, (v - 0.5) // p * p + p / 2  # cell centres
@@ -428,7 +569,7 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
 
     lesion_px = np.zeros((s, s), bool)
     for area in scene.areas:
-        _paint_area(img, area, _AW_COLOUR, c, lesion_px)
+        _paint_area(img, area, _AW_COLOUR, c, lesion_px if scene.true_label else None)
 
     (rows, cols), u, v = _box(scene.os, s)
     mask = np.clip((1.0 - _blob_radius(scene.os, u, v)) * min(scene.os.rx, scene.os.ry) + 0.5, 0, 1)
@@ -439,6 +580,13 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         (rows, cols), u, v = _box(Blob(hu, hv, 3 * sigma, 3 * sigma, 0.0), s)
         h = strength * np.exp(((u - hu) ** 2 + (v - hv) ** 2) / (-2 * sigma * sigma))
         _blend(img[:, rows, cols], 250.0, h)
+
+    exposure, grad_u, grad_v = scene.light
+    if (exposure, grad_u, grad_v) != (1.0, 0.0, 0.0):
+        centred = (coord - s / 2) / s
+        img *= np.float32(exposure) + grad_u * centred[None, None] + grad_v * centred[None, :, None]
+    if scene.blur > 0:
+        img = scipy.ndimage.gaussian_filter(img, (0.0, scene.blur, scene.blur), mode="nearest")
 
     # Mild sensor noise, uniform in [-4, 4] grey levels (sd 2.6), shared by the channels.
     noise = np.frombuffer(np.random.default_rng(scene.noise_seed).bytes(s * s), np.uint8)
@@ -457,9 +605,9 @@ def patch_any(mask: np.ndarray, patch: int) -> np.ndarray:
     return mask.reshape(g, patch, g, patch).any(axis=(1, 3)).astype(np.uint8)
 
 
-def generate(index: int, *, seed: int, grid: int, patch: int) -> dict:
+def generate(index: int, *, seed: int, grid: int, patch: int, knobs: Knobs = DEMO) -> dict:
     """One sample (see the module docstring for the fields' meaning)."""
-    scene = make_scene(index, seed=seed, grid=grid, patch=patch)
+    scene = make_scene(index, seed=seed, grid=grid, patch=patch, knobs=knobs)
     image, lesion_px = render(scene)
     return {
         "image": image,
@@ -473,7 +621,9 @@ def generate(index: int, *, seed: int, grid: int, patch: int) -> dict:
     }
 
 
-def generate_all(num_images: int, *, seed: int, grid: int, patch: int) -> Iterator[dict]:
+def generate_all(
+    num_images: int, *, seed: int, grid: int, patch: int, knobs: Knobs = DEMO
+) -> Iterator[dict]:
     """Samples 0 .. num_images - 1 in order (what dataset builders iterate)."""
     for index in range(num_images):
-        yield generate(index, seed=seed, grid=grid, patch=patch)
+        yield generate(index, seed=seed, grid=grid, patch=patch, knobs=knobs)
