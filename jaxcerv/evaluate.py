@@ -93,15 +93,29 @@ def test_metrics(
         ),
     }
     if "truth_cervix" in test:
-        w = test["weights"]
-        results["explanation"] = {
-            "pointing_game": metrics_lib.pointing_game(w, test["truth_lesion"]),
-            "heatmap_mass_in_cervix": metrics_lib.mass_in_ellipse(w, test["truth_cervix"]),
-            "fitted_centre_error_patches": metrics_lib.centre_error(
-                test["regulators"], test["truth_cervix"]
-            ),
-        }
+        results["explanation"] = explanation(config, test)
     return results
+
+
+def explanation(config: ml_collections.ConfigDict, test: dict[str, np.ndarray]) -> dict:
+    """Heatmap quality against the synthetic ground truth, each metric as ``{"value", "ci95",
+    "n_images", "n_sessions", "images"}`` (the interval resampled by session; "images" says
+    which test images the metric uses)."""
+    w, cervix, lesion = test["weights"], test["truth_cervix"], test["truth_lesion"]
+    out = metrics_lib.explanation_summary(
+        w, lesion, cervix, test["labels"], test["sessions"],
+        n_boot=config.eval.bootstrap, seed=config.seed,
+    )
+    n, sessions = len(w), len(np.unique(test["sessions"]))
+    for name, value, images in (
+        ("pointing_game_within_1_patch", metrics_lib.pointing_game(w, lesion),
+         "images with a lesion patch; hit = top-weighted patch within 1 patch of a lesion"),
+        ("fitted_centre_error_patches", metrics_lib.centre_error(test["regulators"], cervix),
+         "all images: centre of the Gaussian fitted to each heatmap vs the true cervix"),
+    ):
+        out[name] = {"value": value, "ci95": None, "n_images": n, "n_sessions": sessions,
+                     "images": images}
+    return out
 
 
 def with_records(pred: dict[str, np.ndarray], records: pipeline.Records, idx: np.ndarray) -> dict:
@@ -127,17 +141,19 @@ def save_predictions(run: RunDir, split: str, pred: dict[str, np.ndarray]) -> No
 
 
 def draw_heatmaps(config, run: RunDir, source, test: dict[str, np.ndarray], idx) -> None:
-    """Overlays of the first ``config.eval.num_heatmaps`` test images, with their fitted ellipse."""
+    """Overlays of the first ``config.eval.num_heatmaps`` test images, with their fitted ellipse
+    (none where the map is flat and no Gaussian can be fitted)."""
     from jaxcerv import viz
 
     for k in range(min(config.eval.num_heatmaps, len(idx))):
         i = int(idx[k])
         image_id = str(test["ids"][k])
+        fit = test["regulators"][k]
         viz.heatmap_overlay(
             np.asarray(source[i]["image"]),
             test["weights"][k],
             run.path("heatmaps", f"{image_id}.png"),
-            regulator=test["regulators"][k],
+            regulator=fit if viz.regulator_is_drawable(fit) else None,
             patch_size=config.patch_size,
             title=f"{image_id}: label {test['labels'][k]}, p={test['probabilities'][k]:.2f}",
         )

@@ -51,8 +51,11 @@ METRIC_NAMES = {
 }
 COUNT_NAMES = {"threshold": "Decision threshold", "n": "Images", "n_pos": "CIN2+ images"}
 EXPLANATION_NAMES = {
-    "pointing_game": "Pointing game (top patch within 1 patch of a lesion)",
-    "heatmap_mass_in_cervix": "Heatmap mass inside the cervix (2-sigma ellipse)",
+    "pointing_game": "Pointing game (top-weighted patch is a lesion patch)",
+    "lesion_auc": "Lesion AUC (patch weights rank lesion patches above other cervix patches)",
+    "mass_in_cervix": "Heatmap mass inside the cervix",
+    "mass_in_cervix_normal": "Heatmap mass inside the cervix, normal images",
+    "pointing_game_within_1_patch": "Pointing game, within 1 patch of a lesion",
     "fitted_centre_error_patches": "Centre error of each test image's fitted Gaussian (patches)",
 }
 REGULATOR_NAMES = {
@@ -226,6 +229,22 @@ def _key_value_table(values: Mapping[str, Any], names: Mapping[str, str], prefix
     rows = [[names.get(k, k), _num(f"{prefix}.{k}", v)] for k, v in values.items()
             if isinstance(v, int | float) and not isinstance(v, bool)]
     return _table(["Quantity", "Value"], rows) if rows else ""
+
+
+def _explanation_table(values: Mapping[str, Any]) -> str:
+    """One row per metric: value, its session-bootstrap 95% interval, and the test images it
+    uses (which, and how many)."""
+    rows = []
+    for key, m in values.items():
+        ci = m.get("ci95")
+        rows.append([
+            EXPLANATION_NAMES.get(key, key),
+            _num(f"explanation.{key}", m.get("value")),
+            f'<td class="num">{_fmt(ci[0])} &ndash; {_fmt(ci[1])}</td>' if ci else "<td>-</td>",
+            f"<td>{_esc(m.get('images', ''))} ({m.get('n_images')} images, "
+            f"{m.get('n_sessions')} sessions)</td>",
+        ])
+    return _table(["Metric", "Value", "95% CI (by session)", "Images used"], rows)
 
 
 def _epoch_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -421,7 +440,7 @@ def _run_report(
     if results.get("explanation"):
         body += [
             "<h2>Explanation quality (synthetic ground truth)</h2>",
-            _key_value_table(results["explanation"], EXPLANATION_NAMES, "explanation"),
+            _explanation_table(results["explanation"]),
         ]
     reg = results.get("regulator", {})
     if reg:
