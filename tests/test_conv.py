@@ -284,6 +284,34 @@ def test_throughput_benchmark_variants_set_model_fields(tmp_path):
     ]
 
 
+def test_throughput_peers_time_ours_against_torch_or_say_why_not(tmp_path):
+    """--peers times the PyTorch peer interleaved with ours and gives each of our rows its ratio
+    to the best peer; without PyTorch it says so and times ours alone."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks/throughput.py"),
+         "--config=" + os.path.join(ROOT, "configs/smoke.py"), "--json", "--repeats=2",
+         "--steps=1", "--warmup=0", "--nopredict", f"--out={tmp_path}", "--impls=s2d,s2d2",
+         "--peers", "--peer_variants=torch,torch+cl"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = result["compare"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "PyTorch is not installed" in out.stdout
+        assert [r["conv_impl"] for r in rows] == ["s2d", "s2d2"] and "best_peer" not in result
+        return
+    assert [r["conv_impl"] for r in rows] == ["s2d", "s2d2", "torch", "torch+cl"]
+    for w in ("train", "infer"):
+        best = max(rows[2:], key=lambda r: r[f"{w}_img_per_s"])
+        assert result["best_peer"][w]["impl"] == best["conv_impl"]
+        for r in rows[:2]:
+            assert r[f"{w}_vs_best_peer"] == pytest.approx(
+                r[f"{w}_img_per_s"] / best[f"{w}_img_per_s"])
+    assert "torch+cl" in (tmp_path / "results.md").read_text()
+
+
 def test_profile_parts_times_every_part(tmp_path):
     """The per-part profile runs on the smoke config and prints one line per part, in order."""
     out = subprocess.run(
