@@ -513,9 +513,12 @@ def write_table(out: str) -> None:
              "(and per implementation compared in it). Paper scale unless the command says "
              "otherwise.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for path in sorted(glob.glob(os.path.join(out, "*.json"))):
-        with open(path) as f:
-            r = json.load(f)
-        if "machine" not in r:
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except ValueError:  # not one of ours (an empty or foreign file)
+            continue
+        if not isinstance(r, dict) or "machine" not in r:
             continue
         for row in r.get("compare", [r]):
             pct = "/".join(

@@ -20,6 +20,15 @@ costs, and the cheaper equivalent used here (measurements: benchmarks/README.md)
   XLA:CPU keeps the backward convolutions in their transposed form and runs them without Eigen,
   7-50x slower; ``conv_valid``'s gradients are written as forward NHWC convolutions instead.
 
+* ``s2d2`` also computes the second layer (12 -> 24 at 14x14) in the space-to-depth form: 2.2x
+  faster than the direct layer in isolation on an AVX-512 CPU, within noise of ``s2d`` in the
+  whole step (benchmarks/README.md).
+* bfloat16 (``dtype``): XLA:CPU reaches the AVX512-BF16 units only through a dot with bfloat16
+  operands and a float32 result; its bfloat16 convolutions are slower than its float32 ones. So
+  the Dense layers use ``matmul_bf16`` and the space-to-depth layers after the first
+  ``conv_valid_dots``, both with gradients of the same form, and on CPU every other layer
+  computes in float32 (``conv_pool_relu``).
+
 Tried and dropped (slower): im2col kernel gradients for the 12- and 24-channel layers (the im2col
 concatenation costs more than XLA's backward convolution once that is Eigen's), im2col forward
 convolutions, and a channel-major layout. Parameters are ``nn.Conv``'s ``kernel`` (3, 3, C, F) and
