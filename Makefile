@@ -23,8 +23,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Results go to runs/bench/ (untracked); --peers adds the PyTorch peer when '.[peers]' is installed.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/throughput.py --config=configs/paper.py
+	$(BIN)/python benchmarks/throughput.py --config=configs/paper.py --out=runs/bench --peers
 
 clean:
 	rm -rf $(VENV) runs

@@ -47,20 +47,21 @@ def forward_upto(config: Any, upto: int):
     """images -> per-patch output of the first ``upto`` parts after patchify, in chunks."""
     m, p = config.model, config.patch_size
     n_conv = len(m.conv_features)
-    encoder = model_lib.PatchEncoder(tuple(m.conv_features[:upto]), jnp.float32, m.conv_impl)
-    mlp = model_lib.MLP(tuple(m.weight_hidden), 1)
+    dtype = jnp.dtype(m.dtype)
+    encoder = model_lib.PatchEncoder(tuple(m.conv_features[:upto]), dtype, m.conv_impl)
+    mlp = model_lib.MLP(tuple(m.weight_hidden), 1, dtype=dtype)
     patch = jnp.zeros((1, p, p, 3), jnp.float32)
     enc_params = encoder.init(jax.random.PRNGKey(0), patch)
     mlp_params = mlp.init(jax.random.PRNGKey(1), encoder.apply(enc_params, patch))
 
     def per_patch(chunk: jax.Array) -> jax.Array:
         b, k = chunk.shape[:2]
-        x = model_lib.normalise_pixels(chunk.reshape(b * k, *chunk.shape[2:]), jnp.float32)
+        x = model_lib.normalise_pixels(chunk.reshape(b * k, *chunk.shape[2:]), dtype)
         x = encoder.apply(enc_params, x)
         if upto > n_conv:
             x = mlp.apply(mlp_params, x)
         # A small output, so the cut's result costs nothing to write.
-        return jnp.sum(x, axis=-1).reshape(b, k)
+        return jnp.sum(x.astype(jnp.float32), axis=-1).reshape(b, k)
 
     def forward(images: jax.Array) -> jax.Array:
         x = model_lib.patchify(images, p)
@@ -87,7 +88,7 @@ def main(argv: list[str]) -> None:
             jax.block_until_ready(fn(images))
             out.append(time.perf_counter() - t)
     print(f"batch {_BATCH.value}, {config.grid_size}x{config.grid_size} patches of "
-          f"{config.patch_size} px, conv_impl={config.model.conv_impl}, "
+          f"{config.patch_size} px, conv_impl={config.model.conv_impl}, {config.model.dtype}, "
           f"chunks of {config.model.remat_chunk} patches per image")
     previous = 0.0
     for name, t in zip(names, times, strict=True):

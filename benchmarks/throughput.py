@@ -67,9 +67,10 @@ def _stub_data_modules() -> None:
 _stub_data_modules()
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxcerv import conv, parallel, predict, steps  # noqa: E402
+from jaxcerv import conv, parallel, predict, regulator, steps  # noqa: E402
 from jaxcerv import model as model_lib  # noqa: E402
 from jaxcerv.data import images  # noqa: E402
 
@@ -86,9 +87,20 @@ _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after compilation")
 _WHAT = flags.DEFINE_list("what", ["train", "infer"], "which steps to time")
 _PREDICT = flags.DEFINE_bool("predict", True, "time predict() end to end on one 2400x1600 JPEG")
 _JSON = flags.DEFINE_bool("json", False, "print one JSON object instead of a table")
-# runs/ is not tracked: a benchmark never rewrites the committed benchmarks/results/.
-_OUT = flags.DEFINE_string("out", os.path.join(ROOT, "runs/bench"), "'' to write nothing")
+_OUT = flags.DEFINE_string(
+    "out", os.path.join(ROOT, "runs/bench"), "folder for the result JSONs and results.md; '' none"
+)
 _TAG = flags.DEFINE_string("tag", "", "extra words for the result's file name and table row")
+_PEERS = flags.DEFINE_bool(
+    "peers", False, "also time the PyTorch peer (benchmarks/peers), interleaved with ours"
+)
+_RESIDENT = flags.DEFINE_integer(
+    "resident", 0, "also train from N uint8 images kept on the device, each step's batch gathered "
+    "there (no host->device copy per step; the paper's 978 images at 1176 px are 4.1 GB)"
+)
+_PEER_VARIANTS = flags.DEFINE_list(
+    "peer_variants", None, "PyTorch variants for --peers (default: the five of the issue's table)"
+)
 
 # "--impls=s2d@ynn" times impl s2d compiled with these options instead of conv.compiler_options's.
 XLA_OPTIONS: dict[str, dict[str, str] | None] = {
@@ -286,6 +298,87 @@ def h2d_rate(batch: np.ndarray, mesh: Any, repeats: int = 5) -> float:
     return len(batch) / statistics.median(times)
 
 
+def dot_limits(n: int = 4096, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of an n x n x n matrix product in float32 and in bfloat16 with float32 accumulation
+    (the form that reaches AVX512-BF16 units or tensor cores): the ceiling for this model, whose
+    FLOPs are all convolutions and matrix products."""
+    out = {}
+    for name, dtype in (("f32_dot_gflops", jnp.float32), ("bf16_dot_gflops", jnp.bfloat16)):
+        a = jnp.ones((n, n), dtype)
+        dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+        jax.block_until_ready(dot(a, a))
+        times: list[float] = []
+        for _ in range(repeats):
+            _time(lambda a=a, dot=dot: dot(a, a), times, 1)
+        out[name] = 2 * n**3 / statistics.median(times) / 1e9
+    return out
+
+
+def resident_rate(case: Case, n: int, mesh: Any, repeats: int) -> dict[str, float]:
+    """Train steps whose batches come from ``n`` images resident on the device: a random batch of
+    indices (a few bytes) goes over, the gather runs on the device, then ``case``'s train step."""
+    cfg, b = case.config, case.batch["image"].shape[0]
+    side = cfg.grid_size * cfg.patch_size
+    pool = np.random.default_rng(1).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
+    pool = jax.device_put(pool, parallel.batch_sharding(mesh))
+    labels = jnp.asarray(np.arange(n) % 2, jnp.int32)
+    gather = jax.jit(
+        lambda idx: {"image": pool[idx], "label": labels[idx], "index": idx,
+                     "mask": jnp.ones(idx.shape, bool)},
+        out_shardings=parallel.batch_sharding(mesh),
+    )
+    order = np.random.default_rng(2).permutation(n * (repeats + 2)) % n
+
+    def step(i: int) -> Any:
+        case.state, metrics = case.train_step(case.state, gather(order[i * b : (i + 1) * b]))
+        return metrics
+
+    jax.block_until_ready(step(0))
+    times: list[float] = []
+    for r in range(repeats):
+        _time(lambda r=r: step(r + 1), times, 1)
+    return {"resident_images": n, "resident_mb": pool.nbytes / 2**20,
+            "resident_train_img_per_s": b / statistics.median(times)}
+
+
+def make_peers(config: Any, host: dict[str, np.ndarray]) -> list[Any]:
+    """The PyTorch peer's variants on the same batch and regulators (G0), or none, with a line
+    saying why, when PyTorch is not installed."""
+    try:
+        import torch
+
+        from benchmarks.peers import torch_peer
+    except ImportError:
+        print("--peers: PyTorch is not installed, so only jaxcerv is timed; install the peer "
+              "with: pip install -e '.[peers]'")
+        return []
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    grid = (config.grid_size, config.grid_size)
+    g0 = jnp.tile(regulator.initial_params(grid), (len(host["image"]), 1))
+    density = np.asarray(regulator.gaussian_density(g0, grid))
+    variants = _PEER_VARIANTS.value or torch_peer.DEFAULT_VARIANTS
+    return [torch_peer.Peer(config, name, host, density) for name in variants]
+
+
+def vs_best_peer(rows: list[dict[str, Any]], cases: list[Any], what: list[str]) -> dict[str, Any]:
+    """Each of our rows against the fastest peer variant, per metric: the ratio of the medians,
+    and the median of the per-repeat ratios (a repeat times every case back to back, so the
+    machine's load cancels)."""
+    peers = [i for i, case in enumerate(cases) if not isinstance(case, Case)]
+    if not peers:
+        return {}
+    best = {}
+    for w in what:
+        j = max(peers, key=lambda i: rows[i][f"{w}_img_per_s"])
+        best[w] = {"impl": rows[j]["conv_impl"], "img_per_s": rows[j][f"{w}_img_per_s"]}
+        for i, case in enumerate(cases):
+            if i not in peers:
+                rows[i][f"{w}_vs_best_peer"] = rows[i][f"{w}_img_per_s"] / best[w]["img_per_s"]
+                per_repeat = [p / o for p, o in zip(cases[j].times[w], case.times[w], strict=True)]
+                rows[i][f"{w}_vs_best_peer_per_repeat"] = statistics.median(per_repeat)
+    return {"best_peer": best}
+
+
 def peak_memory() -> dict[str, float]:
     out = {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -312,7 +405,10 @@ def run(config: Any) -> dict[str, Any]:
     }
     # On the device once: the timed loop has no host -> device copies.
     batch = jax.device_put(host, parallel.batch_sharding(mesh))
-    cases = [Case(config, impl, batch, mesh) for impl in impls]
+    limits = dot_limits()
+    cases: list[Any] = [Case(config, impl, batch, mesh) for impl in impls]
+    if _PEERS.value:
+        cases += make_peers(config, host)
     for case in cases:
         case.compile(what)
         for _ in range(_WARMUP.value):
@@ -324,17 +420,24 @@ def run(config: Any) -> dict[str, Any]:
                 fn = case.run_train if w == "train" else case.run_infer
                 _time(fn, case.times[w], _STEPS.value)
 
+    resident = resident_rate(cases[0], _RESIDENT.value, mesh, _REPEATS.value) \
+        if _RESIDENT.value and "train" in what else {}
     flops = flops_per_image(config)
     info = machine()
     kind = next((k for k in BF16_PEAK if k in info["device_kind"]), None)
     rows = []
     for case in cases:
-        model_cfg = case.config.model
-        row: dict[str, Any] = {
-            "conv_impl": case.impl,
-            "compiler_options": case.options,
-            "model": {k: model_cfg[k] for k in ("conv_impl", "remat", "remat_chunk", "dtype")},
-        }
+        if isinstance(case, Case):
+            model_cfg = case.config.model
+            row: dict[str, Any] = {
+                "conv_impl": case.impl,
+                "framework": f"jax {jax.__version__}",
+                "dtype": model_cfg.dtype,
+                "compiler_options": case.options,
+                "model": {k: model_cfg[k] for k in ("conv_impl", "remat", "remat_chunk", "dtype")},
+            }
+        else:
+            row = {"conv_impl": case.impl, "framework": case.framework, "dtype": case.dtype}
         for w in what:
             rate, step = _median_rate(case.times[w], b * _STEPS.value)
             row[f"{w}_img_per_s"] = rate
@@ -343,11 +446,15 @@ def run(config: Any) -> dict[str, Any]:
             row[f"{w}_compile_s"] = case.compile_s[w]
             row[f"{w}_repeat_s"] = case.times[w]
             row[f"{w}_best_img_per_s"] = b * _STEPS.value / min(case.times[w])
+            row[f"{w}_pct_bf16_dot"] = 100 * row[f"{w}_gflops"] / limits["bf16_dot_gflops"]
             if kind and info["platform"] == "gpu":
                 peak = BF16_PEAK[kind] * jax.device_count()
                 row[f"{w}_pct_bf16_peak"] = 100 * rate * flops[w] / peak
         rows.append(row)
     result: dict[str, Any] = {
+        **vs_best_peer(rows, cases, what),
+        **resident,
+        "limits": limits,
         **rows[0],
         "batch": b,
         "dtype": config.model.dtype,
@@ -400,27 +507,36 @@ def _fmt(x: Any, digits: int = 2) -> str:
 def write_table(out: str) -> None:
     """results.md: one row per result JSON (and per compared impl) in ``out``."""
     head = ("| machine | impl | dtype | batch | train img/s | infer img/s | train GFLOP/s "
-            "| infer GFLOP/s | % bf16 peak (train/infer) | compile train/infer s "
-            "| predict 1 JPEG s | peak host RSS MB | peak device MB | load | date | command |")
+            "| infer GFLOP/s | % bf16 peak (train/infer) | x best peer (train/infer) "
+            "| compile train/infer s | predict 1 JPEG s | peak host RSS MB | peak device MB "
+            "| load | date | command |")
     lines = ["# Throughput results", "", "Written by `benchmarks/throughput.py`; one row per run "
              "(and per implementation compared in it). Paper scale unless the command says "
              "otherwise.", "", head, "|" + "---|" * (head.count("|") - 1)]
     for path in sorted(glob.glob(os.path.join(out, "*.json"))):
-        with open(path) as f:
-            r = json.load(f)
-        if "machine" not in r:
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except ValueError:  # not one of ours (an empty or foreign file)
+            continue
+        if not isinstance(r, dict) or "machine" not in r:
             continue
         for row in r.get("compare", [r]):
-            pct = "/".join(_fmt(row.get(f"{w}_pct_bf16_peak"), 1) for w in ("train", "infer"))
+            pct = "/".join(
+                _fmt(row.get(f"{w}_pct_bf16_peak", row.get(f"{w}_pct_bf16_dot")), 1)
+                for w in ("train", "infer")
+            )
+            vs = "/".join(_fmt(row.get(f"{w}_vs_best_peer")) for w in ("train", "infer"))
             comp = "/".join(_fmt(row.get(f"{w}_compile_s"), 1) for w in ("train", "infer"))
             lat = r.get("predict_latency", {}).get("total_s") if row is r or row == r.get(
                 "compare", [None])[0] else None
             lines.append("| " + " | ".join([
                 r["machine"]["name"] + (f" ({r['tag']})" if r.get("tag") else ""),
-                row["conv_impl"], r["dtype"], str(r["batch"]),
+                row["conv_impl"], row.get("dtype", r["dtype"]), str(r["batch"]),
                 _fmt(row.get("train_img_per_s")), _fmt(row.get("infer_img_per_s")),
                 _fmt(row.get("train_gflops"), 1), _fmt(row.get("infer_gflops"), 1),
-                pct if pct != "/" else "", comp, _fmt(lat), _fmt(r.get("peak_host_rss_mb"), 0),
+                pct if pct != "/" else "", vs if vs != "/" else "", comp, _fmt(lat),
+                _fmt(r.get("peak_host_rss_mb"), 0),
                 _fmt(r.get("peak_device_mb"), 0), _fmt(r.get("loadavg_1min"), 1),
                 r["date"][:10], f"`{r['command']}`",
             ]) + " |")
@@ -439,13 +555,22 @@ def main(argv: list[str]) -> None:
     print(f"machine: {result['machine']['name']} (jax {result['machine']['jax']})")
     print(f"batch {result['batch']}, {result['dtype']}, {result['image_px']} px, "
           f"{result['gflop_per_image']['infer']:.2f} GFLOP/image inference")
+    lim = result["limits"]
+    print(f"matmul 4096^3: float32 {lim['f32_dot_gflops']:.0f} GFLOP/s, bfloat16 (float32 "
+          f"accumulation) {lim['bf16_dot_gflops']:.0f} GFLOP/s = the limit used for '% bf16'")
     for row in result.get("compare", [result]):
-        parts = [f"{row['conv_impl']:>10s}:"]
+        parts = [f"{row['conv_impl']:>22s}:"]
         for w in ("train", "infer"):
             if f"{w}_img_per_s" in row:
-                parts.append(f"{w} {row[f'{w}_img_per_s']:6.2f} img/s {row[f'{w}_gflops']:7.1f} "
-                             f"GFLOP/s (compile {row[f'{w}_compile_s']:.1f}s)")
+                parts.append(f"{w} {row[f'{w}_img_per_s']:6.2f} img/s {row[f'{w}_gflops']:6.1f} "
+                             f"GFLOP/s {row[f'{w}_pct_bf16_dot']:4.1f}% bf16 "
+                             f"(compile {row[f'{w}_compile_s']:.1f}s)")
         print("  ".join(parts))
+    for w, best in result.get("best_peer", {}).items():
+        ours = [r for r in result.get("compare", [result]) if f"{w}_vs_best_peer" in r]
+        print(f"{w} vs the best peer ({best['impl']}, {best['img_per_s']:.2f} img/s): " + ", ".join(
+            f"{r['conv_impl']} {r[f'{w}_vs_best_peer']:.2f}x (per repeat "
+            f"{r[f'{w}_vs_best_peer_per_repeat']:.2f}x)" for r in ours))
     if "predict_latency" in result:
         p = result["predict_latency"]
         print(f"predict one 2400x1600 JPEG: {p['total_s']:.3f}s (decode+resize "

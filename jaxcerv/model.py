@@ -8,6 +8,7 @@ The weights, arranged on the patch grid, are the heatmap.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -65,13 +66,15 @@ class PatchEncoder(nn.Module):
                 x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
             else:
                 x = conv.ConvPoolReLU(
-                    f, self.conv_impl, first=i == 0, dtype=self.dtype, name=f"Conv_{i}"
+                    f, self.conv_impl, layer=i, dtype=self.dtype, name=f"Conv_{i}"
                 )(x)
         return x.reshape(x.shape[0], -1)
 
 
 class MLP(nn.Module):
-    """ReLU hidden layers, then ``out`` linear units."""
+    """ReLU hidden layers, then ``out`` linear units. In bfloat16 every product takes bfloat16
+    operands and accumulates in float32, backward too (``conv.matmul_bf16``): the form that runs on
+    AVX512-BF16 units and tensor cores."""
 
     hidden: Sequence[int]
     out: int
@@ -81,12 +84,16 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        bf16 = jnp.dtype(self.dtype) == jnp.bfloat16
+        dense = functools.partial(
+            nn.Dense, kernel_init=xavier, dtype=self.dtype,
+            dot_general=conv.dot_general_bf16 if bf16 else None,
+        )
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width, kernel_init=xavier, dtype=self.dtype)(x))
+            x = nn.relu(dense(width)(x)).astype(self.dtype)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        bias_init = nn.initializers.constant(self.out_bias)
-        return nn.Dense(self.out, kernel_init=xavier, bias_init=bias_init, dtype=self.dtype)(x)
+        return dense(self.out, bias_init=nn.initializers.constant(self.out_bias))(x)
 
 
 def aggregate(weighted: jax.Array, how: str) -> jax.Array:

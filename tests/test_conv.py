@@ -54,15 +54,15 @@ def _close(a, b, rtol):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=rtol * max(scale, 1e-6))
 
 
-# (side, c_in, c_out, first): the paper's three layers, including the odd 7 -> 3 pool.
-LAYERS = [(28, 3, 12, True), (14, 12, 24, False), (7, 24, 48, False)]
+# (side, c_in, c_out, layer): the paper's three layers, including the odd 7 -> 3 pool.
+LAYERS = [(28, 3, 12, 0), (14, 12, 24, 1), (7, 24, 48, 2)]
 
 
 @pytest.mark.parametrize("impl", FAST)
-@pytest.mark.parametrize("side,c_in,c_out,first", LAYERS)
-def test_layer_matches_flax(impl, side, c_in, c_out, first):
+@pytest.mark.parametrize("side,c_in,c_out,layer", LAYERS)
+def test_layer_matches_flax(impl, side, c_in, c_out, layer):
     x, kernel, bias = _data(6, side, c_in, c_out)
-    fast = jax.jit(lambda x, k, b: conv.conv_pool_relu(x, k, b, impl, first))
+    fast = jax.jit(lambda x, k, b: conv.conv_pool_relu(x, k, b, impl, layer))
     _close(fast(x, kernel, bias), _reference(x, kernel, bias), 1e-5)
     for got, want in zip(
         _grads(fast, x, kernel, bias), _grads(_reference, x, kernel, bias), strict=True
@@ -75,11 +75,11 @@ def test_ties_route_gradient_like_select_and_scatter(impl):
     """A flat image region makes whole pool windows tie; the parameter gradients must still be
     the reference's (one window element gets it, not each tied one)."""
     x, kernel, bias = _data(4, 28, 3, 12, flat=True)
-    fast = jax.jit(lambda x, k, b: conv.conv_pool_relu(x, k, b, impl, first=True))
+    fast = jax.jit(lambda x, k, b: conv.conv_pool_relu(x, k, b, impl, layer=0))
     got, want = _grads(fast, x, kernel, bias), _grads(_reference, x, kernel, bias)
     _close(got[1], want[1], 1e-4)
     _close(got[2], want[2], 1e-4)
-    if impl != "s2d":
+    if impl not in ("s2d", "s2d2"):
         # s2d computes the tied values with a different kernel, so rounding may pick another of
         # the tied pixels: the image gradient (never used in training) can then differ.
         _close(got[0], want[0], 1e-4)
@@ -102,6 +102,93 @@ def test_conv_valid_gradient_is_the_convolution_gradient(im2col):
     (dx1, dk1) = jax.vjp(lambda x, k: conv.conv_valid(x, k, im2col), x, kernel)[1](cot)
     _close(dx1, dx0, 1e-5)
     _close(dk1, dk0, 1e-5)
+
+
+def _bf16_exact(shape, seed):
+    """Random float32 values that bfloat16 holds exactly: casting them loses nothing, and a
+    product of two has 16 significant bits, exact in float32. A bfloat16-operand product with
+    float32 accumulation then differs from float64 only by float32 rounding of the sums."""
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+
+
+def _conv_valid_np(x, k):
+    """Oracle: the VALID convolution as a float64 sum over the kernel taps."""
+    kh, kw = k.shape[:2]
+    oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    x, k = x.astype(np.float64), k.astype(np.float64)
+    return sum(
+        np.einsum("nhwc,cf->nhwf", x[:, i : i + oh, j : j + ow], k[i, j])
+        for i in range(kh) for j in range(kw)
+    )
+
+
+@pytest.mark.parametrize("shape,kshape", [((3, 8, 8, 48), (2, 2, 48, 96)),
+                                          ((2, 9, 7, 5), (3, 2, 5, 7))])
+def test_conv_valid_dots_and_gradients_against_float64(shape, kshape):
+    """Values and both gradients of the bfloat16-product convolution; inputs and cotangent are
+    bfloat16-exact, so the only error is float32 summation: relative 1e-5 of the scale."""
+    x, k = _bf16_exact(shape, 0), _bf16_exact(kshape, 1)
+    want = _conv_valid_np(x, k)
+    y, vjp = jax.vjp(conv.conv_valid_dots, jnp.asarray(x), jnp.asarray(k))
+    assert y.dtype == jnp.float32
+    _close(y, want, 1e-5)
+    dy = _bf16_exact(want.shape, 2)
+    dx, dk = vjp(jnp.asarray(dy))
+    # Oracle gradients: d<dy, conv(x, k)> by the definition, in float64.
+    want_dk = np.stack([np.stack([
+        np.einsum("nhwc,nhwf->cf", x[:, i : i + dy.shape[1], j : j + dy.shape[2]], dy)
+        for j in range(kshape[1])]) for i in range(kshape[0])])
+    want_dx = np.zeros(shape)
+    for i in range(kshape[0]):
+        for j in range(kshape[1]):
+            want_dx[:, i : i + dy.shape[1], j : j + dy.shape[2]] += np.einsum(
+                "nhwf,cf->nhwc", dy.astype(np.float64), k[i, j].astype(np.float64))
+    _close(dk, want_dk, 1e-5)
+    _close(dx, want_dx, 1e-5)
+
+
+def test_matmul_bf16_and_its_gradients_against_float64():
+    x, w, g = _bf16_exact((37, 50), 0), _bf16_exact((50, 9), 1), _bf16_exact((37, 9), 2)
+    y, vjp = jax.vjp(conv.matmul_bf16, jnp.asarray(x), jnp.asarray(w))
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, w, g))
+    _close(y, x64 @ w64, 1e-6)
+    dx, dw = vjp(jnp.asarray(g))
+    _close(dx, g64 @ w64.T, 1e-6)
+    _close(dw, x64.T @ g64, 1e-6)
+    # Dense's contraction of a (B, K, F) input, through the nn.Dense hook.
+    x3 = jnp.asarray(x).reshape(1, 37, 50)
+    got = conv.dot_general_bf16(x3, jnp.asarray(w), (((2,), (0,)), ((), ())))
+    _close(got[0], x64 @ w64, 1e-6)
+    with pytest.raises(ValueError, match="Dense contraction"):
+        conv.dot_general_bf16(jnp.asarray(w), jnp.asarray(x), (((0,), (1,)), ((), ())))
+
+
+# bfloat16 keeps 8 significant bits: inputs, weights and each layer's output are rounded by up to
+# 2**-9 relative, and a 3x3xC sum of such products (signs random) keeps an error of that order
+# relative to the output's scale. 2e-2 of the scale leaves a 5-10x margin; a wrong tap or
+# transposed kernel is off by O(1).
+BF16_RTOL = 2e-2
+BF16_GRAD_COSINE = 0.99
+
+
+@pytest.mark.parametrize("impl", FAST)
+@pytest.mark.parametrize("side,c_in,c_out,layer", LAYERS)
+def test_bf16_layer_close_to_float32(impl, side, c_in, c_out, layer):
+    x, kernel, bias = _data(6, side, c_in, c_out)
+    fast = jax.jit(lambda x, k, b: conv.conv_pool_relu(x.astype(jnp.bfloat16), k, b, impl, layer))
+    out = fast(x, kernel, bias)
+    assert out.dtype == jnp.bfloat16
+    _close(out.astype(jnp.float32), _reference(x, kernel, bias), BF16_RTOL)
+    got = _grads(lambda x, k, b: fast(x, k, b).astype(jnp.float32), x, kernel, bias)
+    want = _grads(_reference, x, kernel, bias)
+    for a, b in zip(got[1:], want[1:], strict=True):  # parameter gradients stay float32
+        assert a.dtype == jnp.float32
+        # Not element-wise: where two pool candidates lie within bfloat16 rounding of each other
+        # the gradient goes to the other one (~1% of windows), moving single entries by up to
+        # ~10% of the scale. As a direction the gradient must agree.
+        a, b = np.ravel(a), np.ravel(b)
+        assert np.dot(a, b) >= BF16_GRAD_COSINE * np.linalg.norm(a) * np.linalg.norm(b)
 
 
 def test_unknown_impl_is_refused():
@@ -195,6 +282,34 @@ def test_throughput_benchmark_variants_set_model_fields(tmp_path):
         {"conv_impl": "s2d", "remat": True, "remat_chunk": 36, "dtype": "float32"},
         {"conv_impl": "pool", "remat": False, "remat_chunk": 5, "dtype": "float32"},
     ]
+
+
+def test_throughput_peers_time_ours_against_torch_or_say_why_not(tmp_path):
+    """--peers times the PyTorch peer interleaved with ours and gives each of our rows its ratio
+    to the best peer; without PyTorch it says so and times ours alone."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks/throughput.py"),
+         "--config=" + os.path.join(ROOT, "configs/smoke.py"), "--json", "--repeats=2",
+         "--steps=1", "--warmup=0", "--nopredict", f"--out={tmp_path}", "--impls=s2d,s2d2",
+         "--peers", "--peer_variants=torch,torch+cl"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = result["compare"]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "PyTorch is not installed" in out.stdout
+        assert [r["conv_impl"] for r in rows] == ["s2d", "s2d2"] and "best_peer" not in result
+        return
+    assert [r["conv_impl"] for r in rows] == ["s2d", "s2d2", "torch", "torch+cl"]
+    for w in ("train", "infer"):
+        best = max(rows[2:], key=lambda r: r[f"{w}_img_per_s"])
+        assert result["best_peer"][w]["impl"] == best["conv_impl"]
+        for r in rows[:2]:
+            assert r[f"{w}_vs_best_peer"] == pytest.approx(
+                r[f"{w}_img_per_s"] / best[f"{w}_img_per_s"])
+    assert "torch+cl" in (tmp_path / "results.md").read_text()
 
 
 def test_profile_parts_times_every_part(tmp_path):

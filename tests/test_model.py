@@ -106,3 +106,37 @@ def test_remat_in_chunks_lowers_peak_memory_and_keeps_outputs_and_gradients(chun
     for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False]), strict=True):
         # Chunked sums reassociate float additions: compare against each tensor's scale.
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+
+
+def test_bf16_model_close_to_float32_with_float32_params_and_gradients():
+    """The bfloat16 path (Dense and space-to-depth conv products in bfloat16, float32
+    accumulation; conv_impl s2d2 so that conv_valid_dots runs, in remat chunks) against the same
+    model in float32. Each of the 7 layers rounds its operands to 8 significant bits (2**-9
+    relative); the errors add to ~1% of an output's scale, so 3e-2 leaves a margin while a wrong
+    product is off by O(1). Gradients: pool windows whose candidates tie within bfloat16 rounding
+    send single entries elsewhere, so they are compared as directions (cosine >= 0.99)."""
+    x = jnp.asarray(np.random.default_rng(3).integers(0, 255, (2, 4 * 28, 4 * 28, 3), np.uint8))
+    outs, grads = {}, {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        m = model_lib.PatchWiseModel(
+            weight_hidden=(64, 32), dtype=dtype, remat=True, remat_chunk=5, conv_impl="s2d2"
+        )
+        params = m.init(jax.random.PRNGKey(0), x[:1])["params"]
+
+        def loss(p, m=m):
+            out = m.apply({"params": p}, x)
+            return jnp.sum(jnp.sin(out.logits)) + jnp.sum(out.weights**2)
+
+        outs[dtype] = m.apply({"params": params}, x)
+        grads[dtype] = jax.jit(jax.grad(loss))(params)
+    for a, b in zip(outs[jnp.bfloat16], outs[jnp.float32], strict=True):
+        assert a.dtype == jnp.float32
+        # The logits' own values are small differences of unit-scale (LayerNorm) terms: their
+        # scale is 1, not their magnitude.
+        scale = max(float(np.abs(b).max()), 1.0 if b.ndim == 1 else 0.0)
+        np.testing.assert_allclose(a, b, rtol=0, atol=3e-2 * scale)
+    for a, b in zip(jax.tree.leaves(grads[jnp.bfloat16]), jax.tree.leaves(grads[jnp.float32]),
+                    strict=True):
+        assert a.dtype == jnp.float32
+        a, b = np.ravel(a), np.ravel(b)
+        assert np.dot(a, b) >= 0.99 * np.linalg.norm(a) * np.linalg.norm(b)

@@ -360,10 +360,21 @@ def test_bf16_loss_close_to_fp32_with_fp32_params_loss_and_grads():
 
 
 def test_bf16_convs_and_matmuls_run_in_bf16():
+    """Every Dense product (forward and both gradients) takes bfloat16 operands, and so do the
+    convolutions except on CPU, where jaxcerv/conv.py computes the layers without a bfloat16
+    product form in float32 (XLA:CPU's bfloat16 convolutions are slower than its float32 ones)."""
+    import jax
+
+    from configs import smoke
+
     _, jaxpr, _, _ = _variant("bfloat16", False)
     heavy = [e for e in _eqns(jaxpr) if e.primitive.name in ("conv_general_dilated", "dot_general")]
-    assert heavy
-    assert {str(v.aval.dtype) for e in heavy for v in e.invars} == {"bfloat16"}
+    dtypes = [{str(v.aval.dtype) for v in e.invars} for e in heavy]
+    m = smoke.get_config().model
+    dense_layers = len(m.weight_hidden) + len(m.classifier_hidden) + 2
+    assert dtypes.count({"bfloat16"}) >= 3 * dense_layers
+    if jax.default_backend() != "cpu":
+        assert all(d == {"bfloat16"} for d in dtypes)
 
 
 REMAT_PRIMITIVES = ("remat2", "checkpoint")  # jax.checkpoint's primitive, by jax version
