@@ -319,17 +319,7 @@ def mass_in_ellipse(weights, cervix_params, n_sigma: float = 2.0) -> float:
     params = np.asarray(cervix_params, dtype=np.float64).reshape(-1, 5)
     if params.shape[0] != w.shape[0]:
         raise MetricsError(f"{params.shape[0]} ellipses for {w.shape[0]} heatmaps")
-    _, height, width = w.shape
-    v, h = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
-    dh = h[None] - params[:, 0, None, None]
-    dv = v[None] - params[:, 1, None, None]
-    prec = _precision_matrices(params)
-    m2 = (
-        prec[:, 0, 0, None, None] * dh**2
-        + 2.0 * prec[:, 0, 1, None, None] * dh * dv
-        + prec[:, 1, 1, None, None] * dv**2
-    )
-    inside = m2 <= n_sigma**2
+    inside = _inside_ellipse(params, w.shape[1], w.shape[2], n_sigma)
     return float(np.mean((w * inside).sum(axis=(1, 2)) / total))
 
 
