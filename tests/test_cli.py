@@ -89,7 +89,6 @@ def test_help_lists_the_subcommands_own_flags(tmp_path):
     "args, message",
     [
         (("frobnicate",), "unknown subcommand 'frobnicate'"),
-        (("bench",), "bench is not in this version"),
         (("experiments",), "experiments is not in this version"),
         (("predict", "x.jpg"), "pass --workdir, --checkpoint or --model"),
         (("export", "--workdir=/nonexistent", "--out=m.jaxexport"), "no config.json"),
@@ -99,3 +98,19 @@ def test_bad_usage_exits_with_one_clear_line(tmp_path, args, message):
     out = _jaxcerv(tmp_path, *args, ok=False)
     assert out.returncode in (1, 2) and message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_bench_runs_the_checkouts_benchmark(tmp_path):
+    out = _jaxcerv(tmp_path, "bench", "--config=smoke", "--batch=2", "--repeats=1", "--steps=1",
+                   "--warmup=0", "--what=infer", "--nopredict", "--out=", "--impls=s2d", "--json")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["infer_img_per_s"] > 0 and row["batch"] == 2
+
+
+def test_bench_without_a_checkout_is_one_line(monkeypatch, capsys, tmp_path):
+    from jaxcerv import bench
+
+    monkeypatch.setattr(bench, "SCRIPT", tmp_path / "absent.py")
+    assert bench.main(["jaxcerv bench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs the source checkout" in err
