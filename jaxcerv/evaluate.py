@@ -106,15 +106,19 @@ def explanation(config: ml_collections.ConfigDict, test: dict[str, np.ndarray]) 
         w, lesion, cervix, test["labels"], test["sessions"],
         n_boot=config.eval.bootstrap, seed=config.seed,
     )
-    n, sessions = len(w), len(np.unique(test["sessions"]))
-    for name, value, images in (
-        ("pointing_game_within_1_patch", metrics_lib.pointing_game(w, lesion),
-         "images with a lesion patch; hit = top-weighted patch within 1 patch of a lesion"),
-        ("fitted_centre_error_patches", metrics_lib.centre_error(test["regulators"], cervix),
-         "all images: centre of the Gaussian fitted to each heatmap vs the true cervix"),
-    ):
-        out[name] = {"value": value, "ci95": None, "n_images": n, "n_sessions": sessions,
-                     "images": images}
+    has_lesion = lesion.reshape(len(w), -1).any(axis=1)
+    sessions = test["sessions"]
+    out["pointing_game_within_1_patch"] = {
+        "value": metrics_lib.pointing_game(w, lesion) if has_lesion.any() else None,
+        "ci95": None, "n_images": int(has_lesion.sum()),
+        "n_sessions": len(np.unique(sessions[has_lesion])),
+        "images": "images with a lesion patch; hit = top-weighted patch within 1 patch of one",
+    }
+    out["fitted_centre_error_patches"] = {
+        "value": metrics_lib.centre_error(test["regulators"], cervix), "ci95": None,
+        "n_images": len(w), "n_sessions": len(np.unique(sessions)),
+        "images": "all images: centre of the Gaussian fitted to each heatmap vs the true cervix",
+    }
     return out
 
 

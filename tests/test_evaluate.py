@@ -51,3 +51,23 @@ def test_bce_matches_sklearn_log_loss():
     labels = rng.integers(0, 2, 50)
     want = log_loss(labels, 1 / (1 + np.exp(-logits)))
     np.testing.assert_allclose(evaluate.bce(logits, labels), want, rtol=1e-9)
+
+
+def test_explanation_counts_the_images_each_metric_uses():
+    grid = 4
+    w = np.full((3, grid, grid), 0.1)
+    w[0, 1, 1] = 1.0  # image 0: top patch on its lesion
+    w[1, 3, 3] = 1.0  # image 1: top patch two patches from its lesion
+    lesion = np.zeros((3, grid, grid), bool)
+    lesion[0, 1, 1] = lesion[1, 0, 0] = True  # image 2 (normal) has none
+    cervix = np.tile([2.0, 2.0, 1.0, 0.0, 1.0], (3, 1))
+    test = {"weights": w, "truth_lesion": lesion, "truth_cervix": cervix,
+            "regulators": cervix + [0.3, 0.4, 0, 0, 0], "labels": np.array([1, 1, 0]),
+            "sessions": np.array(["a", "b", "b"])}
+    out = evaluate.explanation(_config(), test)
+    within = out["pointing_game_within_1_patch"]
+    assert within["value"] == 0.5 and within["n_images"] == 2 and within["n_sessions"] == 2
+    assert np.isclose(out["fitted_centre_error_patches"]["value"], 0.5)  # hypot(0.3, 0.4)
+    assert out["mass_in_cervix_normal"]["n_images"] == 1
+    none = evaluate.explanation(_config(), {**test, "truth_lesion": np.zeros_like(lesion)})
+    assert none["pointing_game_within_1_patch"]["value"] is None
