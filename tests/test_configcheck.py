@@ -35,6 +35,10 @@ def test_shipped_configs_pass(module):
         ("regulator.lam", -0.1, ">= 0"),
         ("model.dtype", "float16", "one of ('float32', 'bfloat16')"),
         ("eval.threshold_criterion", "best", "one of"),
+        ("train.class_weight", "inverse", "one of ('none', 'balanced')"),
+        ("data.augmentation.rotation", 90.0, "[0, 45] (small rotations only"),
+        ("data.augmentation.blur", -1.0, "sigma in px in [0, 10]"),
+        ("data.augmentation.scale", 1.5, "[0, 1)"),
     ],
 )
 def test_out_of_range_settings_name_the_setting(key, value, words):
