@@ -107,6 +107,22 @@ def get_config() -> ml_collections.ConfigDict:
     # 4e9 at learning rate 1e2), stops the run before anything is saved.
     config.train.max_bce = 1e3
 
+    # Self-supervised pretraining of the patch encoder (python -m jaxcerv.pretrain): contrastive
+    # (NT-Xent) on pairs of views of random tissue patches of every photograph under images_dir.
+    config.pretrain = ml_collections.ConfigDict()
+    config.pretrain.images_dir = ""  # "" -> config.data.manual_dir
+    config.pretrain.epochs = 10
+    config.pretrain.steps_per_epoch = 50
+    config.pretrain.batch_patches = 256  # patches per step (two views each)
+    config.pretrain.learning_rate = 1e-3
+    config.pretrain.temperature = 0.2
+    config.pretrain.projection = (128, 64)  # the head after the encoder (pretraining only)
+
+    # The hand-crafted baseline (python -m jaxcerv.handcrafted): scikit-learn's C, the inverse
+    # L2 strength of its logistic regression (small: ~40 features, tens of training images).
+    config.handcrafted = ml_collections.ConfigDict()
+    config.handcrafted.c = 0.1
+
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 32
     config.eval.threshold_criterion = "youden"
