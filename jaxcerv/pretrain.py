@@ -188,21 +188,26 @@ def sample_views(
 # ------------------------------------------------------------------ the encoder's file
 
 
+def _flat_encoder(params: Any) -> dict[str, Any]:
+    flat = flax.traverse_util.flatten_dict(params["encoder"], sep="/")
+    return {f"{PREFIX}/{k}": v for k, v in flat.items()}
+
+
 def encoder_arrays(params: Any) -> dict[str, np.ndarray]:
     """Flat ``PatchEncoder/<layer>/<name>`` arrays of ``params["encoder"]``."""
-    flat = flax.traverse_util.flatten_dict(params["encoder"], sep="/")
-    return {f"{PREFIX}/{k}": np.asarray(v) for k, v in flat.items()}
+    return {k: np.asarray(v) for k, v in _flat_encoder(params).items()}
 
 
 def load_encoder(path: str | os.PathLike[str], params: Any) -> Any:
     """``params`` (a `PatchWiseModel`'s) with ``params["encoder"]`` replaced by the pretrained
-    encoder in ``path``; every name and shape must match, else one line saying which."""
+    encoder in ``path``; every name and shape must match, else one line saying which. Works on
+    traced parameters too (inside ``jax.jit`` of an initialiser)."""
     try:
         with np.load(path) as z:
             saved = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
         raise RunError(f"{os.fspath(path)}: not a readable encoder file ({e})") from None
-    want = encoder_arrays(params)
+    want = _flat_encoder(params)
     if saved.keys() != want.keys():
         raise RunError(
             f"{os.fspath(path)} holds {sorted(saved)}, the model's encoder needs {sorted(want)}: "
@@ -347,10 +352,12 @@ def _epoch(config, setup: Pretraining, step_fn, state: PretrainState, epoch: int
 
 def main(argv: list[str]) -> None:
     del argv
-    from absl import flags
+    from absl import flags, logging
 
     from jaxcerv import configcheck
 
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     config = flags.FLAGS["config"].value
     try:
         configcheck.check_config(config)
