@@ -263,21 +263,24 @@ def _initial_state(config: ml_collections.ConfigDict, setup: Pretraining) -> Pre
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (or resume) and write ``W/encoder.npz`` and ``W/results.json``."""
+    """Train (or resume) and write ``W/encoder.npz`` and ``W/results.json``. A folder without
+    photographs is refused before anything is written."""
+    folder = config.pretrain.images_dir or config.data.manual_dir
+    paths = find_images(folder)
     run = RunDir(workdir)
     run.makedirs()
     acquire_lock(run)
     try:
-        return _pretrain(config, run)
+        return _pretrain(config, run, folder, paths)
     finally:
         release_lock(run)
 
 
-def _pretrain(config: ml_collections.ConfigDict, run: RunDir) -> dict[str, Any]:
+def _pretrain(
+    config: ml_collections.ConfigDict, run: RunDir, folder: str, paths: list[Path]
+) -> dict[str, Any]:
     pc = config.pretrain
     write_json(run.config, config.to_dict())
-    folder = pc.images_dir or config.data.manual_dir
-    paths = find_images(folder)
     t0 = time.perf_counter()
     with reporting.announce(f"reading {len(paths)} photographs under {folder}"):
         photos = load_images(paths, config)
@@ -350,6 +353,13 @@ def _epoch(config, setup: Pretraining, step_fn, state: PretrainState, epoch: int
     }
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """``jaxcerv.main``'s flag parser: a bad ``--config.`` override is one line, exit 2."""
+    from jaxcerv import main as main_lib
+
+    return main_lib.parse_flags(argv)
+
+
 def main(argv: list[str]) -> None:
     del argv
     from absl import flags, logging
@@ -374,7 +384,7 @@ if __name__ == "__main__":
     from absl import app
 
     from jaxcerv import configs
-    from jaxcerv import main as main_lib  # defines --config and --workdir, one flag style
+    from jaxcerv import main as main_lib  # noqa: F401  (defines --config and --workdir)
 
     sys.argv = [sys.argv[0], *configs.resolve_args(sys.argv[1:])]
-    app.run(main, flags_parser=main_lib.parse_flags)
+    app.run(main, flags_parser=parse_flags)

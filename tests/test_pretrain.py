@@ -104,6 +104,7 @@ def test_a_folder_without_photographs_is_one_line(tmp_path):
     (tmp_path / "photos").mkdir()
     with pytest.raises(RunError, match="no .jpg/.jpeg/.png files"):
         pretrain.pretrain(_config(tmp_path), str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
 
 
 def test_frozen_encoder_stays_put_for_the_first_steps_only():
