@@ -103,7 +103,8 @@ def _set_up(config, run: RunDir, source, records, split, mesh) -> Fold:
         )
     model = model_lib.from_config(config)
     tx = steps.make_optimizer(config)
-    weights = losses.class_weights(records.labels[train_idx], config.train.class_weight)
+    weights = losses.class_weights(records.labels[train_idx],
+                                   config.train.get("class_weight", "none"))
     train_step, eval_step = steps.jit_steps(config, model, tx, mesh, weights)
     state = parallel.replicated_init(
         functools.partial(steps.create_train_state, config, model, tx, len(train_idx)),
