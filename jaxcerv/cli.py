@@ -52,6 +52,13 @@ def _define_train() -> Callable[[list[str]], None]:
     return train_main.main
 
 
+def _define_pretrain() -> Callable[[list[str]], None]:
+    from jaxcerv import main as train_main  # noqa: F401  (defines --config and --workdir)
+    from jaxcerv import pretrain
+
+    return pretrain.main
+
+
 def _define_predict() -> Callable[[list[str]], int]:
     workdir = flags.DEFINE_string("workdir", None, "Run folder: best checkpoint, threshold.")
     checkpoint = flags.DEFINE_string(
@@ -232,6 +239,11 @@ COMMANDS: dict[str, Command] = {
         "train and evaluate; rerun to resume",
         "jaxcerv train --config=NAME|FILE --workdir=DIR [--config.a.b=value ...]",
         _define_train,
+    ),
+    "pretrain": Command(
+        "self-supervised pretraining of the patch encoder on a folder of photographs",
+        "jaxcerv pretrain --config=NAME|FILE --workdir=DIR [--config.pretrain.images_dir=DIR]",
+        _define_pretrain,
     ),
     "predict": Command(
         "score image files: probability, label, heatmap",

@@ -14,6 +14,7 @@ from typing import Any
 from jaxcerv import regulator
 from jaxcerv.conv import IMPLS
 from jaxcerv.data.images import RESIZE_POLICIES
+from jaxcerv.losses import CLASS_WEIGHTS
 from jaxcerv.metrics import THRESHOLD_CRITERIA
 
 DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder")
@@ -46,6 +47,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
     layers = len(tuple(_get(config, features))) if _has(config, features) else 3
     is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     is_num = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    fraction = lambda v: is_num(v) and 0 <= v < 1  # noqa: E731
     positive_ints = lambda v: len(tuple(v)) > 0 and all(is_int(x) and x >= 1 for x in v)  # noqa: E731
     return [
         ("seed", is_int, "an integer"),
@@ -64,6 +66,20 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("data.num_folds", lambda v: is_int(v) and (v == 0 or v >= 2), "0 (one split) or >= 2"),
         ("data.num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ("data.prefetch", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        ("data.augment", lambda v: isinstance(v, bool), "True or False"),
+        ("data.balanced_sampling", lambda v: isinstance(v, bool), "True or False"),
+        ("data.augmentation.flip", lambda v: isinstance(v, bool), "True or False"),
+        ("data.augmentation.colour", fraction, "a number in [0, 1)"),
+        ("data.augmentation.rotation", lambda v: is_num(v) and 0 <= v <= 45,
+         "a number of degrees in [0, 45] (small rotations only: the view is always from below)"),
+        ("data.augmentation.scale", fraction, "a number in [0, 1)"),
+        ("data.augmentation.translate", lambda v: is_num(v) and 0 <= v <= 0.5,
+         "a fraction of the side in [0, 0.5]"),
+        ("data.augmentation.white_balance", fraction, "a number in [0, 1)"),
+        ("data.augmentation.illumination", lambda v: is_num(v) and 0 <= v <= 1,
+         "a number in [0, 1]"),
+        ("data.augmentation.blur", lambda v: is_num(v) and 0 <= v <= 10,
+         "a Gaussian sigma in px in [0, 10]"),
         ("model.conv_features", positive_ints, "a non-empty list of integers >= 1"),
         ("model.weight_hidden", lambda v: all(is_int(x) and x >= 1 for x in v),
          "a list of integers >= 1"),
@@ -83,8 +99,19 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("train.learning_rate", lambda v: is_num(v) and math.isfinite(v) and v > 0,
          "a finite number > 0"),
         ("train.patience", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("train.class_weight", lambda v: v in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
         ("train.max_bce", lambda v: is_num(v) and v > 0, "a number > 0"),
         ("train.log_every_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("pretrain.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("pretrain.steps_per_epoch", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("pretrain.batch_patches", lambda v: is_int(v) and v >= 2, "an integer >= 2"),
+        ("pretrain.learning_rate", lambda v: is_num(v) and math.isfinite(v) and v > 0,
+         "a finite number > 0"),
+        ("pretrain.temperature", lambda v: is_num(v) and math.isfinite(v) and v > 0,
+         "a finite number > 0"),
+        ("pretrain.projection", positive_ints, "a non-empty list of integers >= 1"),
+        ("handcrafted.c", lambda v: is_num(v) and math.isfinite(v) and v > 0,
+         "a finite number > 0"),
         ("eval.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("eval.threshold_criterion", lambda v: v in THRESHOLD_CRITERIA,
          f"one of {THRESHOLD_CRITERIA}"),

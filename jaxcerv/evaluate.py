@@ -19,8 +19,11 @@ from jaxcerv.data import pipeline
 from jaxcerv.rundir import RunDir
 
 
-def process_batches(config, source, indices, *, batch_size, epoch, train) -> Iterator[dict]:
-    """This process's share of each global batch."""
+def process_batches(
+    config, source, indices, *, batch_size, epoch, train, labels=None
+) -> Iterator[dict]:
+    """This process's share of each global batch (``labels`` of ``indices``: needed in training
+    when ``config.data.balanced_sampling`` is on)."""
     return pipeline.batches(
         source,
         indices,
@@ -28,12 +31,13 @@ def process_batches(config, source, indices, *, batch_size, epoch, train) -> Ite
         seed=config.seed,
         epoch=epoch,
         shuffle=train,
-        augment=train and config.data.augment,
+        augment=pipeline.Augment.from_config(config.data) if train else None,
         drop_remainder=train,
         num_workers=config.data.num_workers,
         prefetch=config.data.prefetch,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
+        balance=labels if train and config.data.get("balanced_sampling") else None,
     )
 
 

@@ -68,8 +68,12 @@ def make_train_step(
     config: ml_collections.ConfigDict,
     model: model_lib.PatchWiseModel,
     tx: optax.GradientTransformation,
+    class_weights: Any = (1.0, 1.0),
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted train step for this config (jit it with donation: see ``jit_steps``).
+
+    ``class_weights`` (w_0, w_1) weight each image's BCE in the loss (``losses.class_weights``);
+    the logged ``bce_sum`` stays unweighted, so it is comparable across settings.
 
     ``metrics["healthy"]`` is false when the loss, a gradient, a new parameter or a regulator is
     not finite, or the batch's mean BCE exceeds ``config.train.max_bce``: the loop stops on it
@@ -78,6 +82,7 @@ def make_train_step(
     mode, lam, fit_on = config.regulator.mode, config.regulator.lam, config.regulator.fit_on
     max_bce = config.train.max_bce
     grid = (config.grid_size, config.grid_size)
+    cw = tuple(float(w) for w in class_weights)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, dropout_rng = jax.random.split(state.rng)
@@ -93,7 +98,9 @@ def make_train_step(
             )
             bce = losses.classification_loss(out.logits, batch["label"])
             spatial = regulator.spatial_loss(out.weights, density)
-            total = losses.combined_loss(bce, spatial, lam, mode)
+            total = losses.combined_loss(
+                losses.weighted(bce, batch["label"], cw), spatial, lam, mode
+            )
             return jnp.sum(total * mask) / count, (bce, spatial, out.weights)
 
         (loss, (bce, spatial, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -149,11 +156,11 @@ def jit_eval_step(config: ml_collections.ConfigDict, model: model_lib.PatchWiseM
     )
 
 
-def jit_steps(config, model, tx, mesh):
+def jit_steps(config, model, tx, mesh, class_weights: Any = (1.0, 1.0)):
     """Jit both steps over the mesh: batch split on ``data``, state replicated and donated."""
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(config, model, tx),
+        make_train_step(config, model, tx, class_weights),
         in_shardings=(rep, data),
         out_shardings=(rep, rep),
         donate_argnums=0,

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxcerv import evaluate, parallel, regulator, steps
+from jaxcerv import evaluate, losses, parallel, regulator, steps
 from jaxcerv import metrics as metrics_lib
 from jaxcerv import model as model_lib
 from jaxcerv import progress as reporting
@@ -103,7 +103,9 @@ def _set_up(config, run: RunDir, source, records, split, mesh) -> Fold:
         )
     model = model_lib.from_config(config)
     tx = steps.make_optimizer(config)
-    train_step, eval_step = steps.jit_steps(config, model, tx, mesh)
+    weights = losses.class_weights(records.labels[train_idx],
+                                   config.train.get("class_weight", "none"))
+    train_step, eval_step = steps.jit_steps(config, model, tx, mesh, weights)
     state = parallel.replicated_init(
         functools.partial(steps.create_train_state, config, model, tx, len(train_idx)),
         mesh,
@@ -196,7 +198,7 @@ def _train_epoch(
     n_steps = len(fold.split["train"]) // config.train.batch_size
     batches = evaluate.process_batches(
         config, fold.source, fold.split["train"], batch_size=config.train.batch_size,
-        epoch=epoch, train=True,
+        epoch=epoch, train=True, labels=fold.records.labels[fold.split["train"]],
     )
     writer = parallel.is_writer()
     # A redrawn bar on a terminal; in a log file a plain line every 30 s.

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from configs import default, paper, smoke
+from configs import default, iarc_atlas, paper, smoke
 from jaxcerv import configcheck
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", [default, paper, smoke])
+@pytest.mark.parametrize("module", [default, paper, smoke, iarc_atlas])
 def test_shipped_configs_pass(module):
     configcheck.check_config(module.get_config())
 
@@ -35,6 +35,10 @@ def test_shipped_configs_pass(module):
         ("regulator.lam", -0.1, ">= 0"),
         ("model.dtype", "float16", "one of ('float32', 'bfloat16')"),
         ("eval.threshold_criterion", "best", "one of"),
+        ("train.class_weight", "inverse", "one of ('none', 'balanced')"),
+        ("data.augmentation.rotation", 90.0, "[0, 45] (small rotations only"),
+        ("data.augmentation.blur", -1.0, "sigma in px in [0, 10]"),
+        ("data.augmentation.scale", 1.5, "[0, 1)"),
     ],
 )
 def test_out_of_range_settings_name_the_setting(key, value, words):

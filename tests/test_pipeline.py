@@ -204,3 +204,137 @@ def test_data_dir_defaults_to_the_workdir(tmp_path):
     config.data.data_dir = ""
     builder = pipeline.dataset_builder(config, tmp_path / "run")
     assert str(builder.data_dir).startswith(str(tmp_path / "run" / "tfds"))
+
+
+# ------------------------------------------------------------- colposcopy augmentation
+
+
+def _blob(h: int = 64, w: int = 80, at: tuple[float, float] = (50.0, 20.0)) -> np.ndarray:
+    """A bright Gaussian spot (sigma 3 px) centred at (x, y) = ``at`` on black."""
+    y, x = np.mgrid[:h, :w]
+    spot = 250 * np.exp(-((x - at[0]) ** 2 + (y - at[1]) ** 2) / (2 * 3.0**2))
+    return np.repeat(spot[..., None], 3, axis=2).astype(np.uint8)
+
+
+def _centroid(image: np.ndarray) -> np.ndarray:
+    m = image[..., 0].astype(np.float64)
+    y, x = np.mgrid[: m.shape[0], : m.shape[1]]
+    return np.array([(m * x).sum(), (m * y).sum()]) / m.sum()
+
+
+def test_geometry_moves_a_spot_where_the_affine_formula_says():
+    spec = pipeline.Augment(flip=False, colour=0.0, rotation=15.0, scale=0.2, translate=0.1)
+    image = _blob()
+    h, w = image.shape[:2]
+    for seed in range(6):
+        out = pipeline.augment_image(image, np.random.default_rng(seed), spec)
+        draws = np.random.default_rng(seed)  # augment_image's documented order
+        draws.random(), draws.uniform(1, 1, 3)
+        degrees, zoom = draws.uniform(-15, 15), draws.uniform(0.8, 1.2)
+        shift = draws.uniform(-0.1, 0.1, 2) * (w, h)
+        # Oracle: the forward map applied by hand to the spot's centre (pixel centres at +0.5).
+        t = np.deg2rad(degrees)
+        rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+        centre = np.array([w / 2, h / 2])
+        expected = zoom * rot @ (np.array([50.5, 20.5]) - centre) + centre + shift - 0.5
+        np.testing.assert_allclose(_centroid(out), expected, atol=0.3)
+
+
+def test_geometry_keeps_the_view_upright_never_a_vertical_flip():
+    spec = pipeline.Augment(rotation=10.0, scale=0.1, translate=0.05, white_balance=0.1,
+                            illumination=0.3, blur=1.0)
+    image = _blob(at=(40.0, 12.0))  # near the top edge
+    for seed in range(20):
+        out = pipeline.augment_image(image, np.random.default_rng(seed), spec)
+        assert _centroid(out)[1] < 24  # stays in the top part; a vertical flip sends it to 51
+
+
+def test_blur_spreads_a_point_by_the_drawn_sigma():
+    spec = pipeline.Augment(flip=False, colour=0.0, blur=2.0)
+    image = np.zeros((41, 41, 3), np.uint8)
+    image[20, 20] = 255
+    for seed in range(4):
+        out = pipeline.augment_image(image, np.random.default_rng(seed), spec)
+        draws = np.random.default_rng(seed)
+        draws.random(), draws.uniform(1, 1, 3)
+        sigma = draws.uniform(0, 2.0)
+        m = out[..., 0].astype(np.float64)
+        x = np.arange(41) - 20
+        variance = (m.sum(axis=0) * x**2).sum() / m.sum()
+        # Pillow approximates the Gaussian with box filters; uint8 rounding loses the tails.
+        assert abs(np.sqrt(variance) - sigma) < 0.35, (np.sqrt(variance), sigma)
+
+
+def test_white_balance_and_illumination_follow_their_formulas():
+    spec = pipeline.Augment(flip=False, colour=0.0, white_balance=0.2, illumination=0.4)
+    image = np.full((30, 50, 3), 120, np.uint8)
+    out = pipeline.augment_image(image, np.random.default_rng(3), spec)
+    draws = np.random.default_rng(3)
+    draws.random(), draws.uniform(1, 1, 3)
+    gains = draws.uniform(0.8, 1.2, 3)
+    angle, amplitude = draws.uniform(0, 2 * np.pi), draws.uniform(0, 0.4)
+    u, v = np.meshgrid(np.linspace(-1, 1, 50), np.linspace(-1, 1, 30))
+    field = 1 + amplitude / 2 * (u * np.cos(angle) + v * np.sin(angle))
+    expected = np.clip(np.rint(120 * gains[None, None, :] * field[..., None]), 0, 255)
+    assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index():
+    spec = pipeline.Augment(rotation=10.0, scale=0.1, translate=0.05, blur=1.0)
+    source = [
+        {"image": np.random.default_rng(i).integers(0, 256, (SIDE * 2, SIDE * 2, 3), np.uint8),
+         "label": i % 2, "grade": 0, "id": str(i)}
+        for i in range(8)
+    ]
+    a = _all(source, np.arange(8), augment=spec)
+    b = _all(source, np.arange(8), augment=spec, num_workers=2)
+    assert _equal(a, b)
+    c = _all(source, np.arange(8), augment=spec, epoch=1)
+    assert not _equal(a, c)
+
+
+def test_augment_from_config_reads_the_spec():
+    config = ml_collections.ConfigDict({"augment": True, "augmentation": {"rotation": 7.0,
+                                                                          "blur": 0.5}})
+    spec = pipeline.Augment.from_config(config)
+    assert spec == pipeline.Augment(rotation=7.0, blur=0.5)
+    config.augment = False
+    assert pipeline.Augment.from_config(config) is None
+
+
+# ------------------------------------------------------------------- balanced sampling
+
+
+def test_balanced_epochs_draw_each_class_half_the_time_and_use_every_image():
+    labels = np.array([1] * 20 + [0] * 4)
+    rng_epochs = [pipeline.balanced_order(labels, np.random.default_rng([0, e]))
+                  for e in range(50)]
+    n = len(labels)
+    drawn = np.concatenate(rng_epochs) % n
+    assert all(len(o) == n for o in rng_epochs)
+    share = labels[drawn].mean()
+    assert abs(share - 0.5) < 0.05  # binomial sd over 1200 draws: 0.014
+    counts = np.bincount(drawn, minlength=n)
+    # Within a class every image is drawn equally often, up to one per epoch.
+    for c in (0, 1):
+        members = counts[labels == c]
+        assert members.max() - members.min() <= 50
+    assert counts[labels == 0].mean() > 4 * counts[labels == 1].mean()
+
+
+def test_balanced_batches_give_repeats_their_own_augmentation():
+    source = [
+        {"image": np.random.default_rng(i).integers(0, 256, (SIDE, SIDE, 3), np.uint8),
+         "label": int(i < 2), "grade": 0, "id": str(i)}
+        for i in range(8)
+    ]
+    labels = np.array([s["label"] for s in source])
+    batches = _all(source, np.arange(8), augment=True, balance=labels, drop_remainder=True)
+    index = np.concatenate([b["index"] for b in batches])
+    images = np.concatenate([b["image"] for b in batches])
+    assert set(index.tolist()) <= set(range(8))
+    assert labels[index].sum() >= 2  # the 2 positives come back more than once
+    for i in (0, 1):
+        rows = np.flatnonzero(index == i)
+        for r in rows[1:]:
+            assert not np.array_equal(images[rows[0]], images[r])

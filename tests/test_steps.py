@@ -168,3 +168,21 @@ def test_step_reports_divergence():
     _, _, state, step, batch = _setup()
     _, m = step(state.replace(params=poisoned), batch)
     assert not bool(m["healthy"])
+
+
+def test_class_weights_scale_each_images_bce_in_the_loss():
+    """The loss of a step with class weights (w0, w1) = the hand-weighted mean of the per-image
+    BCE (unmasked rows) plus lambda * spatial; the logged BCE stays unweighted."""
+    config, model, state, _, batch = _setup("none")  # no spatial term: the loss is the BCE
+    weights = (3.0, 0.5)
+    weighted_step = jax.jit(steps.make_train_step(config, model, steps.make_optimizer(config),
+                                                  weights))
+    out = model.apply({"params": state.params}, batch["image"])
+    logits, labels = np.asarray(out.logits, np.float64), np.asarray(batch["label"])
+    bce = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
+    keep = np.asarray(batch["mask"])
+    w = np.where(labels == 1, weights[1], weights[0])
+    _, m = weighted_step(state, batch)
+    assert float(m["loss_sum"] / m["count"]) == pytest.approx(
+        (w * bce)[keep].sum() / keep.sum(), rel=1e-4)
+    assert float(m["bce_sum"]) == pytest.approx(bce[keep].sum(), rel=1e-4)

@@ -49,7 +49,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.test_fraction = 0.2
     config.data.num_folds = 0  # 0: one train/val/test split; k: grouped k-fold CV
     config.data.splits_file = ""
-    config.data.augment = False  # horizontal flip + colour jitter only, never vertical
+    config.data.augment = False  # training augmentation on/off; what it does: augmentation
+    # jaxcerv.data.pipeline.Augment: these defaults are a horizontal flip and colour jitter only;
+    # never a vertical flip. configs/iarc_atlas.py turns on the geometric and photometric terms.
+    config.data.augmentation = ml_collections.ConfigDict()
+    aug = config.data.augmentation
+    aug.flip = True
+    aug.colour = 0.1
+    aug.rotation = 0.0  # degrees
+    aug.scale = 0.0
+    aug.translate = 0.0  # fraction of the side
+    aug.white_balance = 0.0
+    aug.illumination = 0.0
+    aug.blur = 0.0  # max Gaussian sigma, px
+    # Class-balanced epochs: half of each epoch's draws from each class (the rarer class repeated).
+    config.data.balanced_sampling = False
     config.data.num_workers = 0
     config.data.prefetch = 2
 
@@ -86,10 +100,28 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.learning_rate = 1e-3
     config.train.patience = 4  # early stopping: epochs without a better validation AUC
     config.train.log_every_steps = 10
+    # "balanced": each class's BCE weighted by n / (2 n_class) of the training split (losses.py).
+    config.train.class_weight = "none"
     # Divergence guard: a step whose loss, gradients, parameters or regulators are not finite, or
     # whose mean BCE exceeds this (a trained classifier's stays below ~10; a diverged one reached
     # 4e9 at learning rate 1e2), stops the run before anything is saved.
     config.train.max_bce = 1e3
+
+    # Self-supervised pretraining of the patch encoder (python -m jaxcerv.pretrain): contrastive
+    # (NT-Xent) on pairs of views of random tissue patches of every photograph under images_dir.
+    config.pretrain = ml_collections.ConfigDict()
+    config.pretrain.images_dir = ""  # "" -> config.data.manual_dir
+    config.pretrain.epochs = 10
+    config.pretrain.steps_per_epoch = 50
+    config.pretrain.batch_patches = 256  # patches per step (two views each)
+    config.pretrain.learning_rate = 1e-3
+    config.pretrain.temperature = 0.2
+    config.pretrain.projection = (128, 64)  # the head after the encoder (pretraining only)
+
+    # The hand-crafted baseline (python -m jaxcerv.handcrafted): scikit-learn's C, the inverse
+    # L2 strength of its logistic regression (small: ~40 features, tens of training images).
+    config.handcrafted = ml_collections.ConfigDict()
+    config.handcrafted.c = 0.1
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 32

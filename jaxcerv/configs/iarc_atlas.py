@@ -1,7 +1,19 @@
-"""5-fold grouped (by case) cross-validation on the IARC colposcopy atlas subset in
-../shared/data/iarc-colposcopy-atlas (VIA images only; see its README). The photographs are
-800x600, so they are letterboxed into 24x24 patches of 28 px (672 px) rather than upsampled to the
-paper's 1176 px. Few images (75) and cases (47): expect wide intervals."""
+"""The small-data recipe: 5-fold grouped (by case) cross-validation on the IARC colposcopy atlas
+subset in ../shared/data/iarc-colposcopy-atlas (VIA images only; see its README).
+
+    python -m jaxcerv.main --config=configs/iarc_atlas.py --workdir=runs/atlas
+    python -m jaxcerv.handcrafted --config=configs/iarc_atlas.py --workdir=runs/atlas_handcrafted
+    python -m jaxcerv.pretrain --config=configs/iarc_atlas.py --workdir=runs/atlas_pretrain
+
+The photographs are 800x600, so they are letterboxed into 24x24 patches of 28 px (672 px) rather
+than upsampled to the paper's 1176 px. 75 images of 47 cases, 61 of them CIN2+: the class
+weights are balanced (otherwise the model learns the prior and every probability sits near
+0.8), and augmentation adds small rotations, zoom, shifts, white balance, an illumination
+gradient and mild blur (never a vertical flip). Measured (README "Small data sets"): 5-fold test
+ROC AUC 0.67 +- 0.23, pooled out-of-fold 0.58 (95% CI 0.35-0.77) with seed 0; 0.60 +- 0.19,
+pooled 0.54 (0.35-0.75) with seed 1: short of the 0.70 target, and the seeds differ as much as
+the methods do. The pretraining section took 7 minutes on the loaded 2-core machine.
+"""
 
 import ml_collections
 
@@ -18,10 +30,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_folds = 5
     config.data.val_fraction = 0.15
     config.data.augment = True
+    aug = config.data.augmentation
+    aug.rotation = 10.0
+    aug.scale = 0.1
+    aug.translate = 0.05
+    aug.white_balance = 0.05
+    aug.illumination = 0.2
+    aug.blur = 0.8
+    config.train.class_weight = "balanced"
     config.train.batch_size = 8
-    config.train.epochs = 40
+    config.train.epochs = 20
     config.train.learning_rate = 3e-4
-    config.train.patience = 8
+    config.train.patience = 6
     config.eval.batch_size = 8
     config.eval.num_heatmaps = 4
+    # Every photograph of the atlas folder, all stages (Lugol's iodine, saline, green filter),
+    # unlabelled: 230 images.
+    config.pretrain.epochs = 10
+    config.pretrain.steps_per_epoch = 50
     return config

@@ -16,6 +16,7 @@ from typing import Any
 import grain
 import numpy as np
 from absl import flags
+from PIL import Image, ImageFilter
 
 from jaxcerv.data import builders
 
@@ -110,51 +111,136 @@ def _text(value: bytes | str) -> str:
 # ----------------------------------------------------------------------------- batches
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random horizontal flip and mild brightness/contrast/saturation jitter (within 10%).
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """What training augmentation may change, and how far (``config.data.augmentation``).
 
-    Never a vertical flip: colposcopy images are always taken from below with the anterior lip
-    up, and the spatial regulator learns where lesions sit in that frame; flipping vertically
-    would contradict the prior the model is regularised towards. Horizontal (left/right) symmetry
-    of the cervix does hold.
-
-    The jitter is, in order, brightness (x * b), contrast (around the mean luma, factor c) and
-    saturation (around each pixel's luma, factor s). All three are linear, so they are applied as
-    one 3x3 colour matrix plus an offset, on channel planes (numpy's (N,3)@(3,3) is slow).
+    The defaults are the original light augmentation (horizontal flip, colour jitter within
+    10%); the geometric, white-balance, illumination and blur terms are off unless set. Never a
+    vertical flip and only small rotations: colposcopy images are always taken from below with
+    the anterior lip up, and the spatial regulator learns where lesions sit in that frame.
     """
-    if rng.random() < 0.5:
+
+    flip: bool = True  # horizontal (left/right): the cervix is roughly symmetric that way
+    colour: float = _COLOUR_JITTER  # brightness, contrast, saturation factors in [1-c, 1+c]
+    rotation: float = 0.0  # degrees, uniform in [-r, r] about the image centre
+    scale: float = 0.0  # zoom factor in [1-s, 1+s]
+    translate: float = 0.0  # shift, fraction of the side, each axis in [-t, t]
+    white_balance: float = 0.0  # per-channel gain in [1-w, 1+w]: the light source's colour
+    illumination: float = 0.0  # linear light gradient across the image, amplitude up to this
+    blur: float = 0.0  # Gaussian blur, sigma uniform in [0, blur] px: defocus
+
+    @classmethod
+    def from_config(cls, data: Any) -> Augment | None:
+        """The spec ``config.data`` asks for; None when augmentation is off."""
+        if not data.augment:
+            return None
+        spec = data.get("augmentation")
+        return cls(**(spec.to_dict() if spec is not None else {}))
+
+
+def affine_coefficients(
+    size: tuple[int, int], degrees: float, zoom: float, shift: tuple[float, float]
+) -> tuple[float, ...]:
+    """PIL's AFFINE data (output pixel -> input pixel) for the forward map
+    out = zoom * R (in - c) + c + shift, R = [[cos, -sin], [sin, cos]] of ``degrees``, c the
+    image centre, (x, y) pixel coordinates with y pointing down (positive degrees turn the
+    picture clockwise on screen)."""
+    w, h = size
+    cx, cy = w / 2.0, h / 2.0
+    t = np.deg2rad(degrees)
+    # The inverse: in = R^-1 (out - c - shift) / zoom + c, R^-1 = [[cos, sin], [-sin, cos]].
+    a, b = np.cos(t) / zoom, np.sin(t) / zoom
+    d, e = -np.sin(t) / zoom, np.cos(t) / zoom
+    ox, oy = cx + shift[0], cy + shift[1]
+    return (a, b, cx - a * ox - b * oy, d, e, cy - d * ox - e * oy)
+
+
+def augment_image(
+    image: np.ndarray, rng: np.random.Generator, spec: Augment = Augment()
+) -> np.ndarray:
+    """One random draw of ``spec``'s changes, all from ``rng`` in a fixed order.
+
+    Order: flip, colour factors, then (each only when enabled) rotation/zoom/shift, white
+    balance, illumination gradient, blur. The colour jitter is, in order, brightness (x * b),
+    contrast (around the mean luma, factor c) and saturation (around each pixel's luma, factor
+    s); with the white-balance gains these are all linear, so they are applied as one 3x3 colour
+    matrix plus an offset, on channel planes (numpy's (N,3)@(3,3) is slow). Geometry and blur
+    run in Pillow (C, a few ms at 672 px); pixels moved in from outside are black, like the
+    letterbox.
+    """
+    if rng.random() < 0.5 and spec.flip:  # drawn even when off: the order stays fixed
         image = image[:, ::-1]
-    brightness, contrast, saturation = rng.uniform(1 - _COLOUR_JITTER, 1 + _COLOUR_JITTER, 3)
+    brightness, contrast, saturation = rng.uniform(1 - spec.colour, 1 + spec.colour, 3)
+    if spec.rotation or spec.scale or spec.translate:
+        degrees = rng.uniform(-spec.rotation, spec.rotation)
+        zoom = rng.uniform(1 - spec.scale, 1 + spec.scale)
+        h, w = image.shape[:2]
+        shift = rng.uniform(-spec.translate, spec.translate, 2) * (w, h)
+        image = np.asarray(
+            Image.fromarray(np.ascontiguousarray(image)).transform(
+                (w, h), Image.Transform.AFFINE,
+                affine_coefficients((w, h), degrees, zoom, tuple(shift)),
+                resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0),
+            )
+        )
+    gains = rng.uniform(1 - spec.white_balance, 1 + spec.white_balance, 3) if spec.white_balance \
+        else np.ones(3)
+    field = None
+    if spec.illumination:
+        angle, amplitude = rng.uniform(0, 2 * np.pi), rng.uniform(0, spec.illumination)
+        field = illumination_field(image.shape[:2], angle, amplitude)
     planes = [image[..., k].astype(np.float32) for k in range(3)]
     mean_luma = brightness * sum(float(p.mean()) * w for p, w in zip(planes, _LUMA, strict=True))
     # saturation: out_j = s * x_j + (1 - s) * luma(x), luma(x) = sum_k w_k x_k
     mix = saturation * np.eye(3) + (1 - saturation) * np.outer(_LUMA, np.ones(3))
     mix *= brightness * contrast
-    offset = np.float32((1 - contrast) * mean_luma)  # luma weights sum to 1
+    offset = (1 - contrast) * mean_luma  # luma weights sum to 1
     out = np.empty(image.shape, np.uint8)
     acc = np.empty(image.shape[:2], np.float32)
     for j in range(3):
-        np.multiply(planes[0], np.float32(mix[0, j]), out=acc)
-        acc += planes[1] * np.float32(mix[1, j])
-        acc += planes[2] * np.float32(mix[2, j])
-        acc += offset
+        np.multiply(planes[0], np.float32(mix[0, j] * gains[j]), out=acc)
+        acc += planes[1] * np.float32(mix[1, j] * gains[j])
+        acc += planes[2] * np.float32(mix[2, j] * gains[j])
+        acc += np.float32(offset * gains[j])
+        if field is not None:
+            acc *= field
         np.clip(acc, 0, 255, out=acc)
         out[..., j] = np.rint(acc, out=acc)
+    if spec.blur:
+        sigma = rng.uniform(0, spec.blur)
+        out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(sigma)))
     return out
+
+
+def illumination_field(
+    shape: tuple[int, int], angle: float, amplitude: float
+) -> np.ndarray:
+    """(h, w) float32 multiplier 1 + amplitude * (u cos(angle) + v sin(angle)) / 2, with u, v
+    in [-1, 1] across the image: uneven light from one side, the mean brightness unchanged."""
+    h, w = shape
+    u = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
+    v = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
+    return 1 + np.float32(amplitude / 2) * (u * np.float32(np.cos(angle))
+                                            + v * np.float32(np.sin(angle)))
 
 
 @dataclasses.dataclass(frozen=True)
 class _LoadRow:
-    """Position in `indices` (or -1 for padding) -> one example; picklable for grain workers."""
+    """Plan entry -> one example; picklable for grain workers.
+
+    An entry is position + n * repeat (n = len(indices)): the position in `indices`, or -1 for
+    padding, and which repeat of that image in this epoch it is (balanced sampling draws the
+    minority class more than once; each repeat gets its own augmentation)."""
 
     source: Sequence[dict]
     indices: np.ndarray
     seed: int
     epoch: int
-    augment: bool
+    augment: Augment | None
 
-    def __call__(self, position: int) -> dict[str, np.ndarray]:
-        position = int(position)
+    def __call__(self, entry: int) -> dict[str, np.ndarray]:
+        repeat, position = divmod(int(entry), len(self.indices)) if entry >= 0 else (0, -1)
         record = self.source[int(self.indices[max(position, 0)])]
         image = np.asarray(record["image"], np.uint8)
         if position < 0:
@@ -165,9 +251,9 @@ class _LoadRow:
                 "index": np.int32(0),
                 "mask": np.bool_(False),
             }
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, 2, position])
-            image = augment_image(image, rng)
+        if self.augment is not None:
+            key = [self.seed, self.epoch, 2, position] + ([repeat] if repeat else [])
+            image = augment_image(image, np.random.default_rng(key), self.augment)
         return {
             "image": image,
             "label": np.int32(record["label"]),
@@ -187,17 +273,21 @@ def batch_plan(
     drop_remainder: bool,
     shard_index: int = 0,
     shard_count: int = 1,
+    balance: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(num_batches, batch_size // shard_count) positions in `indices`, -1 for padding.
+    """(num_batches, batch_size // shard_count) plan entries (see `_LoadRow`), -1 for padding.
 
     The global batch order depends only on (seed, epoch); process p of P takes columns
     [p*b/P, (p+1)*b/P) of each global batch, so the global batch is the same for any P.
+    ``balance``: the n labels; the epoch is then n draws, half from each class (`balanced_order`).
     """
     if batch_size < 1 or batch_size % shard_count:
         raise ValueError(f"batch_size {batch_size} must be a positive multiple of {shard_count}")
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
-    if shuffle:
+    if balance is not None:
+        order = balanced_order(np.asarray(balance), np.random.default_rng([seed, epoch, 3]))
+    elif shuffle:
         order = np.random.default_rng([seed, epoch, 1]).permutation(n)
     else:
         order = np.arange(n)
@@ -209,6 +299,26 @@ def batch_plan(
     return order.reshape(-1, batch_size)[:, shard_index * per : (shard_index + 1) * per]
 
 
+def balanced_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A shuffled epoch of len(labels) plan entries, half of each class (the odd one drawn).
+
+    Each class is repeated in fresh permutations until its half is filled, so a rare image
+    comes back as often as its class needs and every image of a class is used equally often
+    (within one). Repeats are encoded as position + n * repeat, so each gets its own
+    augmentation.
+    """
+    n = len(labels)
+    classes = np.unique(labels)
+    share = rng.multinomial(n, np.full(len(classes), 1 / len(classes)))
+    picks = []
+    for c, k in zip(classes, share, strict=True):
+        members = np.flatnonzero(labels == c)
+        rounds = -(-k // len(members))
+        drawn = np.concatenate([rng.permutation(members) + n * r for r in range(rounds)])
+        picks.append(drawn[:k])
+    return rng.permutation(np.concatenate(picks))
+
+
 def batches(
     source: Sequence[dict],
     indices: Sequence[int] | np.ndarray,
@@ -217,19 +327,22 @@ def batches(
     seed: int,
     epoch: int,
     shuffle: bool,
-    augment: bool,
+    augment: bool | Augment | None,
     drop_remainder: bool,
     num_workers: int = 0,
     prefetch: int = 2,
     shard_index: int = 0,
     shard_count: int = 1,
+    balance: np.ndarray | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Numpy batches of `source[indices[...]]`, deterministic from (seed, epoch).
 
     Yields image uint8 (b,S,S,3), label/grade/index int32 (b,), mask bool (b,), with
     b = batch_size // shard_count; `index` is the position in `indices`. Without drop_remainder
-    the last batch is padded (zero image, mask False, index 0). Augmentation is drawn per
-    (seed, epoch, position), so it does not depend on workers or sharding. prefetch is the number
+    the last batch is padded (zero image, mask False, index 0). ``augment``: an `Augment` spec,
+    True for the default one, False/None for none; drawn per (seed, epoch, position), so it does
+    not depend on workers or sharding. ``balance``: the labels of `indices`, for class-balanced
+    epochs (`balanced_order`). prefetch is the number
     of batches read ahead (0: synchronous). num_workers = 0 loads in up to 16 threads, which is
     usually fastest: decompression and augmentation release the GIL. num_workers > 0 uses grain
     worker processes, started anew for each call (seconds: they import grain and JAX), so they
@@ -239,12 +352,14 @@ def batches(
     plan = batch_plan(
         len(indices), batch_size=batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
         drop_remainder=drop_remainder, shard_index=shard_index, shard_count=shard_count,
+        balance=balance,
     )
+    spec = Augment() if augment is True else augment or None
     if plan.size == 0:
         return
     per_process = plan.shape[1]
     rows = grain.MapDataset.source(plan.reshape(-1)).map(
-        _LoadRow(source, indices, seed, epoch, augment)
+        _LoadRow(source, indices, seed, epoch, spec)
     )
     threads = min(_MAX_THREADS, os.cpu_count() or 1) if prefetch > 0 else 0
     if num_workers > 0:

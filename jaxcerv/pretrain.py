@@ -1,0 +1,390 @@
+"""Self-supervised pretraining of the patch encoder on unlabelled photographs (SimCLR-style
+contrastive learning on patches), and the pieces that start a classifier from it.
+
+`python -m jaxcerv.pretrain --config=configs/iarc_atlas.py --workdir=W` reads every JPEG/PNG under
+`config.pretrain.images_dir` (default: `config.data.manual_dir`; any folder works, including the
+atlas's Lugol's iodine, saline and green-filter views that the classifier never uses), resized
+as the classifier's images are, and trains `model.PatchEncoder` plus a projection head. Same
+lifecycle as training: `W/lock`, `W/config.json`, `checkpoints/latest` every epoch (rerun to
+resume; a finished run only rewrites the encoder), `metrics.jsonl` + TensorBoard, a progress
+line. The result is `W/encoder.npz`: the encoder's parameters under flat names
+`PatchEncoder/Conv_<i>/{kernel,bias}`; `load_encoder` puts them into a `PatchWiseModel`'s
+`params["encoder"]`, `freeze_encoder` holds them still for the first steps of fine-tuning.
+
+Why contrastive rather than masked reconstruction: the classifier uses the encoder's pooled
+3x3x48 feature as the description of a patch, and a contrastive loss trains exactly that output
+to tell patches apart while ignoring what does not matter (a few pixels of shift, mirror,
+exposure, focus); reconstruction would need a decoder and spends its capacity on restoring
+pixel colour and position, which the max-pools throw away. The colour jitter stays mild
+(exposure and contrast within 15%, no hue change) because acetowhitening, the VIA cue, is a
+colour change: strong colour augmentation would teach the encoder to ignore it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxcerv import model as model_lib
+from jaxcerv import progress as reporting
+from jaxcerv.checkpointing import Checkpoints
+from jaxcerv.data import images
+from jaxcerv.rundir import RunDir, RunError, acquire_lock, release_lock, write_json
+from jaxcerv.writer import MetricWriter
+
+PREFIX = "PatchEncoder"
+ENCODER_FILE = "encoder.npz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_MIN_TISSUE = 40  # a patch whose brightest channel averages below this is letterbox or shadow
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float) -> tuple[jax.Array, jax.Array]:
+    """SimCLR's NT-Xent loss of two views (B, D) and the fraction of anchors whose nearest
+    other embedding is their own positive (retrieval accuracy).
+
+    Embeddings are L2-normalised; each of the 2B anchors has one positive (the other view of
+    its patch) and 2B-2 negatives; the loss is the mean cross-entropy of picking the positive.
+    """
+    z = jnp.concatenate([z1, z2]).astype(jnp.float32)
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    n = z1.shape[0]
+    sim = z @ z.T / temperature
+    sim = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, sim)
+    positive = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+    loss = -jnp.mean(jax.nn.log_softmax(sim)[jnp.arange(2 * n), positive])
+    accuracy = jnp.mean(jnp.argmax(sim, axis=1) == positive)
+    return loss, accuracy
+
+
+class ContrastiveEncoder(nn.Module):
+    """The classifier's `PatchEncoder` (named "encoder", as in `PatchWiseModel`) plus a
+    projection head that only pretraining uses (SimCLR: the loss is taken after the head)."""
+
+    conv_features: tuple[int, ...]
+    conv_impl: str
+    projection: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, patches: jax.Array) -> jax.Array:
+        x = model_lib.normalise_pixels(patches, jnp.float32)
+        g = model_lib.PatchEncoder(self.conv_features, jnp.float32, self.conv_impl,
+                                   name="encoder")(x)
+        for width in self.projection[:-1]:
+            g = nn.relu(nn.Dense(width)(g))
+        return nn.Dense(self.projection[-1])(g)
+
+
+@flax.struct.dataclass
+class PretrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_step(net: ContrastiveEncoder, tx: optax.GradientTransformation, temperature: float):
+    def step(state: PretrainState, v1: jax.Array, v2: jax.Array):
+        def loss_fn(params):
+            return nt_xent(net.apply({"params": params}, v1), net.apply({"params": params}, v2),
+                           temperature)
+
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {
+            "loss": loss, "accuracy": acc, "finite": finite}
+
+    return jax.jit(step, donate_argnums=0)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def find_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every JPEG/PNG under ``folder`` (recursive, sorted: the order is part of the run)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise RunError(f"config.pretrain.images_dir={os.fspath(folder)!r} is not a folder: point "
+                       "it at a folder of photographs")
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise RunError(f"no .jpg/.jpeg/.png files under {root}: point config.pretrain.images_dir "
+                       "at a folder of photographs")
+    return found
+
+
+def load_images(paths: list[Path], config: ml_collections.ConfigDict) -> np.ndarray:
+    """(N, S, S, 3) uint8, resized as the classifier's data (grid x patch px, its policy).
+    Unreadable files are skipped with one line each."""
+    side = config.grid_size * config.patch_size
+    out = []
+    for path in paths:
+        try:
+            out.append(images.load_image(path, image_size=side, patch_size=config.patch_size,
+                                         resize=config.data.resize))
+        except images.ImageError as e:
+            print(f"skipped {e}", flush=True)
+    if not out:
+        raise RunError("none of the photographs could be read")
+    return np.stack(out)
+
+
+def sample_views(
+    photos: np.ndarray, batch: int, patch: int, rng: np.random.Generator, max_shift: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two views (B, P, P, 3) uint8 of ``batch`` random tissue patches.
+
+    A patch is drawn at a random place of a random photograph (redrawn where it is letterbox or
+    shadow); each view is that patch shifted by up to ``max_shift`` px, mirrored at random, with
+    its own exposure and contrast within 15% and, half the time, a 3x3 box blur.
+    """
+    n, side = photos.shape[0], photos.shape[1]
+    span = side - patch - 2 * max_shift
+    img = rng.integers(0, n, batch)
+    y, x = rng.integers(0, span + 1, (2, batch)) + max_shift
+    for _ in range(8):  # redraw dark places (letterbox, shadow) a few times
+        dark = photos[img, y + patch // 2, x + patch // 2].max(-1) < _MIN_TISSUE
+        if not dark.any():
+            break
+        img[dark] = rng.integers(0, n, dark.sum())
+        y[dark], x[dark] = rng.integers(0, span + 1, (2, dark.sum())) + max_shift
+    views = []
+    grid = np.arange(patch)
+    for _ in range(2):
+        dy, dx = rng.integers(-max_shift, max_shift + 1, (2, batch))
+        rows = (y + dy)[:, None] + grid[None, :]
+        cols = (x + dx)[:, None] + grid[None, :]
+        v = photos[img[:, None, None], rows[:, :, None], cols[:, None, :]].astype(np.float32)
+        mirror = rng.random(batch) < 0.5
+        v[mirror] = v[mirror, :, ::-1]
+        gain = rng.uniform(0.85, 1.15, (batch, 1, 1, 1))
+        contrast = rng.uniform(0.85, 1.15, (batch, 1, 1, 1))
+        mean = v.mean(axis=(1, 2, 3), keepdims=True)
+        v = (v - mean) * contrast + mean * gain
+        blur = rng.random(batch) < 0.5
+        if blur.any():
+            padded = np.pad(v[blur], ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+            v[blur] = sum(padded[:, i:i + patch, j:j + patch] for i in range(3)
+                          for j in range(3)) / 9
+        views.append(np.clip(np.rint(v), 0, 255).astype(np.uint8))
+    return views[0], views[1]
+
+
+# ------------------------------------------------------------------ the encoder's file
+
+
+def _flat_encoder(params: Any) -> dict[str, Any]:
+    flat = flax.traverse_util.flatten_dict(params["encoder"], sep="/")
+    return {f"{PREFIX}/{k}": v for k, v in flat.items()}
+
+
+def encoder_arrays(params: Any) -> dict[str, np.ndarray]:
+    """Flat ``PatchEncoder/<layer>/<name>`` arrays of ``params["encoder"]``."""
+    return {k: np.asarray(v) for k, v in _flat_encoder(params).items()}
+
+
+def load_encoder(path: str | os.PathLike[str], params: Any) -> Any:
+    """``params`` (a `PatchWiseModel`'s) with ``params["encoder"]`` replaced by the pretrained
+    encoder in ``path``; every name and shape must match, else one line saying which. Works on
+    traced parameters too (inside ``jax.jit`` of an initialiser)."""
+    try:
+        with np.load(path) as z:
+            saved = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise RunError(f"{os.fspath(path)}: not a readable encoder file ({e})") from None
+    want = _flat_encoder(params)
+    if saved.keys() != want.keys():
+        raise RunError(
+            f"{os.fspath(path)} holds {sorted(saved)}, the model's encoder needs {sorted(want)}: "
+            "pretrain with the same config.model.conv_features"
+        )
+    for k, v in want.items():
+        if saved[k].shape != v.shape:
+            raise RunError(f"{os.fspath(path)}: {k} has shape {saved[k].shape}, the model needs "
+                           f"{v.shape}: pretrain with the same config.model.conv_features")
+    encoder = flax.traverse_util.unflatten_dict(
+        {tuple(k.split("/")[1:]): jnp.asarray(v, want[k].dtype) for k, v in saved.items()}
+    )
+    return {**params, "encoder": encoder}
+
+
+def freeze_encoder(
+    tx: optax.GradientTransformation, frozen_steps: int
+) -> optax.GradientTransformation:
+    """``tx`` with the ``encoder`` subtree's updates zeroed for the first ``frozen_steps`` steps:
+    the new weight MLP and classifier first learn on the pretrained features, so their early,
+    large gradients do not wash the pretrained encoder out."""
+
+    def init(params: Any) -> tuple[Any, jax.Array]:
+        return tx.init(params), jnp.zeros((), jnp.int32)
+
+    def update(updates: Any, state: tuple[Any, jax.Array], params: Any = None):
+        inner, count = state
+        updates, inner = tx.update(updates, inner, params)
+        keep = (count >= frozen_steps).astype(jnp.float32)
+        updates = {**updates,
+                   "encoder": jax.tree.map(lambda u: u * keep.astype(u.dtype),
+                                           updates["encoder"])}
+        return updates, (inner, count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+# ------------------------------------------------------------------------------ loop
+
+
+@dataclasses.dataclass
+class Pretraining:
+    net: ContrastiveEncoder
+    tx: optax.GradientTransformation
+    photos: np.ndarray
+
+
+def _initial_state(config: ml_collections.ConfigDict, setup: Pretraining) -> PretrainState:
+    p = config.patch_size
+    params = setup.net.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, p, p, 3), jnp.uint8))
+    params = params["params"]
+    return PretrainState(jnp.zeros((), jnp.int32), params, setup.tx.init(params))
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train (or resume) and write ``W/encoder.npz`` and ``W/results.json``. A folder without
+    photographs is refused before anything is written."""
+    folder = config.pretrain.images_dir or config.data.manual_dir
+    paths = find_images(folder)
+    run = RunDir(workdir)
+    run.makedirs()
+    acquire_lock(run)
+    try:
+        return _pretrain(config, run, folder, paths)
+    finally:
+        release_lock(run)
+
+
+def _pretrain(
+    config: ml_collections.ConfigDict, run: RunDir, folder: str, paths: list[Path]
+) -> dict[str, Any]:
+    pc = config.pretrain
+    write_json(run.config, config.to_dict())
+    t0 = time.perf_counter()
+    with reporting.announce(f"reading {len(paths)} photographs under {folder}"):
+        photos = load_images(paths, config)
+    net = ContrastiveEncoder(tuple(config.model.conv_features), config.model.conv_impl,
+                             tuple(pc.projection))
+    setup = Pretraining(net, optax.adam(pc.learning_rate), photos)
+    step_fn = make_step(net, setup.tx, pc.temperature)
+    ckpt = Checkpoints(run)
+    writer = MetricWriter(run)
+    try:
+        restored = ckpt.restore_newest("latest", _initial_state(config, setup))
+        if restored is None:
+            run.truncate_metrics(0)
+            state, epoch = _initial_state(config, setup), 0
+        else:
+            state, meta = restored
+            epoch = int(meta["epoch"])
+            print(f"Resuming from epoch {epoch} (checkpoint in {run.checkpoints})", flush=True)
+            run.truncate_metrics(epoch)
+        while epoch < pc.epochs:
+            epoch += 1
+            state, row = _epoch(config, setup, step_fn, state, epoch)
+            writer.write(row)
+            print(f"epoch {epoch}: loss {row['loss']:.4f}, positive-pair retrieval "
+                  f"{row['retrieval_accuracy']:.3f} | {row['patches_per_s']:.0f} patches/s",
+                  flush=True)
+            ckpt.save("latest", epoch, state, {"epoch": epoch})
+    finally:
+        writer.close()
+        ckpt.close()
+    arrays = encoder_arrays(state.params)
+    np.savez(run.path(ENCODER_FILE), **arrays)
+    rows = run.read_metrics()
+    results = {
+        "encoder": run.path(ENCODER_FILE),
+        "names": sorted(arrays),
+        "photographs": len(photos),
+        "epochs": epoch,
+        "final": rows[-1] if rows else None,
+        "wall_s_this_call": time.perf_counter() - t0,
+        "train_s_total": float(sum(r["epoch_time_s"] for r in rows)),
+    }
+    write_json(run.results, results)
+    print(f"encoder: {results['encoder']}", flush=True)
+    return results
+
+
+def _epoch(config, setup: Pretraining, step_fn, state: PretrainState, epoch: int):
+    pc = config.pretrain
+    bar = reporting.Progress(pc.steps_per_epoch, f"epoch {epoch}/{pc.epochs}")
+    t0 = time.perf_counter()
+    losses, accs = [], []
+    for i in range(pc.steps_per_epoch):
+        rng = np.random.default_rng([config.seed, epoch, i])  # the batch is a function of both
+        v1, v2 = sample_views(setup.photos, pc.batch_patches, config.patch_size, rng)
+        state, m = step_fn(state, v1, v2)
+        if not bool(m["finite"]):
+            raise RunError(f"pretraining diverged at epoch {epoch}, step {i + 1}: lower "
+                           "--config.pretrain.learning_rate and rerun to resume")
+        losses.append(float(m["loss"]))
+        accs.append(float(m["accuracy"]))
+        bar.update(postfix=f"loss {losses[-1]:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - t0
+    return state, {
+        "epoch": epoch, "step": int(state.step), "loss": float(np.mean(losses)),
+        "retrieval_accuracy": float(np.mean(accs)),
+        "patches_per_s": 2 * pc.batch_patches * pc.steps_per_epoch / seconds,
+        "epoch_time_s": seconds,
+    }
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """``jaxcerv.main``'s flag parser: a bad ``--config.`` override is one line, exit 2."""
+    from jaxcerv import main as main_lib
+
+    return main_lib.parse_flags(argv)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from absl import flags, logging
+
+    from jaxcerv import configcheck
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    config = flags.FLAGS["config"].value
+    try:
+        configcheck.check_config(config)
+        pretrain(config, flags.FLAGS["workdir"].value)
+    except configcheck.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except (RunError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    from jaxcerv import configs
+    from jaxcerv import main as main_lib  # noqa: F401  (defines --config and --workdir)
+
+    sys.argv = [sys.argv[0], *configs.resolve_args(sys.argv[1:])]
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,122 @@
+"""Contrastive pretraining: the loss against a numpy oracle, the lifecycle (metrics, resume), the
+encoder file and how a classifier starts from it (load, freeze)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from configs import default
+from jaxcerv import model as model_lib
+from jaxcerv import pretrain
+from jaxcerv.rundir import RunDir, RunError
+
+
+def _nt_xent_oracle(z1, z2, t):
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        j = (i + n) % (2 * n)
+        others = [k for k in range(2 * n) if k != i]
+        logits = np.array([z[i] @ z[k] / t for k in others])
+        total += -(z[i] @ z[j] / t - np.log(np.exp(logits).sum()))
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_the_written_out_formula():
+    rng = np.random.default_rng(0)
+    z1, z2 = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    loss, acc = pretrain.nt_xent(jnp.asarray(z1), jnp.asarray(z2), 0.3)
+    assert float(loss) == pytest.approx(_nt_xent_oracle(z1, z2, 0.3), rel=1e-5)
+    # Identical views far apart from each other: every anchor retrieves its own positive.
+    same = np.eye(5, 7) * 10
+    _, acc = pretrain.nt_xent(jnp.asarray(same), jnp.asarray(same), 0.3)
+    assert float(acc) == 1.0
+
+
+def test_views_avoid_the_letterbox():
+    photo = np.zeros((1, 64, 64, 3), np.uint8)
+    photo[0, 32:] = 180  # the top half is black letterbox
+    v1, v2 = pretrain.sample_views(photo, 64, 8, np.random.default_rng(0), max_shift=2)
+    assert v1.shape == v2.shape == (64, 8, 8, 3)
+    assert (v1.reshape(64, -1).max(axis=1) > 100).all()
+
+
+def _config(tmp_path, epochs=2):
+    config = default.get_config()
+    config.grid_size, config.patch_size = 2, 16
+    config.model.conv_features = (4, 8)
+    config.pretrain.images_dir = str(tmp_path / "photos")
+    config.pretrain.epochs = epochs
+    config.pretrain.steps_per_epoch = 2
+    config.pretrain.batch_patches = 8
+    config.pretrain.projection = (16, 8)
+    return config
+
+
+def _photos(tmp_path):
+    folder = tmp_path / "photos" / "case_1"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(60, 256, (48, 40, 3), np.uint8)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+
+
+def test_pretraining_writes_metrics_resumes_and_saves_the_encoder(tmp_path, capsys):
+    _photos(tmp_path)
+    work = tmp_path / "w"
+    first = pretrain.pretrain(_config(tmp_path, epochs=2), str(work))
+    run = RunDir(str(work))
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    assert first["photographs"] == 4
+    # A longer rerun resumes from epoch 2 rather than starting again.
+    pretrain.pretrain(_config(tmp_path, epochs=3), str(work))
+    assert "Resuming from epoch 2" in capsys.readouterr().out
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    # The file's names and shapes are those of a PatchWiseModel's encoder.
+    config = _config(tmp_path)
+    net = model_lib.from_config(config)
+    side = config.grid_size * config.patch_size
+    params = net.init(jax.random.PRNGKey(1), jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
+    loaded = pretrain.load_encoder(work / pretrain.ENCODER_FILE, params)
+    with np.load(work / pretrain.ENCODER_FILE) as z:
+        assert sorted(z.files) == [f"PatchEncoder/Conv_{i}/{n}" for i in range(2)
+                                   for n in ("bias", "kernel")]
+        for i in range(2):
+            np.testing.assert_array_equal(loaded["encoder"][f"Conv_{i}"]["kernel"],
+                                          z[f"PatchEncoder/Conv_{i}/kernel"])
+    np.testing.assert_array_equal(loaded["classifier"]["Dense_0"]["kernel"],
+                                  params["classifier"]["Dense_0"]["kernel"])
+    # A model with other encoder widths is refused in one line.
+    config.model.conv_features = (4, 16)
+    other = model_lib.from_config(config).init(
+        jax.random.PRNGKey(1), jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
+    with pytest.raises(RunError, match="same config.model.conv_features"):
+        pretrain.load_encoder(work / pretrain.ENCODER_FILE, other)
+
+
+def test_a_folder_without_photographs_is_one_line(tmp_path):
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(RunError, match="no .jpg/.jpeg/.png files"):
+        pretrain.pretrain(_config(tmp_path), str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_frozen_encoder_stays_put_for_the_first_steps_only():
+    params = {"encoder": {"k": jnp.ones(3)}, "classifier": {"k": jnp.ones(2)}}
+    tx = pretrain.freeze_encoder(optax.sgd(0.1), frozen_steps=2)
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    history = []
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(jax.tree.map(np.asarray, params))
+    np.testing.assert_allclose(history[1]["encoder"]["k"], 1.0)
+    np.testing.assert_allclose(history[1]["classifier"]["k"], 0.8)
+    np.testing.assert_allclose(history[2]["encoder"]["k"], 0.9)
