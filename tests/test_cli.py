@@ -90,7 +90,6 @@ def test_help_lists_the_subcommands_own_flags(tmp_path):
     [
         (("frobnicate",), "unknown subcommand 'frobnicate'"),
         (("bench",), "bench is not in this version"),
-        (("experiments",), "experiments is not in this version"),
         (("predict", "x.jpg"), "pass --workdir, --checkpoint or --model"),
         (("export", "--workdir=/nonexistent", "--out=m.jaxexport"), "no config.json"),
     ],
