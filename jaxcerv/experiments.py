@@ -138,9 +138,24 @@ def variant_config(base: ml_collections.ConfigDict, variant: Variant) -> ml_coll
 # Running the variants.
 
 
+# Settings a family never reads: a suite may change them (e.g. the whole-image baselines' CPU
+# budget) without invalidating a finished run of that family.
+_WHOLE_IMAGE_ONLY = ("model.input_size", "model.width", "model.freeze_blocks", "data.center_crop")
+UNREAD = {"patchwise": (*_WHOLE_IMAGE_ONLY, "model.attention_hidden"),
+          "abmil": _WHOLE_IMAGE_ONLY}
+
+
+def _comparable(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    for dotted in UNREAD.get(config["model"]["family"], ()):
+        section, key = dotted.split(".")
+        config[section].pop(key, None)
+    return config
+
+
 def _check_same_config(run: RunDir, config: ml_collections.ConfigDict, name: str) -> None:
-    if os.path.exists(run.config) and read_json(run.config) != json.loads(
-            json.dumps(config.to_dict())):
+    if os.path.exists(run.config) and _comparable(read_json(run.config)) != _comparable(
+            config.to_dict()):
         raise RunError(
             f"{run.root} was run with another config than variant {name!r} has now: delete that "
             "folder to run it again, or use another --workdir"

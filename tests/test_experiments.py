@@ -155,8 +155,12 @@ def test_runner_refuses_a_variant_folder_from_another_config(tmp_path):
     w = str(tmp_path / "w")
     calls = []
     experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
+    config.model.width = 0.5  # read by lenet only: the proposed run stays valid
+    with pytest.raises(experiments.RunError, match="lenet.*another config|another config.*lenet"):
+        experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
+    config.model.width = 1.0
     config.train.epochs = 3
-    with pytest.raises(experiments.RunError, match="another config"):
+    with pytest.raises(experiments.RunError, match="proposed"):
         experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
 
 
