@@ -579,6 +579,10 @@ def define_flags() -> Callable[[list[str]], None]:
 
     def main(argv: list[str]) -> None:
         del argv
+        if not flags.FLAGS["verbosity"].present:
+            from absl import logging
+
+            logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
         run(suite_flag.value, config_flag.value, workdir_flag.value, only_flag.value)
 
     return main

@@ -288,7 +288,7 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
     writer = MetricWriter(run)
     try:
         state, progress = _resume(ckpt, fold)
-        truth = _truth(fold)
+        truth = _truth(fold) if model_lib.has_weights(config) else None  # no regulator else
         first_epoch = progress.epoch + 1
         while progress.epoch < config.train.epochs and not progress.stopped:
             epoch = progress.epoch + 1
