@@ -114,6 +114,8 @@ def suite_variants(suite: str, config: ml_collections.ConfigDict) -> list[Varian
             Variant("one_sided", "One-sided spatial loss", {"regulator.loss": "one_sided"}),
             Variant("one_sided_lam0.1", "One-sided spatial loss, lambda 0.1",
                     {"regulator.loss": "one_sided", "regulator.lam": 0.1}),
+            Variant("mass_outside", "Share of weight mass outside the regulator",
+                    {"regulator.loss": "mass_outside"}),
             Variant("fit_weights", "Fitted to the raw weights (the paper's fit)",
                     {"regulator.fit_on": "weights"}),
             Variant("fit_normalised", "Fitted to the min-max normalised weights",
@@ -356,7 +358,8 @@ def table_rows(rows: Sequence[Row], n_boot: int, seed: int) -> list[dict[str, An
         ci = pooled_ci(row, n_boot, seed)
         pooled = decision_metrics(row.labels, row.probs, row.decisions)
         rec: dict[str, Any] = {"variant": row.variant.name, "label": row.variant.label,
-                               "n_folds": len(row.folds), "n_images": int(row.labels.size)}
+                               "n_folds": len(row.folds), "n_images": int(row.labels.size),
+                               "n_boot": n_boot}
         for k, _ in METRICS:
             rec[f"{k}_mean"], rec[f"{k}_sd"] = _mean_sd([f[k] for f in row.folds])
             rec[f"{k}_pooled"] = pooled[k]
@@ -409,8 +412,12 @@ def markdown_table(records: Sequence[dict], text: str) -> str:
             ci = "" if r[f"{k}_ci_lo"] is None else \
                 f" [{r[f'{k}_ci_lo']:.2f}-{r[f'{k}_ci_hi']:.2f}]"
             cells.append("n/a" if r[k] is None else f"{r[k]:.2f}{ci}")
-        cells.append("reference" if r["delta_auc"] is None
-                     else f"{r['delta_auc']:+.3f} (p={r['delta_auc_p']:.3f})")
+        if r["delta_auc"] is None:
+            cells.append("reference")
+        else:  # a p of 0 means no resample crossed zero: below 1 / n_boot
+            p = r["delta_auc_p"]
+            cells.append(f"{r['delta_auc']:+.3f} (p" + (f"={p:.3f})" if p > 0
+                                                       else f"<{1 / r['n_boot']:.3f})"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

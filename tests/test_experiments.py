@@ -243,3 +243,16 @@ def test_g0_fraction_gives_every_grid_the_same_gaussian_relative_to_the_image(gr
     np.testing.assert_allclose(g0[:2], [grid / 2, grid / 2])
     paper = np.asarray(regulator.initial_params((grid, grid)))
     assert paper[2] == pytest.approx(grid / 2)  # the paper's G0 shrinks as the grid grows
+
+
+def test_mass_outside_loss_is_the_share_of_mass_outside_and_a_flat_map_is_not_free():
+    rng = np.random.default_rng(1)
+    w, s = rng.random((3, 4, 5)), rng.random((3, 4, 5))
+    norm_s = (s - s.min(axis=(1, 2), keepdims=True)) / np.ptp(s, axis=(1, 2), keepdims=True)
+    expected = 20 * (w * (1 - norm_s)).sum(axis=(1, 2)) / w.sum(axis=(1, 2))
+    got = regulator.mass_outside_loss(jnp.asarray(w), jnp.asarray(s))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    flat = np.full((1, 4, 5), 0.7)
+    assert float(regulator.one_sided_spatial_loss(jnp.asarray(flat), jnp.asarray(s[:1]))[0]) == 0
+    assert float(regulator.mass_outside_loss(jnp.asarray(flat), jnp.asarray(s[:1]))[0]) == (
+        pytest.approx(20 * np.mean(1 - norm_s[0]), rel=1e-5))

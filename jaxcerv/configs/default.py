@@ -95,7 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.regulator.fit_on = "above_median"
     # "paper": Eq. 5-6, sum of 1 - norm(a) * norm(s), which pulls every patch inside the regulator
     # towards weight 1; "one_sided": sum of norm(a) * (1 - norm(s)), which only penalises weight
-    # outside it, so the weights inside stay free to single out the lesions.
+    # outside it, so the weights inside stay free to single out the lesions (but a flat map is
+    # free too); "mass_outside": the share of weight mass outside it, times the patch count.
     config.regulator.loss = "paper"
     # G0's standard deviation as a fraction of the image side (every patch size starts from the
     # same Gaussian); 0: the paper's G0, variance = half the grid in patch units.
