@@ -256,3 +256,13 @@ def test_mass_outside_loss_is_the_share_of_mass_outside_and_a_flat_map_is_not_fr
     assert float(regulator.one_sided_spatial_loss(jnp.asarray(flat), jnp.asarray(s[:1]))[0]) == 0
     assert float(regulator.mass_outside_loss(jnp.asarray(flat), jnp.asarray(s[:1]))[0]) == (
         pytest.approx(20 * np.mean(1 - norm_s[0]), rel=1e-5))
+
+
+def test_a_collapsed_heatmap_has_no_mass_in_cervix_instead_of_stopping_the_evaluation():
+    from jaxcerv import metrics
+
+    w = np.zeros((2, 4, 4))
+    w[1, 1:3, 1:3] = 1.0
+    cervix = np.tile([2.0, 2.0, 1.0, 0.0, 1.0], (2, 1))
+    got = metrics.mass_in_cervix(w, cervix)
+    assert np.isnan(got[0]) and got[1] == pytest.approx(1.0)
