@@ -12,9 +12,9 @@ rerun; an unfinished one resumes fold by fold from its checkpoints.
 
 Then ``W/<suite>.md`` / ``.csv`` (mean +- sd over folds, a session-bootstrap 95% CI of the
 pooled test predictions, a paired session bootstrap of each row's ROC AUC against the proposed
-model), ``fig4a.png`` (normalised multi-metric comparison), ``fig4b.png`` (ROC of every
-annotation-free approach), ``fig5c.png`` (the same test images with and without the regulator,
-lesions outlined) and ``index.html``.
+model), ``W/<suite>_fig4a.png`` (normalised multi-metric comparison), ``_fig4b.png`` (ROC of
+every annotation-free approach), ``_fig5c.png`` (the same test images with and without the
+regulator, lesions outlined), ``W/<suite>.html``, and ``W/index.html`` linking every suite run in W.
 
 A new model family joins as a variant: an entry in ``suite_variants`` whose overrides select it;
 anything ``train.train_and_evaluate`` can run, the runner can tabulate.
@@ -518,16 +518,16 @@ def write_outputs(suite: str, workdir: str, variants: Sequence[Variant], *, n_bo
     with open(out["md"], "w") as f:
         f.write(markdown_table(records, text))
     write_csv(out["csv"], records)
-    out["fig4a"] = fig4a(records, os.path.join(workdir, "fig4a.png"))
+    out["fig4a"] = fig4a(records, os.path.join(workdir, f"{suite}_fig4a.png"))
     free = {r.variant.label: (r.labels, r.probs) for r in rows}  # all are annotation-free
-    out["fig4b"] = viz.roc_curves(free, os.path.join(workdir, "fig4b.png"))
+    out["fig4b"] = viz.roc_curves(free, os.path.join(workdir, f"{suite}_fig4b.png"))
     by_name = {r.variant.name: r for r in rows}
     if PROPOSED in by_name and "no_regulator" in by_name:
         c = by_name[PROPOSED].config
         source, recs = data.get(json.dumps([c["grid_size"], c["patch_size"]]), (None, None))
         if source is not None:
             made = fig5c(by_name[PROPOSED], by_name["no_regulator"], source, recs,
-                         c["patch_size"], os.path.join(workdir, "fig5c.png"))
+                         c["patch_size"], os.path.join(workdir, f"{suite}_fig5c.png"))
             if made:
                 out["fig5c"] = made
     out["index"] = write_index(suite, workdir, text, out, variants)
@@ -552,11 +552,20 @@ def write_index(suite: str, workdir: str, text: str, out: Mapping[str, str],
     parts.append("<h2>Each variant's report</h2><ul>" + "".join(
         f"<li><a href='{html.escape(v.name)}/report/index.html'>{html.escape(v.label)}</a></li>"
         for v in variants) + "</ul>")
-    path = os.path.join(workdir, "index.html")
+    page = os.path.join(workdir, f"{suite}.html")
+    _write_html(page, parts)
+    suites = [x for x in SUITES if os.path.exists(os.path.join(workdir, f"{x}.html"))]
+    index = os.path.join(workdir, "index.html")
+    _write_html(index, ["<h1>jaxcerv experiments</h1><ul>"] + [
+        f"<li><a href='{x}.html'>{x}</a>: <a href='{x}.md'>{x}.md</a>, "
+        f"<a href='{x}.csv'>{x}.csv</a></li>" for x in suites] + ["</ul>"])
+    return index
+
+
+def _write_html(path: str, parts: Sequence[str]) -> None:
     with open(path, "w") as f:
         f.write("<!doctype html><meta charset='utf-8'><title>jaxcerv experiments</title>"
                 "<body style='font-family:sans-serif'>" + "\n".join(parts) + "</body>")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
