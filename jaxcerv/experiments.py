@@ -390,12 +390,20 @@ def caption(suite: str, rows: Sequence[Row], n_boot: int) -> str:
     rule = c["eval"]["threshold_criterion"]
     thr = (f"fixed threshold {c['eval']['threshold']:g}" if rule == "fixed"
            else f"threshold by {rule} on each fold's validation split")
+    from jaxcerv.model import INPUT_SIZES
+
+    whole = sorted({(r.config["model"]["input_size"] or INPUT_SIZES[r.config["model"]["family"]],
+                     r.config["model"]["width"]) for r in rows
+                    if r.config["model"]["family"] in INPUT_SIZES})
+    sized = "".join(f" Whole-image CNNs: input {side} px, channels x{width:g} of the published net."
+                    for side, width in whole)
     return (
         f"{suite}: data {c['data']['name']} ({c['data']['num_images']} images), {protocol}, "
         f"{c['train']['epochs']} epochs (patience {c['train']['patience']}), {thr}. Cells: mean "
         f"+- sd over folds [95% CI of the pooled test predictions, {n_boot} session-bootstrap "
         "resamples]. dAUC: pooled ROC AUC minus the proposed model's, p from a paired session "
         "bootstrap. n/a: whole-image baselines have no patch weights, so no heatmap metrics."
+        + sized
     )
 
 
