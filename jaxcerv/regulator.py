@@ -59,10 +59,15 @@ def gaussian_density(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
 
 
 def min_max(x: jax.Array) -> jax.Array:
-    """Per-image min-max normalisation over the last two axes, 0 where the map is constant."""
+    """Per-image min-max normalisation over the last two axes, in [0, 1]; 0 where the map is
+    constant to float32 precision. XLA may evaluate x and its min in different fusions, an ulp
+    apart: a constant map (G0 on a 2x2 grid) then gave x - lo = 1e-8 over a range of 0, a
+    "normalised" value of 1e4 and a spatial loss of -15490."""
     lo = jnp.min(x, axis=(-2, -1), keepdims=True)
     hi = jnp.max(x, axis=(-2, -1), keepdims=True)
-    return (x - lo) / jnp.maximum(hi - lo, RANGE_EPS)
+    span = hi - lo
+    flat = span <= 1e-6 * jnp.maximum(jnp.abs(hi), jnp.abs(lo)) + RANGE_EPS
+    return jnp.where(flat, 0.0, jnp.clip((x - lo) / jnp.where(flat, 1.0, span), 0.0, 1.0))
 
 
 def spatial_loss(weights: jax.Array, density: jax.Array) -> jax.Array:

@@ -266,3 +266,14 @@ def test_a_collapsed_heatmap_has_no_mass_in_cervix_instead_of_stopping_the_evalu
     cervix = np.tile([2.0, 2.0, 1.0, 0.0, 1.0], (2, 1))
     got = metrics.mass_in_cervix(w, cervix)
     assert np.isnan(got[0]) and got[1] == pytest.approx(1.0)
+
+
+def test_min_max_of_a_map_constant_but_for_an_ulp_is_zero_not_huge():
+    x = np.full((1, 2, 2), 0.23419932, np.float32)
+    x[0, 0, 0] = np.nextafter(x[0, 0, 0], np.float32(1))
+    assert float(jnp.max(regulator.min_max(jnp.asarray(x)))) == 0.0
+    y = np.array([[[0.0, 1.0], [3.0, 2.0]]], np.float32)
+    np.testing.assert_allclose(regulator.min_max(jnp.asarray(y)), y / 3.0)
+    # The spatial loss of Eq. 6 is then bounded by the patch count, never negative.
+    w = jnp.asarray(np.random.default_rng(0).random((1, 2, 2)))
+    assert 0 <= float(regulator.spatial_loss(w, jnp.asarray(x))[0]) <= 4
