@@ -402,7 +402,8 @@ def caption(suite: str, rows: Sequence[Row], n_boot: int) -> str:
         f"{c['train']['epochs']} epochs (patience {c['train']['patience']}), {thr}. Cells: mean "
         f"+- sd over folds [95% CI of the pooled test predictions, {n_boot} session-bootstrap "
         "resamples]. dAUC: pooled ROC AUC minus the proposed model's, p from a paired session "
-        "bootstrap. n/a: whole-image baselines have no patch weights, so no heatmap metrics."
+        "bootstrap. Heatmap metrics n/a: a whole-image baseline (no patch weights) or data "
+        "without lesion and cervix ground truth (real images)."
         + sized
     )
 
