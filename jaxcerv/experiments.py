@@ -398,7 +398,8 @@ def caption(suite: str, rows: Sequence[Row], n_boot: int) -> str:
     sized = "".join(f" Whole-image CNNs: input {side} px, channels x{width:g} of the published net."
                     for side, width in whole)
     return (
-        f"{suite}: data {c['data']['name']} ({c['data']['num_images']} images), {protocol}, "
+        f"{suite}: data {c['data']['name']} ({rows[0].labels.size} test images pooled), "
+        f"{protocol}, "
         f"{c['train']['epochs']} epochs (patience {c['train']['patience']}), {thr}. Cells: mean "
         f"+- sd over folds [95% CI of the pooled test predictions, {n_boot} session-bootstrap "
         "resamples]. dAUC: pooled ROC AUC minus the proposed model's, p from a paired session "
