@@ -217,6 +217,12 @@ def _define_export() -> Callable[[list[str]], int]:
     return main
 
 
+def _define_experiments() -> Callable[[list[str]], None]:
+    from jaxcerv import experiments
+
+    return experiments.define_flags()
+
+
 def _delegate(module: str, what: str) -> Callable[[], Callable[[list[str]], Any]]:
     """A subcommand served by ``module``, which defines its flags on import and has ``main(argv)``.
     Until that module exists the subcommand says so and exits 2."""
@@ -271,9 +277,10 @@ COMMANDS: dict[str, Command] = {
         _delegate("jaxcerv.bench", "bench"),
     ),
     "experiments": Command(
-        "run a set of experiments",
-        "jaxcerv experiments ...",
-        _delegate("jaxcerv.experiments", "experiments"),
+        "run an experiment suite (Table 1, Table 2, regulator ablations) into tables + figures",
+        "jaxcerv experiments --suite=table1|table2|regulator --config=NAME|FILE --workdir=DIR "
+        "[--variants=a,b]",
+        _define_experiments,
     ),
 }
 

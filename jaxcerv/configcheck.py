@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -16,6 +17,7 @@ from jaxcerv.conv import IMPLS
 from jaxcerv.data.images import RESIZE_POLICIES
 from jaxcerv.losses import CLASS_WEIGHTS
 from jaxcerv.metrics import THRESHOLD_CRITERIA
+from jaxcerv.model import FAMILIES, WHOLE_IMAGE
 
 DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder")
 AGGREGATIONS = ("mean", "sum", "concat")
@@ -90,6 +92,19 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("model.dtype", lambda v: v in DTYPES, f"one of {DTYPES}"),
         ("model.remat_chunk", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("model.conv_impl", lambda v: v in IMPLS, f"one of {IMPLS}"),
+        ("model.family", lambda v: v in FAMILIES, f"one of {FAMILIES}"),
+        ("model.input_size", lambda v: is_int(v) and v >= 0, "0 (published size) or >= 1 px"),
+        ("model.width", lambda v: is_num(v) and 0 < v <= 8, "a multiplier in (0, 8]"),
+        ("model.freeze_blocks", lambda v: is_int(v) and 0 <= v <= 4,
+         "an integer in 0..4 (VGG16's FZ1-FZ4)"),
+        ("model.attention_hidden", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("model.init_from", lambda v: isinstance(v, str) and (not v or os.path.isfile(v)),
+         "'' or an existing .npz file (see jaxcerv.model.load_init)"),
+        ("data.center_crop", lambda v: is_num(v) and 0 < v <= 1, "a fraction in (0, 1]"),
+        ("regulator.loss", lambda v: v in regulator.LOSSES, f"one of {regulator.LOSSES}"),
+        ("regulator.g0_fraction", lambda v: is_num(v) and 0 <= v <= 2,
+         "0 (the paper's G0) or a fraction of the image side in (0, 2]"),
+        ("eval.threshold", lambda v: is_num(v) and 0 <= v <= 1, "a probability in [0, 1]"),
         ("regulator.mode", lambda v: v in regulator.MODES, f"one of {regulator.MODES}"),
         ("regulator.lam", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
          "a finite number >= 0"),
@@ -113,8 +128,8 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("handcrafted.c", lambda v: is_num(v) and math.isfinite(v) and v > 0,
          "a finite number > 0"),
         ("eval.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
-        ("eval.threshold_criterion", lambda v: v in THRESHOLD_CRITERIA,
-         f"one of {THRESHOLD_CRITERIA}"),
+        ("eval.threshold_criterion", lambda v: v in (*THRESHOLD_CRITERIA, "fixed"),
+         f"one of {(*THRESHOLD_CRITERIA, 'fixed')}"),
         ("eval.num_heatmaps", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ("eval.bootstrap", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     ]
@@ -133,6 +148,18 @@ def check_config(config: Any) -> None:
         if not good:
             raise ConfigError(f"config.{key}={value!r} is invalid: it must be {want}")
     d = config.data
+    if _has(config, "model.family") and config.model.family in WHOLE_IMAGE and \
+            config.regulator.mode != "none":
+        raise ConfigError(
+            f"config.model.family={config.model.family!r} has no patch weights, so no spatial "
+            f"regulator: set config.regulator.mode=none (it is {config.regulator.mode!r})"
+        )
+    if d.val_fraction == 0 and config.eval.threshold_criterion != "fixed":
+        raise ConfigError(
+            "config.data.val_fraction=0 leaves no validation set to choose the threshold on: set "
+            "config.eval.threshold_criterion=fixed (and config.eval.threshold), or a "
+            "val_fraction > 0"
+        )
     if d.num_folds == 0 and d.val_fraction + d.test_fraction >= 1:
         raise ConfigError(
             f"config.data.val_fraction + config.data.test_fraction = "

@@ -68,35 +68,39 @@ def bce(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def test_metrics(
     config: ml_collections.ConfigDict,
-    val: dict[str, np.ndarray],
+    val: dict[str, np.ndarray] | None,
     test: dict[str, np.ndarray],
 ) -> dict[str, Any]:
-    """Threshold on validation, metrics of both splits at it, bootstrap CIs on test.
+    """Threshold on validation (or ``config.eval.threshold`` when the criterion is "fixed"),
+    metrics of both splits at it, bootstrap CIs on test.
 
     ``val`` / ``test``: ``probabilities``, ``labels``, ``sessions`` (and, for the explanation
     metrics on synthetic data, ``weights``, ``regulators``, ``truth_cervix``, ``truth_lesion``).
+    ``val`` is None when the protocol has no validation set (``data.val_fraction=0``).
     """
-    threshold = metrics_lib.choose_threshold(
-        val["labels"], val["probabilities"], config.eval.threshold_criterion
-    )
-    results: dict[str, Any] = {
-        "threshold": threshold,
-        "val": metrics_lib.binary_metrics(
+    if config.eval.threshold_criterion == "fixed":
+        threshold = float(config.eval.threshold)
+    else:
+        threshold = metrics_lib.choose_threshold(
+            val["labels"], val["probabilities"], config.eval.threshold_criterion
+        )
+    results: dict[str, Any] = {"threshold": threshold}
+    if val is not None:
+        results["val"] = metrics_lib.binary_metrics(
             val["labels"], val["probabilities"], threshold, split="val"
-        ),
-        "test": metrics_lib.binary_metrics(
-            test["labels"], test["probabilities"], threshold, split="test"
-        ),
-        "test_ci95": metrics_lib.bootstrap_ci(
-            test["labels"],
-            test["probabilities"],
-            threshold,
-            test["sessions"],
-            n_boot=config.eval.bootstrap,
-            seed=config.seed,
-        ),
-    }
-    if "truth_cervix" in test:
+        )
+    results["test"] = metrics_lib.binary_metrics(
+        test["labels"], test["probabilities"], threshold, split="test"
+    )
+    results["test_ci95"] = metrics_lib.bootstrap_ci(
+        test["labels"],
+        test["probabilities"],
+        threshold,
+        test["sessions"],
+        n_boot=config.eval.bootstrap,
+        seed=config.seed,
+    )
+    if "truth_cervix" in test and "weights" in test:
         results["explanation"] = explanation(config, test)
     return results
 
@@ -150,9 +154,12 @@ def save_predictions(run: RunDir, split: str, pred: dict[str, np.ndarray]) -> No
 
 def draw_heatmaps(config, run: RunDir, source, test: dict[str, np.ndarray], idx) -> None:
     """Overlays of the first ``config.eval.num_heatmaps`` test images, with their fitted ellipse
-    (none where the map is flat and no Gaussian can be fitted)."""
+    (none where the map is flat and no Gaussian can be fitted); none for a model without
+    patch weights."""
     from jaxcerv import viz
 
+    if "weights" not in test:
+        return
     for k in range(min(config.eval.num_heatmaps, len(idx))):
         i = int(idx[k])
         image_id = str(test["ids"][k])

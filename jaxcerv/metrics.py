@@ -410,16 +410,16 @@ def lesion_auc(weights, lesion, cervix_params, labels, n_sigma: float = 2.0) -> 
 
 def mass_in_cervix(weights, cervix_params, n_sigma: float = 2.0) -> np.ndarray:
     """Per image: share of the heatmap mass on patches whose centre lies inside the cervix
-    ellipse (as ``mass_in_ellipse``, not averaged)."""
+    ellipse (as ``mass_in_ellipse``, not averaged); NaN for a map with no mass at all (weights
+    that underflowed to 0 point nowhere), which the summaries then leave out and count."""
     w = _check_maps(weights)
     if np.any(w < 0):
         raise MetricsError("heatmap weights must be non-negative to be read as mass")
     total = w.sum(axis=(1, 2))
-    if np.any(total <= 0):
-        raise MetricsError(f"{int(np.sum(total <= 0))} heatmaps have zero total mass")
     (params,) = _check_truth(w, cervix_params=cervix_params)
     inside = _inside_ellipse(params, w.shape[1], w.shape[2], n_sigma)
-    return (w * inside).sum(axis=(1, 2)) / total
+    share = (w * inside).sum(axis=(1, 2)) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, share, np.nan)
 
 
 def session_bootstrap_mean(

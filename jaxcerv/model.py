@@ -1,9 +1,18 @@
-"""The patch-wise model (paper Eq. 1, 4 and Fig. 2) in Flax linen.
+"""The patch-wise model (paper Eq. 1, 4 and Fig. 2) and the baselines of Table 1, in Flax linen.
 
 image -> patchify (a reshape on device) -> patch CNN g(x_j), one encoder for all patches (the
 patch axis folded into the convolution batch, as vmap would lower it) -> patch weight
 a_j = sigmoid(MLP(g(x_j))) -> aggregation of a_j * g(x_j) -> classifier logit.
 The weights, arranged on the patch grid, are the heatmap.
+
+Baselines (``config.model.family``, ``FAMILIES``): whole-image CNNs on the image downsampled to
+their input size (LeNet, AlexNet/CaffeNet, VGG16 with ``freeze_blocks``, an Inception-style net),
+optionally centre-cropped first (``data.center_crop``), which have no patch weights
+(``ModelOutput.weights`` is None: no spatial loss, no heatmap metrics); and gated-attention MIL
+(ABMIL, Ilse et al. 2018) on our patch encoder, whose softmax attention is its heatmap.
+
+``model.init_from``: a local ``.npz`` of a flat ``{"a/b/kernel": array}`` mapping (parameter
+paths joined by "/", as ``flatten_params`` writes them) loaded over the fresh parameters.
 """
 
 from __future__ import annotations
@@ -12,10 +21,13 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from jaxcerv import conv
 
@@ -25,7 +37,7 @@ xavier = nn.initializers.xavier_uniform()
 
 class ModelOutput(NamedTuple):
     logits: jax.Array  # (B,) classifier logit, float32
-    weights: jax.Array  # (B, H, W) patch weights a_j in (0, 1), float32
+    weights: jax.Array | None  # (B, H, W) patch weights a_j in (0, 1); None: whole-image model
     features: jax.Array  # (B, F) aggregated image feature f(I), for t-SNE
 
 
@@ -199,9 +211,182 @@ def map_patch_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, size: int) ->
     )
 
 
-def from_config(config: Any) -> PatchWiseModel:
-    """Build the model from ``config.model`` (and the shared ``config.patch_size``)."""
+FAMILIES = ("patchwise", "abmil", "lenet", "alexnet", "vgg16", "inception")
+WHOLE_IMAGE = ("lenet", "alexnet", "vgg16", "inception")
+# The input side of each whole-image CNN as published; ``model.input_size`` overrides it.
+INPUT_SIZES = {"lenet": 32, "alexnet": 227, "vgg16": 224, "inception": 299}
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))  # (channels, convs) per block
+
+
+def center_crop(images: jax.Array, fraction: float) -> jax.Array:
+    """Keep the centre ``fraction`` of each side (the paper's "Crop k": k of 2400 px)."""
+    if fraction >= 1.0:
+        return images
+    side_h, side_w = images.shape[1:3]
+    h, w = max(1, round(side_h * fraction)), max(1, round(side_w * fraction))
+    top, left = (side_h - h) // 2, (side_w - w) // 2
+    return images[:, top : top + h, left : left + w]
+
+
+def resize_square(x: jax.Array, size: int) -> jax.Array:
+    """Antialiased bilinear resize to ``size`` x ``size``: the whole image downsampled."""
+    return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), "linear", antialias=True)
+
+
+def _pool(x: jax.Array, window: int = 2, stride: int = 2) -> jax.Array:
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding="SAME")
+
+
+class WholeImageCNN(nn.Module):
+    """A Table 1 baseline: one CNN on the (centre-cropped) image resized to ``input_size``.
+
+    ``width`` scales every layer's channels and units (1 = the published net), so the same
+    architecture fits a CPU budget. ``freeze_blocks`` (VGG16's FZ1-FZ4): the lower n conv blocks get
+    no gradient, so Adam never moves them (their updates are exactly zero).
+    """
+
+    family: str
+    input_size: int
+    width: float = 1.0
+    center_crop: float = 1.0
+    freeze_blocks: int = 0
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    def _c(self, channels: int) -> int:
+        return max(1, round(channels * self.width))
+
+    def _conv(self, x: jax.Array, channels: int, k: int, stride: int = 1) -> jax.Array:
+        conv_layer = nn.Conv(self._c(channels), (k, k), (stride, stride), padding="SAME",
+                             kernel_init=xavier, dtype=self.dtype)
+        return nn.relu(conv_layer(x))
+
+    def _dense(self, x: jax.Array, units: int, train: bool) -> jax.Array:
+        x = nn.relu(nn.Dense(self._c(units), kernel_init=xavier, dtype=self.dtype)(x))
+        return nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
+
+    def _lenet(self, x: jax.Array, train: bool) -> jax.Array:
+        x = _pool(self._conv(x, 6, 5))
+        x = _pool(self._conv(x, 16, 5))
+        x = x.reshape(x.shape[0], -1)
+        return self._dense(self._dense(x, 120, train), 84, train)
+
+    def _alexnet(self, x: jax.Array, train: bool) -> jax.Array:
+        x = _pool(self._conv(x, 96, 11, 4), 3, 2)
+        x = _pool(self._conv(x, 256, 5), 3, 2)
+        for c in (384, 384, 256):
+            x = self._conv(x, c, 3)
+        x = _pool(x, 3, 2).reshape(x.shape[0], -1)
+        return self._dense(self._dense(x, 4096, train), 4096, train)
+
+    def _vgg16(self, x: jax.Array, train: bool) -> jax.Array:
+        for block, (c, n) in enumerate(VGG16_BLOCKS, start=1):
+            for _ in range(n):
+                x = self._conv(x, c, 3)
+            x = _pool(x)
+            if block == self.freeze_blocks:
+                x = jax.lax.stop_gradient(x)
+        x = x.reshape(x.shape[0], -1)
+        return self._dense(self._dense(x, 4096, train), 4096, train)
+
+    def _inception_module(self, x: jax.Array, c1: int, c3: tuple[int, int],
+                          c5: tuple[int, int], cp: int) -> jax.Array:
+        branch3 = self._conv(self._conv(x, c3[0], 1), c3[1], 3)
+        branch5 = self._conv(self._conv(x, c5[0], 1), c5[1], 5)
+        pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding="SAME")
+        return jnp.concatenate(
+            [self._conv(x, c1, 1), branch3, branch5, self._conv(pooled, cp, 1)], axis=-1
+        )
+
+    def _inception(self, x: jax.Array, train: bool) -> jax.Array:
+        """GoogLeNet's stem and its first four inception modules (3a, 3b, 4a, 4b), then global
+        average pooling."""
+        x = _pool(self._conv(x, 64, 7, 2), 3, 2)
+        x = _pool(self._conv(self._conv(x, 64, 1), 192, 3), 3, 2)
+        x = self._inception_module(x, 64, (96, 128), (16, 32), 32)
+        x = self._inception_module(x, 128, (128, 192), (32, 96), 64)
+        x = _pool(x, 3, 2)
+        x = self._inception_module(x, 192, (96, 208), (16, 48), 64)
+        x = self._inception_module(x, 160, (112, 224), (24, 64), 64)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
+        x = center_crop(images, self.center_crop)
+        x = resize_square(normalise_pixels(x, jnp.float32), self.input_size).astype(self.dtype)
+        body = {"lenet": self._lenet, "alexnet": self._alexnet, "vgg16": self._vgg16,
+                "inception": self._inception}[self.family]
+        f = body(x, train)
+        logits = nn.Dense(1, kernel_init=xavier, dtype=self.dtype, name="classifier")(f)
+        return ModelOutput(logits[:, 0].astype(jnp.float32), None, f.astype(jnp.float32))
+
+
+class AttentionMIL(nn.Module):
+    """Gated-attention MIL (Ilse et al. 2018) on the patch encoder: an annotation-free peer.
+
+    a_k = softmax_k(w^T (tanh(V h_k) * sigmoid(U h_k))), f = sum_k a_k h_k. The attention sums to
+    one over the patches; on the patch grid it is the heatmap (and what a regulator would act on).
+    """
+
+    patch_size: int = 28
+    conv_features: Sequence[int] = (12, 24, 48)
+    attention_hidden: int = 128
+    classifier_hidden: Sequence[int] = (128, 32)
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
+        rows, cols = images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
+        x = patchify(images, self.patch_size)
+        b, k = x.shape[:2]
+        patches = normalise_pixels(x.reshape(b * k, *x.shape[2:]), self.dtype)
+        encoder = PatchEncoder(self.conv_features, self.dtype, self.conv_impl, name="encoder")
+        h = encoder(patches).reshape(b, k, -1)
+        dense = functools.partial(nn.Dense, kernel_init=xavier, dtype=self.dtype)
+        gate = nn.tanh(dense(self.attention_hidden, name="attention_V")(h)) * nn.sigmoid(
+            dense(self.attention_hidden, name="attention_U")(h)
+        )
+        score = dense(1, name="attention_w")(gate)[..., 0].astype(jnp.float32)
+        a = jax.nn.softmax(score, axis=-1)  # (B, K)
+        f = jnp.einsum("bk,bkf->bf", a.astype(self.dtype), h)
+        logits = MLP(self.classifier_hidden, 1, self.dropout, dtype=self.dtype, name="classifier")(
+            f, train
+        )
+        return ModelOutput(logits[:, 0].astype(jnp.float32), a.reshape(b, rows, cols),
+                           f.astype(jnp.float32))
+
+
+def has_weights(config: Any) -> bool:
+    """Whether the config's model gives patch weights (a heatmap, a spatial loss, a regulator)."""
+    return config.model.family not in WHOLE_IMAGE
+
+
+def from_config(config: Any) -> nn.Module:
+    """Build the model of ``config.model.family`` (and the shared ``config.patch_size``)."""
     m = config.model
+    if m.family in WHOLE_IMAGE:
+        return WholeImageCNN(
+            family=m.family,
+            input_size=m.input_size or INPUT_SIZES[m.family],
+            width=m.width,
+            center_crop=config.data.center_crop,
+            freeze_blocks=m.freeze_blocks,
+            dropout=m.dropout,
+            dtype=jnp.dtype(m.dtype),
+        )
+    if m.family == "abmil":
+        return AttentionMIL(
+            patch_size=config.patch_size,
+            conv_features=tuple(m.conv_features),
+            attention_hidden=m.attention_hidden,
+            classifier_hidden=tuple(m.classifier_hidden),
+            dropout=m.dropout,
+            dtype=jnp.dtype(m.dtype),
+            conv_impl=m.conv_impl,
+        )
     if m.remat and m.conv_impl == "xla" and jax.default_backend() == "cpu":
         logging.warning(
             "model.conv_impl='xla' with model.remat=True trains about 7x slower on CPU (XLA runs "
@@ -222,3 +407,47 @@ def from_config(config: Any) -> PatchWiseModel:
         remat_chunk=m.remat_chunk,
         conv_impl=m.conv_impl,
     )
+
+
+class InitError(ValueError):
+    """``model.init_from`` cannot be loaded into this model; the message names the file."""
+
+
+def flatten_params(params: Any) -> dict[str, np.ndarray]:
+    """Parameters as a flat ``{"encoder/Conv_0/kernel": array}`` mapping: the init_from format."""
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def save_params(params: Any, path: str) -> None:
+    """Write parameters in ``init_from``'s format (an uncompressed ``.npz``)."""
+    np.savez(path, **flatten_params(params))
+
+
+def load_init(params: Any, path: str) -> Any:
+    """``params`` with every array the ``.npz`` at ``path`` names replaced by the file's.
+
+    Names are parameter paths joined by "/"; parameters the file does not name keep their fresh
+    initialisation (so a file may hold only the encoder). A name the model lacks or a shape that
+    differs is an error: weights never land silently in the wrong layer."""
+    where = f"config.model.init_from={path}"
+    try:
+        with np.load(path) as f:
+            loaded = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise InitError(f"{where}: cannot read it as an .npz of named arrays ({e})") from e
+    flat = flatten_params(params)
+    unknown = sorted(set(loaded) - set(flat))
+    if unknown:
+        raise InitError(
+            f"{where}: {len(unknown)} names are not parameters of this model (first: "
+            f"{unknown[0]!r}); its parameters are named like {sorted(flat)[0]!r} (see "
+            "jaxcerv.model.flatten_params)"
+        )
+    for k, v in loaded.items():
+        if v.shape != flat[k].shape:
+            raise InitError(f"{where}: {k!r} has shape {v.shape}, the model's is {flat[k].shape}")
+    logging.info("init_from %s: %d of %d parameter arrays loaded", path, len(loaded), len(flat))
+    merged = {k: jnp.asarray(loaded[k], flat[k].dtype) if k in loaded else jnp.asarray(v)
+              for k, v in flat.items()}
+    return traverse_util.unflatten_dict(merged, sep="/")

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 MODES = ("iterative", "fixed", "none")
 # What each regulator is fitted to: see ``fit_targets``.
 FIT_ON = ("weights", "normalised", "above_median")
+# The spatial loss: Eq. 5-6 ("paper") or its one-sided form (see ``one_sided_spatial_loss``).
+LOSSES = ("paper", "one_sided", "mass_outside")
 
 # Variances below this (in squared patches) are treated as degenerate: a fit that collapses onto a
 # single patch would give an infinitely sharp density and a meaningless spatial loss.
@@ -31,10 +33,16 @@ def patch_centres(grid_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
     return h, v
 
 
-def initial_params(grid_hw: tuple[int, int]) -> jax.Array:
-    """G0 of Alg. 1: mu = (w0, h0), s_hh = w0, s_vv = h0, s_hv = 0 (w0, h0 = half the grid)."""
+def initial_params(grid_hw: tuple[int, int], fraction: float = 0.0) -> jax.Array:
+    """G0 of Alg. 1: mu = (w0, h0), s_hh = w0, s_vv = h0, s_hv = 0 (w0, h0 = half the grid).
+
+    The paper's variances are in patch units, so its G0 covers less of the image the finer the
+    grid. ``fraction`` > 0 sets the standard deviation to that fraction of each side instead."""
     rows, cols = grid_hw
     w0, h0 = cols / 2.0, rows / 2.0
+    if fraction > 0:
+        return jnp.array([w0, h0, (fraction * cols) ** 2, 0.0, (fraction * rows) ** 2],
+                         dtype=jnp.float32)
     return jnp.array([w0, h0, w0, 0.0, h0], dtype=jnp.float32)
 
 
@@ -51,15 +59,45 @@ def gaussian_density(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
 
 
 def min_max(x: jax.Array) -> jax.Array:
-    """Per-image min-max normalisation over the last two axes, 0 where the map is constant."""
+    """Per-image min-max normalisation over the last two axes, in [0, 1]; 0 where the map is
+    constant to float32 precision. XLA may evaluate x and its min in different fusions, an ulp
+    apart: a constant map (G0 on a 2x2 grid) then gave x - lo = 1e-8 over a range of 0, a
+    "normalised" value of 1e4 and a spatial loss of -15490."""
     lo = jnp.min(x, axis=(-2, -1), keepdims=True)
     hi = jnp.max(x, axis=(-2, -1), keepdims=True)
-    return (x - lo) / jnp.maximum(hi - lo, RANGE_EPS)
+    span = hi - lo
+    flat = span <= 1e-6 * jnp.maximum(jnp.abs(hi), jnp.abs(lo)) + RANGE_EPS
+    return jnp.where(flat, 0.0, jnp.clip((x - lo) / jnp.where(flat, 1.0, span), 0.0, 1.0))
 
 
 def spatial_loss(weights: jax.Array, density: jax.Array) -> jax.Array:
     """Eq. 5-6 for one image: sum over its patches of 1 - norm(a_m) * norm(s_m) -> (...)."""
     return jnp.sum(1.0 - min_max(weights) * min_max(density), axis=(-2, -1))
+
+
+def one_sided_spatial_loss(weights: jax.Array, density: jax.Array) -> jax.Array:
+    """Sum over an image's patches of norm(a_m) * (1 - norm(s_m)) -> (...): weight outside the
+    regulator costs, weight inside is free. Eq. 6 also charges every patch inside the regulator
+    for a weight below 1, which makes the map a uniform cervix mask and hides the lesions."""
+    return jnp.sum(min_max(weights) * (1.0 - min_max(density)), axis=(-2, -1))
+
+
+def mass_outside_loss(weights: jax.Array, density: jax.Array) -> jax.Array:
+    """The share of an image's weight mass outside the regulator, times its patch count (the
+    scale of Eq. 6): K * sum(a_m * (1 - norm(s_m))) / sum(a_m) -> (...). Unlike the one-sided
+    loss a flat map is not free: min-max normalising the weights makes a flat map cost 0 there,
+    and on the synthetic benchmark the weights collapsed to one."""
+    k = weights.shape[-2] * weights.shape[-1]
+    outside = jnp.sum(weights * (1.0 - min_max(density)), axis=(-2, -1))
+    return k * outside / jnp.maximum(jnp.sum(weights, axis=(-2, -1)), RANGE_EPS)
+
+
+def spatial_loss_fn(name: str):
+    """The spatial loss named by ``config.regulator.loss``."""
+    if name not in LOSSES:
+        raise ValueError(f"config.regulator.loss={name!r}: use one of {LOSSES}")
+    return {"paper": spatial_loss, "one_sided": one_sided_spatial_loss,
+            "mass_outside": mass_outside_loss}[name]
 
 
 def fit_gaussian(weights: jax.Array) -> jax.Array:
@@ -131,13 +169,14 @@ def scatter_rows(
 
 
 def batch_regulators(
-    regulators: jax.Array, index: jax.Array, mode: str, grid_hw: tuple[int, int]
+    regulators: jax.Array, index: jax.Array, mode: str, grid_hw: tuple[int, int],
+    g0_fraction: float = 0.0,
 ) -> jax.Array:
     """The regulators a batch's spatial loss uses: each image's own row (Alg. 1), or G0 for
     every image when the mode keeps G0 fixed (or has no spatial loss)."""
     if mode == "iterative":
         return regulators[index]
-    g0 = initial_params(grid_hw)
+    g0 = initial_params(grid_hw, g0_fraction)
     return jnp.broadcast_to(g0, (index.shape[0], 5))
 
 

@@ -455,7 +455,10 @@ def _run_report(
     body += ["<h2>Figures (paper Fig. 4)</h2>",
              *_figures(run_dir, out_dir, test, results, config, roc_baselines)]
     body.append(_epoch_table(run.read_metrics()))
-    if isinstance(data, str):
+    if "weights" not in test:
+        body.append("<h2>Images</h2><p class='note'>This model has no patch weights (a "
+                    "whole-image baseline): no heatmaps, no regulator.</p>")
+    elif isinstance(data, str):
         body.append(f"<h2>Images</h2><p class='note'>Dataset images unavailable, so no gallery "
                     f"or regulator evolution: {_esc(data)}</p>")
     else:

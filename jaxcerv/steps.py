@@ -40,16 +40,20 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def create_train_state(
     config: ml_collections.ConfigDict,
-    model: model_lib.PatchWiseModel,
+    model: Any,
     tx: optax.GradientTransformation,
     num_train: int,
     rng: jax.Array,
 ) -> TrainState:
-    """Fresh parameters and every training image's regulator at G0."""
+    """Fresh parameters (``model.init_from`` loaded over them) and every training image's
+    regulator at G0."""
     init_rng, state_rng = jax.random.split(rng)
     side = config.grid_size * config.patch_size
     params = model.init(init_rng, jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
-    g0 = regulator.initial_params((config.grid_size, config.grid_size))
+    if config.model.init_from:
+        params = model_lib.load_init(params, config.model.init_from)
+    g0 = regulator.initial_params((config.grid_size, config.grid_size),
+                                  config.regulator.g0_fraction)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -66,7 +70,7 @@ def _all_finite(*trees: Any) -> jax.Array:
 
 def make_train_step(
     config: ml_collections.ConfigDict,
-    model: model_lib.PatchWiseModel,
+    model: Any,
     tx: optax.GradientTransformation,
     class_weights: Any = (1.0, 1.0),
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
@@ -77,19 +81,22 @@ def make_train_step(
 
     ``metrics["healthy"]`` is false when the loss, a gradient, a new parameter or a regulator is
     not finite, or the batch's mean BCE exceeds ``config.train.max_bce``: the loop stops on it
-    (divergence guard) before anything is saved.
+    (divergence guard) before anything is saved. A model without patch weights (a whole-image
+    baseline) has no spatial loss and no refit: its regulators stay at G0, its spatial loss is 0.
     """
     mode, lam, fit_on = config.regulator.mode, config.regulator.lam, config.regulator.fit_on
     max_bce = config.train.max_bce
     grid = (config.grid_size, config.grid_size)
     cw = tuple(float(w) for w in class_weights)
+    spatial_loss = regulator.spatial_loss_fn(config.regulator.loss)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, dropout_rng = jax.random.split(state.rng)
         mask = batch["mask"].astype(jnp.float32)
         count = jnp.maximum(jnp.sum(mask), 1.0)
         density = regulator.gaussian_density(
-            regulator.batch_regulators(state.regulators, batch["index"], mode, grid), grid
+            regulator.batch_regulators(state.regulators, batch["index"], mode, grid,
+                                       config.regulator.g0_fraction), grid
         )
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, ...]]:
@@ -97,7 +104,10 @@ def make_train_step(
                 {"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng}
             )
             bce = losses.classification_loss(out.logits, batch["label"])
-            spatial = regulator.spatial_loss(out.weights, density)
+            if out.weights is None:
+                spatial = jnp.zeros_like(bce)
+            else:
+                spatial = spatial_loss(out.weights, density)
             total = losses.combined_loss(
                 losses.weighted(bce, batch["label"], cw), spatial, lam, mode
             )
@@ -108,9 +118,12 @@ def make_train_step(
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        regulators, valid = regulator.refit(
-            state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on, mode=mode
-        )
+        if weights is None:
+            regulators, valid = state.regulators, jnp.zeros_like(batch["mask"], bool)
+        else:
+            regulators, valid = regulator.refit(
+                state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on, mode=mode
+            )
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, rng=rng, regulators=regulators
         )
@@ -128,26 +141,27 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(
-    model: model_lib.PatchWiseModel, fit_on: str
-) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+def make_eval_step(model: Any, fit_on: str) -> Callable[[Any, Batch], dict[str, jax.Array]]:
     """Forward pass for evaluation: probabilities, heatmaps, features and each image's own fit
-    (made as in training, see ``regulator.fit_targets``)."""
+    (made as in training, see ``regulator.fit_targets``); no heatmap nor fit for a model
+    without patch weights."""
 
     def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
         out = model.apply({"params": params}, batch["image"], train=False)
-        return {
+        result = {
             "logits": out.logits,
             "probabilities": jax.nn.sigmoid(out.logits),
-            "weights": out.weights,
             "features": out.features,
-            "regulators": regulator.fit(out.weights, fit_on),
         }
+        if out.weights is not None:
+            result["weights"] = out.weights
+            result["regulators"] = regulator.fit(out.weights, fit_on)
+        return result
 
     return eval_step
 
 
-def jit_eval_step(config: ml_collections.ConfigDict, model: model_lib.PatchWiseModel, **kw: Any):
+def jit_eval_step(config: ml_collections.ConfigDict, model: Any, **kw: Any):
     """The eval step jitted with the config's compiler options (``kw``: shardings)."""
     return jax.jit(
         make_eval_step(model, config.regulator.fit_on),
@@ -170,7 +184,7 @@ def jit_steps(config, model, tx, mesh, class_weights: Any = (1.0, 1.0)):
     return train_step, eval_step
 
 
-def abstract_params(config: ml_collections.ConfigDict, model: model_lib.PatchWiseModel) -> Any:
+def abstract_params(config: ml_collections.ConfigDict, model: Any) -> Any:
     """Shapes and dtypes of the model's parameters, without computing them (for restoring)."""
     side = config.grid_size * config.patch_size
     return jax.eval_shape(

@@ -256,8 +256,10 @@ def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.n
     writer.write(row)
     print(
         f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} (bce {row['train_bce']:.4f}, "
-        f"spatial {row['train_spatial']:.2f}) | val loss {row['val_loss']:.4f} "
-        f"auc {row['val_roc_auc']:.3f} | {row['img_per_s']:.1f} img/s"
+        f"spatial {row['train_spatial']:.2f})"
+        + (f" | val loss {row['val_loss']:.4f} auc {row['val_roc_auc']:.3f}"
+           if "val_loss" in row else "")
+        + f" | {row['img_per_s']:.1f} img/s"
         + (
             f" | regulator centre error {row['regulator_centre_error']:.2f} patches"
             if "regulator_centre_error" in row
@@ -288,16 +290,19 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
     writer = MetricWriter(run)
     try:
         state, progress = _resume(ckpt, fold)
-        truth = _truth(fold)
+        truth = _truth(fold) if model_lib.has_weights(config) else None  # no regulator else
         first_epoch = progress.epoch + 1
         while progress.epoch < config.train.epochs and not progress.stopped:
             epoch = progress.epoch + 1
             t0 = time.perf_counter()
             state, row = _train_epoch(fold, state, epoch, first=epoch == first_epoch)
-            with reporting.announce("validating (compiles the eval step)",
-                                    enabled=parallel.is_writer() and epoch == first_epoch):
-                row.update(_validate(fold, state.params))
-            is_best = progress.selection.update(epoch, row["val_roc_auc"], row["val_loss"])
+            if len(fold.split["val"]):
+                with reporting.announce("validating (compiles the eval step)",
+                                        enabled=parallel.is_writer() and epoch == first_epoch):
+                    row.update(_validate(fold, state.params))
+                is_best = progress.selection.update(epoch, row["val_roc_auc"], row["val_loss"])
+            else:  # no validation set (data.val_fraction=0): fixed epochs, the last one is tested
+                is_best = progress.selection.update(epoch, float(epoch), 0.0)
             progress.epoch = epoch
             progress.stopped = progress.selection.bad_epochs >= config.train.patience
             regs = np.asarray(parallel.to_host(state.regulators))
@@ -324,7 +329,10 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
         results = _evaluate(fold, best_state.params)
     results["best_epoch"] = best_epoch
     results["epochs_run"] = progress.epoch
-    results["regulator"] = _regulator_summary(fold, np.asarray(parallel.to_host(state.regulators)))
+    if model_lib.has_weights(config):  # a whole-image baseline has no regulator to summarise
+        results["regulator"] = _regulator_summary(
+            fold, np.asarray(parallel.to_host(state.regulators))
+        )
     results["runtime"] = parallel.runtime_info(mesh)
     if parallel.is_writer():
         write_json(run.results, results)
@@ -333,9 +341,11 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
 
 def _evaluate(fold: Fold, params) -> dict[str, Any]:
     """Predict val and test with the selected parameters, save them, compute the metrics."""
-    preds = {}
+    preds: dict[str, Any] = {"val": None}
     for name in ("val", "test"):
         idx = fold.split[name]
+        if not len(idx):
+            continue
         pred = evaluate.predict_split(
             fold.config, fold.eval_step, params, fold.source, idx, fold.mesh
         )
@@ -362,7 +372,8 @@ def _regulator_summary(fold: Fold, final_regs: np.ndarray) -> dict[str, Any]:
     truth = _truth(fold)
     if truth is not None:
         grid = (config.grid_size, config.grid_size)
-        g0 = np.tile(np.asarray(regulator.initial_params(grid)), (len(truth), 1))
+        g0 = np.tile(np.asarray(regulator.initial_params(grid, config.regulator.g0_fraction)),
+                     (len(truth), 1))
         reg["centre_error_patches"] = metrics_lib.centre_error(final_regs, truth)
         reg["initial_centre_error_patches"] = metrics_lib.centre_error(g0, truth)
         print(

@@ -108,8 +108,11 @@ def score_distribution(
     return _save(fig, path)
 
 
-def tsne(features, labels, path: PathLike, seed: int = 0, *, perplexity: float = 30.0) -> str:
-    """2-D t-SNE of image-level features coloured by class (Fig. 4d).
+def tsne(
+    features, labels, path: PathLike, seed: int = 0, *, perplexity: float = 30.0
+) -> str | None:
+    """2-D t-SNE of image-level features coloured by class (Fig. 4d); None (no figure) when every
+    image has the same features (a dead network), where scikit-learn's t-SNE crashes the process.
 
     Perplexity is clipped to n - 1 because scikit-learn requires it below the sample count.
     OpenMP is limited to one thread: with the cores shared (data workers, other jobs) its
@@ -122,6 +125,8 @@ def tsne(features, labels, path: PathLike, seed: int = 0, *, perplexity: float =
     y = np.asarray(labels).reshape(-1)
     if x.shape[0] < 3:
         raise ValueError(f"t-SNE needs at least 3 images, got {x.shape[0]}")
+    if not np.any(np.ptp(x, axis=0) > 0):
+        return None
     with threadpool_limits(limits=1, user_api="openmp"):
         emb = TSNE(
             n_components=2,

@@ -89,7 +89,6 @@ def test_help_lists_the_subcommands_own_flags(tmp_path):
     "args, message",
     [
         (("frobnicate",), "unknown subcommand 'frobnicate'"),
-        (("experiments",), "experiments is not in this version"),
         (("predict", "x.jpg"), "pass --workdir, --checkpoint or --model"),
         (("export", "--workdir=/nonexistent", "--out=m.jaxexport"), "no config.json"),
     ],

@@ -140,3 +140,128 @@ def test_bf16_model_close_to_float32_with_float32_params_and_gradients():
         assert a.dtype == jnp.float32
         a, b = np.ravel(a), np.ravel(b)
         assert np.dot(a, b) >= 0.99 * np.linalg.norm(a) * np.linalg.norm(b)
+
+
+# --------------------------------------------------------------------------- baselines, init_from
+
+from jaxcerv import steps  # noqa: E402
+from jaxcerv.configs import smoke  # noqa: E402
+
+
+def _whole(family, **kw):
+    return model_lib.WholeImageCNN(family=family, input_size=kw.pop("input_size", 32),
+                                   width=kw.pop("width", 0.125), **kw)
+
+
+@pytest.mark.parametrize("family", model_lib.WHOLE_IMAGE)
+def test_whole_image_baselines_give_logits_and_no_patch_weights(family):
+    m = _whole(family)
+    img = jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 56, 56, 3), np.uint8))
+    out = m.apply(m.init(jax.random.PRNGKey(0), img), img)
+    assert out.weights is None
+    assert out.logits.shape == (2,) and out.features.shape[0] == 2
+    assert np.all(np.isfinite(np.asarray(out.logits)))
+
+
+def test_center_crop_keeps_the_centre_as_slicing_does():
+    img = np.arange(2 * 10 * 10 * 3).reshape(2, 10, 10, 3)
+    np.testing.assert_array_equal(model_lib.center_crop(jnp.asarray(img), 0.6), img[:, 2:8, 2:8])
+    np.testing.assert_array_equal(model_lib.center_crop(jnp.asarray(img), 1.0), img)
+
+
+def test_crop_changes_what_a_whole_image_model_sees():
+    """With crop 0.5 the border pixels cannot move the output; without it they do."""
+    img = np.random.default_rng(1).integers(0, 255, (1, 64, 64, 3), np.uint8)
+    border = img.copy()
+    border[:, :8] = 255 - border[:, :8]
+    for crop, same in ((0.5, True), (1.0, False)):
+        m = _whole("lenet", center_crop=crop)
+        params = m.init(jax.random.PRNGKey(0), jnp.asarray(img))
+        a, b = (np.asarray(m.apply(params, jnp.asarray(x)).logits) for x in (img, border))
+        assert np.allclose(a, b) == same
+
+
+def _train_once(config, model):
+    tx = steps.make_optimizer(config)
+    state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
+    side = config.grid_size * config.patch_size
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.integers(0, 255, (8, side, side, 3), np.uint8)),
+             "label": jnp.asarray(np.arange(8) % 2), "index": jnp.arange(8),
+             "mask": jnp.ones(8, bool)}
+    new, metrics = jax.jit(steps.make_train_step(config, model, tx))(state, batch)
+    return state, new, metrics
+
+
+@pytest.mark.parametrize("frozen", [0, 2])
+def test_vgg_freeze_blocks_leaves_the_lower_blocks_untouched(frozen):
+    config = smoke.get_config()
+    config.model.family, config.regulator.mode = "vgg16", "none"
+    config.model.width, config.model.input_size, config.model.freeze_blocks = 0.0625, 32, frozen
+    model = model_lib.from_config(config)
+    old, new, metrics = _train_once(config, model)
+    old_flat = model_lib.flatten_params(old.params)
+    new_flat = model_lib.flatten_params(new.params)
+    # Conv_0..Conv_3 are blocks 1-2 (two convs each); Conv_4 starts block 3.
+    for k in sorted(old_flat):
+        lower = k.split("/")[0] in ("Conv_0", "Conv_1", "Conv_2", "Conv_3")
+        unchanged = np.array_equal(old_flat[k], new_flat[k])
+        assert unchanged == (lower and frozen == 2), k
+    # No patch weights: no spatial loss and no regulator update.
+    assert float(metrics["spatial_sum"]) == 0.0 and float(metrics["valid_fits"]) == 0.0
+    np.testing.assert_array_equal(np.asarray(new.regulators), np.asarray(old.regulators))
+
+
+def test_abmil_attention_is_a_softmax_and_pools_the_encoder_features():
+    m = model_lib.AttentionMIL(patch_size=8, conv_features=(4, 6, 8), attention_hidden=5,
+                               classifier_hidden=(4,))
+    img = jnp.asarray(np.random.default_rng(3).integers(0, 255, (2, 24, 16, 3), np.uint8))
+    variables = m.init(jax.random.PRNGKey(0), img)
+    out = m.apply(variables, img)
+    a = np.asarray(out.weights)
+    assert a.shape == (2, 3, 2)
+    np.testing.assert_allclose(a.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    patches = model_lib.patchify((img.astype(jnp.float32) - 127.5) / 64.0, 8)
+    h = np.asarray(model_lib.PatchEncoder((4, 6, 8)).apply(
+        {"params": variables["params"]["encoder"]}, patches.reshape(12, 8, 8, 3))).reshape(2, 6, -1)
+    expected = (a.reshape(2, 6, 1) * h).sum(axis=1)
+    np.testing.assert_allclose(out.features, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_init_from_loads_named_arrays_and_refuses_wrong_names_or_shapes(tmp_path):
+    config = smoke.get_config()
+    model = model_lib.from_config(config)
+    tx = steps.make_optimizer(config)
+    fresh = model_lib.flatten_params(
+        steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0)).params)
+    # A file with only the encoder's first kernel, drawn independently of the model.
+    name = "encoder/Conv_0/kernel"
+    assert name in fresh
+    kernel = np.random.default_rng(5).normal(size=fresh[name].shape).astype(np.float32)
+    path = str(tmp_path / "init.npz")
+    np.savez(path, **{name: kernel})
+    config.model.init_from = path
+    loaded = model_lib.flatten_params(
+        steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0)).params)
+    np.testing.assert_array_equal(loaded[name], kernel)
+    for k in fresh:
+        if k != name:
+            np.testing.assert_array_equal(loaded[k], fresh[k])
+    np.savez(path, **{"encoder/Conv_9/kernel": kernel})
+    with pytest.raises(model_lib.InitError, match="not parameters of this model"):
+        model_lib.load_init(model_lib.flatten_params(fresh), path)
+    np.savez(path, **{name: kernel[..., :1]})
+    with pytest.raises(model_lib.InitError, match="shape"):
+        model_lib.load_init(model_lib.flatten_params(fresh), path)
+
+
+def test_save_params_round_trips_through_init_from(tmp_path):
+    config = smoke.get_config()
+    model = model_lib.from_config(config)
+    params = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 112, 112, 3), jnp.uint8))["params"]
+    path = str(tmp_path / "p.npz")
+    model_lib.save_params(params, path)
+    other = model.init(jax.random.PRNGKey(2), jnp.zeros((1, 112, 112, 3), jnp.uint8))["params"]
+    back = model_lib.load_init(other, path)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)

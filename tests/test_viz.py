@@ -250,3 +250,9 @@ def test_clinician_figure_states_probability_threshold_and_warning(tmp_path):
     assert "0.200 < threshold 0.500" in below.axes[0].get_title()
     assert viz.CLASS_NAMES[0] in below.axes[0].get_title()
     _assert_png(viz.save_figure(fig, tmp_path / "c.png"), min_wh=(300, 150))
+
+
+def test_tsne_of_identical_features_draws_nothing_instead_of_crashing(tmp_path):
+    # scikit-learn's t-SNE segfaulted on these (a dead VGG16 baseline gave them).
+    out = viz.tsne(np.ones((12, 5)), np.arange(12) % 2, tmp_path / "t.png")
+    assert out is None and not (tmp_path / "t.png").exists()

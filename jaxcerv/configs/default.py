@@ -49,6 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.test_fraction = 0.2
     config.data.num_folds = 0  # 0: one train/val/test split; k: grouped k-fold CV
     config.data.splits_file = ""
+    # Keep the centre fraction of each side before a whole-image baseline resizes the image (the
+    # paper's "Crop k" keeps k of 2400 px: 900 / 1200 / 1500 = 0.375 / 0.5 / 0.625).
+    config.data.center_crop = 1.0
     config.data.augment = False  # training augmentation on/off; what it does: augmentation
     # jaxcerv.data.pipeline.Augment: these defaults are a horizontal flip and colour jitter only;
     # never a vertical flip. configs/iarc_atlas.py turns on the geometric and photometric terms.
@@ -68,6 +71,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.prefetch = 2
 
     config.model = ml_collections.ConfigDict()
+    # "patchwise" (the paper) | "abmil" (gated-attention MIL on the same patch encoder) | the
+    # whole-image baselines of Table 1: "lenet" | "alexnet" | "vgg16" | "inception" (no patch
+    # weights: set regulator.mode="none").
+    config.model.family = "patchwise"
+    config.model.input_size = 0  # whole-image baselines: 0 = the published input side
+    config.model.width = 1.0  # whole-image baselines: channel / unit multiplier (1 = published)
+    config.model.freeze_blocks = 0  # vgg16: the lower n conv blocks never train (FZ1-FZ4)
+    config.model.attention_hidden = 128  # abmil: units of the gated attention
+    # A local .npz of {"encoder/Conv_0/kernel": array, ...} loaded over the fresh parameters
+    # (jaxcerv.model.load_init; names as jaxcerv.model.flatten_params writes them). "": none.
+    config.model.init_from = ""
     config.model.conv_features = (12, 24, 48)
     config.model.weight_hidden = (800, 512, 128)
     config.model.classifier_hidden = (128, 32)
@@ -93,6 +107,14 @@ def get_config() -> ml_collections.ConfigDict:
     # What each regulator is fitted to: "weights" (the paper), "normalised" or "above_median"
     # (see train.fit_weights).
     config.regulator.fit_on = "above_median"
+    # "paper": Eq. 5-6, sum of 1 - norm(a) * norm(s), which pulls every patch inside the regulator
+    # towards weight 1; "one_sided": sum of norm(a) * (1 - norm(s)), which only penalises weight
+    # outside it, so the weights inside stay free to single out the lesions (but a flat map is
+    # free too); "mass_outside": the share of weight mass outside it, times the patch count.
+    config.regulator.loss = "paper"
+    # G0's standard deviation as a fraction of the image side (every patch size starts from the
+    # same Gaussian); 0: the paper's G0, variance = half the grid in patch units.
+    config.regulator.g0_fraction = 0.0
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 8  # global batch: must divide by the device count
@@ -125,7 +147,10 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 32
+    # "youden" (on validation) | "balanced_accuracy" | "eer" | "fixed" (eval.threshold, needed
+    # when there is no validation set: data.val_fraction=0)
     config.eval.threshold_criterion = "youden"
+    config.eval.threshold = 0.5
     config.eval.num_heatmaps = 6
     config.eval.bootstrap = 200
     return config

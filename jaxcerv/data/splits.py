@@ -142,9 +142,11 @@ def check_splits(
     sessions: Sequence[str] | None = None,
     context: str = "",
     hint: str | None = None,
+    may_be_empty: Sequence[str] = (),
 ) -> None:
     """Raise SplitError unless every split of every fold is non-empty, holds both classes, and
     shares no image (nor session, when ``sessions`` is given) with another split of its fold.
+    The splits named in ``may_be_empty`` may have no images (the 80/20 protocol has no val).
 
     ``context`` prefixes messages (e.g. the splits file); ``hint`` replaces the advice on which
     setting to change."""
@@ -180,6 +182,8 @@ def check_splits(
                     if other != name:
                         fail(f"session {session!r} is in both the {other} and {name} splits{where}")
             advice = hint or _advice(name, len(folds) > 1)
+            if idx.size == 0 and name in may_be_empty:
+                continue
             if idx.size == 0:
                 fail(f"the {name} split{where} is empty; {advice}")
             for c in CLASSES:
@@ -292,8 +296,10 @@ def make_splits(
         else:
             raise SplitError(f"num_folds must be 0 (one split) or >= 2, got {num_folds}")
         context, hint = f"{len(records.labels)} images: ", None
+    no_val = ("val",) if data_config.val_fraction == 0 else ()
     check_splits(
-        folds, records.labels, records.ids, sessions=records.sessions, context=context, hint=hint
+        folds, records.labels, records.ids, sessions=records.sessions, context=context, hint=hint,
+        may_be_empty=no_val,
     )
     if write:
         save_splits(Path(workdir) / "splits.json", folds, records.ids)
