@@ -115,6 +115,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
          "a finite number > 0"),
         ("train.patience", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("train.class_weight", lambda v: v in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
+        ("train.freeze_encoder_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ("train.max_bce", lambda v: is_num(v) and v > 0, "a number > 0"),
         ("train.log_every_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("pretrain.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),

@@ -8,8 +8,9 @@ as the classifier's images are, and trains `model.PatchEncoder` plus a projectio
 lifecycle as training: `W/lock`, `W/config.json`, `checkpoints/latest` every epoch (rerun to
 resume; a finished run only rewrites the encoder), `metrics.jsonl` + TensorBoard, a progress
 line. The result is `W/encoder.npz`: the encoder's parameters under flat names
-`PatchEncoder/Conv_<i>/{kernel,bias}`; `load_encoder` puts them into a `PatchWiseModel`'s
-`params["encoder"]`, `freeze_encoder` holds them still for the first steps of fine-tuning.
+`encoder/Conv_<i>/{kernel,bias}`, the `model.init_from` format: train from it with
+`--config.model.init_from=W/encoder.npz` (`--config.train.freeze_encoder_steps=N` holds it still
+for the first N steps, `steps.freeze_encoder`); `load_encoder` does the same in code.
 
 Why contrastive rather than masked reconstruction: the classifier uses the encoder's pooled
 3x3x48 feature as the description of a patch, and a contrastive loss trains exactly that output
@@ -44,7 +45,7 @@ from jaxcerv.data import images
 from jaxcerv.rundir import RunDir, RunError, acquire_lock, release_lock, write_json
 from jaxcerv.writer import MetricWriter
 
-PREFIX = "PatchEncoder"
+PREFIX = "encoder"  # the parameter path: encoder.npz is a model.init_from file
 ENCODER_FILE = "encoder.npz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _MIN_TISSUE = 40  # a patch whose brightest channel averages below this is letterbox or shadow
@@ -194,7 +195,7 @@ def _flat_encoder(params: Any) -> dict[str, Any]:
 
 
 def encoder_arrays(params: Any) -> dict[str, np.ndarray]:
-    """Flat ``PatchEncoder/<layer>/<name>`` arrays of ``params["encoder"]``."""
+    """Flat ``encoder/<layer>/<name>`` arrays of ``params["encoder"]``."""
     return {k: np.asarray(v) for k, v in _flat_encoder(params).items()}
 
 
@@ -221,28 +222,6 @@ def load_encoder(path: str | os.PathLike[str], params: Any) -> Any:
         {tuple(k.split("/")[1:]): jnp.asarray(v, want[k].dtype) for k, v in saved.items()}
     )
     return {**params, "encoder": encoder}
-
-
-def freeze_encoder(
-    tx: optax.GradientTransformation, frozen_steps: int
-) -> optax.GradientTransformation:
-    """``tx`` with the ``encoder`` subtree's updates zeroed for the first ``frozen_steps`` steps:
-    the new weight MLP and classifier first learn on the pretrained features, so their early,
-    large gradients do not wash the pretrained encoder out."""
-
-    def init(params: Any) -> tuple[Any, jax.Array]:
-        return tx.init(params), jnp.zeros((), jnp.int32)
-
-    def update(updates: Any, state: tuple[Any, jax.Array], params: Any = None):
-        inner, count = state
-        updates, inner = tx.update(updates, inner, params)
-        keep = (count >= frozen_steps).astype(jnp.float32)
-        updates = {**updates,
-                   "encoder": jax.tree.map(lambda u: u * keep.astype(u.dtype),
-                                           updates["encoder"])}
-        return updates, (inner, count + 1)
-
-    return optax.GradientTransformation(init, update)
 
 
 # ------------------------------------------------------------------------------ loop

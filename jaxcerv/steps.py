@@ -35,7 +35,33 @@ class TrainState:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    return optax.adam(config.train.learning_rate)
+    """Adam; with ``train.freeze_encoder_steps`` > 0 (a pretrained encoder loaded through
+    ``model.init_from``) the encoder is held still for that many steps."""
+    tx = optax.adam(config.train.learning_rate)
+    frozen = config.train.get("freeze_encoder_steps", 0)
+    return freeze_encoder(tx, frozen) if frozen else tx
+
+
+def freeze_encoder(
+    tx: optax.GradientTransformation, frozen_steps: int
+) -> optax.GradientTransformation:
+    """``tx`` with the ``encoder`` subtree's updates zeroed for the first ``frozen_steps`` steps:
+    the new weight MLP and classifier first learn on the pretrained features, so their early,
+    large gradients do not wash the pretrained encoder out."""
+
+    def init(params: Any) -> tuple[Any, jax.Array]:
+        return tx.init(params), jnp.zeros((), jnp.int32)
+
+    def update(updates: Any, state: tuple[Any, jax.Array], params: Any = None):
+        inner, count = state
+        updates, inner = tx.update(updates, inner, params)
+        keep = (count >= frozen_steps).astype(jnp.float32)
+        updates = {**updates,
+                   "encoder": jax.tree.map(lambda u: u * keep.astype(u.dtype),
+                                           updates["encoder"])}
+        return updates, (inner, count + 1)
+
+    return optax.GradientTransformation(init, update)
 
 
 def create_train_state(

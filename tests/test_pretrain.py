@@ -10,7 +10,7 @@ from PIL import Image
 
 from configs import default
 from jaxcerv import model as model_lib
-from jaxcerv import pretrain
+from jaxcerv import pretrain, steps
 from jaxcerv.rundir import RunDir, RunError
 
 
@@ -85,13 +85,17 @@ def test_pretraining_writes_metrics_resumes_and_saves_the_encoder(tmp_path, caps
     params = net.init(jax.random.PRNGKey(1), jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
     loaded = pretrain.load_encoder(work / pretrain.ENCODER_FILE, params)
     with np.load(work / pretrain.ENCODER_FILE) as z:
-        assert sorted(z.files) == [f"PatchEncoder/Conv_{i}/{n}" for i in range(2)
+        assert sorted(z.files) == [f"encoder/Conv_{i}/{n}" for i in range(2)
                                    for n in ("bias", "kernel")]
         for i in range(2):
             np.testing.assert_array_equal(loaded["encoder"][f"Conv_{i}"]["kernel"],
-                                          z[f"PatchEncoder/Conv_{i}/kernel"])
+                                          z[f"encoder/Conv_{i}/kernel"])
     np.testing.assert_array_equal(loaded["classifier"]["Dense_0"]["kernel"],
                                   params["classifier"]["Dense_0"]["kernel"])
+    # It is a model.init_from file: training starts from it with the same encoder.
+    via_init_from = model_lib.load_init(params, str(work / pretrain.ENCODER_FILE))
+    for a, b in zip(jax.tree.leaves(via_init_from), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)
     # A model with other encoder widths is refused in one line.
     config.model.conv_features = (4, 16)
     other = model_lib.from_config(config).init(
@@ -109,7 +113,7 @@ def test_a_folder_without_photographs_is_one_line(tmp_path):
 
 def test_frozen_encoder_stays_put_for_the_first_steps_only():
     params = {"encoder": {"k": jnp.ones(3)}, "classifier": {"k": jnp.ones(2)}}
-    tx = pretrain.freeze_encoder(optax.sgd(0.1), frozen_steps=2)
+    tx = steps.freeze_encoder(optax.sgd(0.1), frozen_steps=2)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     history = []

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import smoke
@@ -186,3 +187,21 @@ def test_class_weights_scale_each_images_bce_in_the_loss():
     assert float(m["loss_sum"] / m["count"]) == pytest.approx(
         (w * bce)[keep].sum() / keep.sum(), rel=1e-4)
     assert float(m["bce_sum"]) == pytest.approx(bce[keep].sum(), rel=1e-4)
+
+
+def test_freeze_encoder_steps_holds_the_encoder_still_then_trains_it():
+    config = smoke.get_config()
+    config.train.freeze_encoder_steps = 2
+    tx = steps.make_optimizer(config)
+    params = {"encoder": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(3)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    history = []
+    for _ in range(3):
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(jax.tree.map(np.asarray, params))
+    for p in history[:2]:  # frozen: only the head moved
+        np.testing.assert_array_equal(p["encoder"]["w"], np.ones(3))
+    assert np.all(history[0]["head"]["w"] < 1)
+    assert np.all(history[2]["encoder"]["w"] < 1)

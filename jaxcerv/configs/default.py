@@ -128,6 +128,9 @@ def get_config() -> ml_collections.ConfigDict:
     # whose mean BCE exceeds this (a trained classifier's stays below ~10; a diverged one reached
     # 4e9 at learning rate 1e2), stops the run before anything is saved.
     config.train.max_bce = 1e3
+    # With a pretrained encoder (model.init_from=<pretrain workdir>/encoder.npz): hold it still
+    # for this many steps while the new weight MLP and classifier learn on its features.
+    config.train.freeze_encoder_steps = 0
 
     # Self-supervised pretraining of the patch encoder (python -m jaxcerv.pretrain): contrastive
     # (NT-Xent) on pairs of views of random tissue patches of every photograph under images_dir.
