@@ -436,7 +436,8 @@ def load_init(params: Any, path: str) -> Any:
             loaded = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:
         raise InitError(f"{where}: cannot read it as an .npz of named arrays ({e})") from e
-    flat = flatten_params(params)
+    # Not flatten_params: this runs inside the jitted initialiser, where params are tracers.
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
     unknown = sorted(set(loaded) - set(flat))
     if unknown:
         raise InitError(
@@ -448,6 +449,6 @@ def load_init(params: Any, path: str) -> Any:
         if v.shape != flat[k].shape:
             raise InitError(f"{where}: {k!r} has shape {v.shape}, the model's is {flat[k].shape}")
     logging.info("init_from %s: %d of %d parameter arrays loaded", path, len(loaded), len(flat))
-    merged = {k: jnp.asarray(loaded[k], flat[k].dtype) if k in loaded else jnp.asarray(v)
+    merged = {k: jnp.asarray(loaded[k], flat[k].dtype) if k in loaded else v
               for k, v in flat.items()}
     return traverse_util.unflatten_dict(merged, sep="/")

@@ -247,6 +247,11 @@ def test_init_from_loads_named_arrays_and_refuses_wrong_names_or_shapes(tmp_path
     for k in fresh:
         if k != name:
             np.testing.assert_array_equal(loaded[k], fresh[k])
+    # The loop builds the state inside jit (parallel.replicated_init): loading must trace.
+    traced = model_lib.flatten_params(jax.jit(
+        lambda key: steps.create_train_state(config, model, tx, 8, key))(jax.random.PRNGKey(0)
+    ).params)
+    np.testing.assert_array_equal(traced[name], kernel)
     np.savez(path, **{"encoder/Conv_9/kernel": kernel})
     with pytest.raises(model_lib.InitError, match="not parameters of this model"):
         model_lib.load_init(model_lib.flatten_params(fresh), path)
