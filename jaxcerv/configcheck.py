@@ -35,10 +35,11 @@ def _get(config: Any, dotted: str) -> Any:
     return node
 
 
-def _has(config: Any, dotted: str) -> bool:
+def has_key(config: Any, dotted: str) -> bool:
+    """Whether ``config`` has the dotted setting (what ``--config.<dotted>=`` may override)."""
     try:
         _get(config, dotted)
-    except (KeyError, AttributeError):
+    except (KeyError, AttributeError, TypeError):  # TypeError: a key below a leaf value
         return False
     return True
 
@@ -46,7 +47,7 @@ def _has(config: Any, dotted: str) -> bool:
 def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
     """(setting, predicate, what it must be) for every checked setting."""
     features = "model.conv_features"
-    layers = len(tuple(_get(config, features))) if _has(config, features) else 3
+    layers = len(tuple(_get(config, features))) if has_key(config, features) else 3
     is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
     is_num = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
     fraction = lambda v: is_num(v) and 0 <= v < 1  # noqa: E731
@@ -139,7 +140,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
 def check_config(config: Any) -> None:
     """Raise ConfigError for the first setting out of range (in the order of the rules)."""
     for key, ok, want in _rules(config):
-        if not _has(config, key):
+        if not has_key(config, key):
             continue
         value = _get(config, key)
         try:
@@ -149,7 +150,7 @@ def check_config(config: Any) -> None:
         if not good:
             raise ConfigError(f"config.{key}={value!r} is invalid: it must be {want}")
     d = config.data
-    if _has(config, "model.family") and config.model.family in WHOLE_IMAGE and \
+    if has_key(config, "model.family") and config.model.family in WHOLE_IMAGE and \
             config.regulator.mode != "none":
         raise ConfigError(
             f"config.model.family={config.model.family!r} has no patch weights, so no spatial "

@@ -39,7 +39,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError) as e:  # ml_collections: override of a key that is absent
         config = _load_config(argv)
         unknown = [a for a in argv[1:] if a.startswith("--config.") and config is not None
-                   and not _has_key(config, _override_key(a))]
+                   and not configcheck.has_key(config, _override_key(a))]
         if unknown:
             _fail(configcheck.unknown_key_message(_override_key(unknown[0]), config), 2)
         _fail(f"bad --config override: {e}", 2)
@@ -65,15 +65,6 @@ def _load_config(argv: list[str]):
         return module.get_config()
     except Exception:  # the config file itself is the problem: absl reports that
         return None
-
-
-def _has_key(config, dotted: str) -> bool:
-    node = config
-    for part in dotted.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def main(argv: list[str]) -> None:
