@@ -411,6 +411,10 @@ def run(config: Any) -> dict[str, Any]:
         cases += make_peers(config, host)
     for case in cases:
         case.compile(what)
+        # One line per variant, so a run cut short by a time limit still shows how far it got.
+        print(f"compiled {case.impl}: " + ", ".join(
+            f"{w} {case.compile_s[w]:.1f} s" for w in what if w in case.compile_s),
+            file=sys.stderr, flush=True)
         for _ in range(_WARMUP.value):
             for w in what:
                 jax.block_until_ready(case.run_train() if w == "train" else case.run_infer())
@@ -519,7 +523,7 @@ def write_table(out: str) -> None:
                 r = json.load(f)
         except ValueError:  # not one of ours (an empty or foreign file)
             continue
-        if not isinstance(r, dict) or "machine" not in r:
+        if not isinstance(r, dict) or not isinstance(r.get("machine"), dict):
             continue
         for row in r.get("compare", [r]):
             pct = "/".join(

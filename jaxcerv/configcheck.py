@@ -110,6 +110,8 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("regulator.lam", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
          "a finite number >= 0"),
         ("regulator.fit_on", lambda v: v in regulator.FIT_ON, f"one of {regulator.FIT_ON}"),
+        ("regulator.normalise", lambda v: v in regulator.NORMALISE,
+         f"one of {regulator.NORMALISE}"),
         ("train.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("train.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("train.learning_rate", lambda v: is_num(v) and math.isfinite(v) and v > 0,
@@ -155,6 +157,13 @@ def check_config(config: Any) -> None:
         raise ConfigError(
             f"config.model.family={config.model.family!r} has no patch weights, so no spatial "
             f"regulator: set config.regulator.mode=none (it is {config.regulator.mode!r})"
+        )
+    if has_key(config, "regulator.normalise") and config.regulator.normalise == "logits" and \
+            config.regulator.loss == "mass_outside":
+        raise ConfigError(
+            "config.regulator.normalise=logits needs a min-max normalised loss, and "
+            "regulator.loss=mass_outside takes the weights as they are: use loss=paper or "
+            "one_sided, or normalise=weights"
         )
     if d.val_fraction == 0 and config.eval.threshold_criterion != "fixed":
         raise ConfigError(

@@ -111,7 +111,11 @@ def suite_variants(suite: str, config: ml_collections.ConfigDict) -> list[Varian
             proposed,
             Variant("fixed", "Fixed regulator (G0 for every image)", {"regulator.mode": "fixed"}),
             Variant("no_regulator", "No regulator", no_reg),
+            Variant("logits", "Eq. 6 on the min-max normalised logits (no sigmoid saturation)",
+                    {"regulator.normalise": "logits"}),
             Variant("one_sided", "One-sided spatial loss", {"regulator.loss": "one_sided"}),
+            Variant("one_sided_logits", "One-sided spatial loss on the logits",
+                    {"regulator.loss": "one_sided", "regulator.normalise": "logits"}),
             Variant("one_sided_lam0.1", "One-sided spatial loss, lambda 0.1",
                     {"regulator.loss": "one_sided", "regulator.lam": 0.1}),
             Variant("mass_outside", "Share of weight mass outside the regulator",
@@ -392,11 +396,15 @@ def caption(suite: str, rows: Sequence[Row], n_boot: int) -> str:
            else f"threshold by {rule} on each fold's validation split")
     from jaxcerv.model import INPUT_SIZES
 
-    whole = sorted({(r.config["model"]["input_size"] or INPUT_SIZES[r.config["model"]["family"]],
-                     r.config["model"]["width"]) for r in rows
-                    if r.config["model"]["family"] in INPUT_SIZES})
-    sized = "".join(f" Whole-image CNNs: input {side} px, channels x{width:g} of the published net."
-                    for side, width in whole)
+    whole = sorted({(r.config["model"]["width"],
+                     r.config["model"]["input_size"] or INPUT_SIZES[r.config["model"]["family"]])
+                    for r in rows if r.config["model"]["family"] in INPUT_SIZES})
+    # One sentence per channel width, listing its input sizes (the published sizes differ).
+    sized = "".join(
+        f" Whole-image CNNs: input {'/'.join(str(s) for w2, s in whole if w2 == width)} px, "
+        f"channels x{width:g} of the published net."
+        for width in sorted({w for w, _ in whole})
+    )
     return (
         f"{suite}: data {c['data']['name']} ({rows[0].labels.size} test images pooled), "
         f"{protocol}, "

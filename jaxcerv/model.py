@@ -39,6 +39,9 @@ class ModelOutput(NamedTuple):
     logits: jax.Array  # (B,) classifier logit, float32
     weights: jax.Array | None  # (B, H, W) patch weights a_j in (0, 1); None: whole-image model
     features: jax.Array  # (B, F) aggregated image feature f(I), for t-SNE
+    # (B, H, W) the weights before their sigmoid / softmax (what `regulator.normalise="logits"`
+    # normalises); None: whole-image model
+    weight_logits: jax.Array | None = None
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:
@@ -193,6 +196,7 @@ class PatchWiseModel(nn.Module):
             logits=logits[:, 0].astype(jnp.float32),
             weights=a[..., 0].reshape(-1, rows, cols),
             features=f.astype(jnp.float32),
+            weight_logits=logit_a[..., 0].astype(jnp.float32).reshape(-1, rows, cols),
         )
 
 
@@ -356,7 +360,7 @@ class AttentionMIL(nn.Module):
             f, train
         )
         return ModelOutput(logits[:, 0].astype(jnp.float32), a.reshape(b, rows, cols),
-                           f.astype(jnp.float32))
+                           f.astype(jnp.float32), score.reshape(b, rows, cols))
 
 
 def has_weights(config: Any) -> bool:

@@ -18,6 +18,8 @@ MODES = ("iterative", "fixed", "none")
 FIT_ON = ("weights", "normalised", "above_median")
 # The spatial loss: Eq. 5-6 ("paper") or its one-sided form (see ``one_sided_spatial_loss``).
 LOSSES = ("paper", "one_sided", "mass_outside")
+# What the spatial loss min-max normalises: the patch weights (Eq. 6) or their logits.
+NORMALISE = ("weights", "logits")
 
 # Variances below this (in squared patches) are treated as degenerate: a fit that collapses onto a
 # single patch would give an infinitely sharp density and a meaningless spatial loss.

@@ -115,6 +115,7 @@ def make_train_step(
     grid = (config.grid_size, config.grid_size)
     cw = tuple(float(w) for w in class_weights)
     spatial_loss = regulator.spatial_loss_fn(config.regulator.loss)
+    on_logits = config.regulator.normalise == "logits"
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, dropout_rng = jax.random.split(state.rng)
@@ -133,7 +134,7 @@ def make_train_step(
             if out.weights is None:
                 spatial = jnp.zeros_like(bce)
             else:
-                spatial = spatial_loss(out.weights, density)
+                spatial = spatial_loss(out.weight_logits if on_logits else out.weights, density)
             total = losses.combined_loss(
                 losses.weighted(bce, batch["label"], cw), spatial, lam, mode
             )

@@ -33,6 +33,7 @@ def test_shipped_configs_pass(module):
         ("data.num_folds", 1, "0 (one split) or >= 2"),
         ("regulator.mode", "iterativ", "one of ('iterative', 'fixed', 'none')"),
         ("regulator.lam", -0.1, ">= 0"),
+        ("regulator.normalise", "logit", "one of ('weights', 'logits')"),
         ("model.dtype", "float16", "one of ('float32', 'bfloat16')"),
         ("eval.threshold_criterion", "best", "one of"),
         ("train.class_weight", "inverse", "one of ('none', 'balanced')"),
@@ -61,6 +62,15 @@ def test_patch_size_floor_follows_the_number_of_pools():
     config.patch_size = 3
     with pytest.raises(configcheck.ConfigError, match=">= 4"):
         configcheck.check_config(config)
+
+
+def test_logits_normalisation_needs_a_min_max_loss():
+    config = default.get_config()
+    config.regulator.normalise, config.regulator.loss = "logits", "mass_outside"
+    with pytest.raises(configcheck.ConfigError, match="normalise=logits needs a min-max"):
+        configcheck.check_config(config)
+    config.regulator.loss = "one_sided"
+    configcheck.check_config(config)
 
 
 def test_fractions_must_leave_training_images():

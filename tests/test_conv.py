@@ -250,7 +250,9 @@ def test_compiler_options_compile_and_agree():
 
 @pytest.mark.slow
 def test_throughput_benchmark_smoke(tmp_path):
-    """The benchmark runs end to end on the smoke config and counts FLOPs by its formula."""
+    """The benchmark runs end to end on the smoke config and counts FLOPs by its formula; the
+    results table skips another benchmark's JSON in the same folder (gpu_check keeps both)."""
+    (tmp_path / "input_pipeline.json").write_text(json.dumps({"machine": "x86_64"}))
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks/throughput.py"),
          "--config=" + os.path.join(ROOT, "configs/smoke.py"), "--json", "--repeats=1",
@@ -267,6 +269,7 @@ def test_throughput_benchmark_smoke(tmp_path):
     assert result["batch"] == 4 and result["dtype"] == "float32" and result["devices"] >= 1
     assert result["predict_latency"]["total_s"] > 0
     assert (tmp_path / "results.md").read_text().count("| float32 | 4 |") == 1
+    assert "compiled s2d: train" in out.stderr  # progress, should a time limit cut the run
 
 
 def test_throughput_benchmark_variants_set_model_fields(tmp_path):

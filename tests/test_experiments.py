@@ -277,3 +277,18 @@ def test_min_max_of_a_map_constant_but_for_an_ulp_is_zero_not_huge():
     # The spatial loss of Eq. 6 is then bounded by the patch count, never negative.
     w = jnp.asarray(np.random.default_rng(0).random((1, 2, 2)))
     assert 0 <= float(regulator.spatial_loss(w, jnp.asarray(x))[0]) <= 4
+
+
+def test_caption_names_each_width_once_with_all_its_input_sizes():
+    """Four whole-image families at their published sizes, one width: one sentence, not four."""
+    rows = []
+    for family in ("patchwise", "lenet", "alexnet", "vgg16", "inception"):
+        config = smoke.get_config()
+        config.model.family, config.model.input_size, config.model.width = family, 0, 1.0
+        rows.append(experiments.Row(
+            variant=experiments.Variant(family, family), folds=[{}], ids=np.arange(4),
+            labels=np.array([0, 1, 0, 1]), probs=np.full(4, 0.5), decisions=np.zeros(4),
+            sessions=np.arange(4), weights=None, config=config.to_dict()))
+    text = experiments.caption("table1", rows, n_boot=10)
+    assert text.count("Whole-image CNNs") == 1
+    assert "input 32/224/227/299 px, channels x1 of the published net." in text

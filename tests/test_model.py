@@ -270,3 +270,26 @@ def test_save_params_round_trips_through_init_from(tmp_path):
     back = model_lib.load_init(other, path)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("family,remat", [("patchwise", False), ("patchwise", True),
+                                          ("abmil", False)])
+def test_weight_logits_are_the_weights_before_their_squashing(family, remat):
+    """What regulator.normalise=logits normalises: sigmoid(logits) are the patch weights (softmax
+    over the patches for ABMIL), on the grid, in both the plain and the rematerialised path."""
+    from configs import smoke
+
+    config = smoke.get_config()
+    config.model.family, config.model.remat = family, remat
+    model = model_lib.from_config(config)
+    side = config.grid_size * config.patch_size
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, side, side, 3), np.uint8))
+    params = model.init(jax.random.PRNGKey(0), images)["params"]
+    out = model.apply({"params": params}, images)
+    z = np.asarray(out.weight_logits, np.float64)
+    assert z.shape == out.weights.shape == (2, config.grid_size, config.grid_size)
+    if family == "abmil":
+        expect = np.exp(z) / np.exp(z).sum(axis=(1, 2), keepdims=True)
+    else:
+        expect = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(np.asarray(out.weights), expect, rtol=1e-5, atol=1e-7)

@@ -14,10 +14,11 @@ from jaxcerv import regulator, steps
 
 
 @functools.cache
-def _compiled(mode):
+def _compiled(mode, normalise="weights"):
     """One compiled step per mode for the whole module (compilation dominates these tests)."""
     config = smoke.get_config()
     config.regulator.mode = mode
+    config.regulator.normalise = normalise
     model = model_lib.from_config(config)
     tx = steps.make_optimizer(config)
     state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
@@ -33,8 +34,8 @@ def _compiled(mode):
     return config, model, state, step, batch
 
 
-def _setup(mode="iterative"):
-    config, model, state, step, batch = _compiled(mode)
+def _setup(mode="iterative", normalise="weights"):
+    config, model, state, step, batch = _compiled(mode, normalise)
     return config, model, jax.tree.map(jnp.copy, state), step, batch  # the step donates its state
 
 
@@ -157,6 +158,33 @@ def test_step_loss_is_bce_plus_lambda_spatial_from_the_batch_rows_regulators():
     )
     # Lambda matters: the spatial term is not negligible in this case.
     assert lam * spatial[mask].sum() > 1e-3 * bce[mask].sum()
+
+
+def test_spatial_loss_on_logits_is_eq6_of_the_logits_and_blind_to_the_weight_bias():
+    """regulator.normalise=logits: the step's spatial term is sum(1 - norm(z) * norm(s)) with z
+    the weights' logits (oracle: log(a / (1 - a)) of the returned weights), and shifting the
+    weight MLP's output bias, which moves every logit alike, leaves it unchanged; with the
+    paper's norm(a) the same shift changes it (the drift that saturates the sigmoid)."""
+    results = {}
+    for normalise in ("weights", "logits"):
+        config, model, state, step, batch = _setup(normalise=normalise)
+        grid, index, mask = config.grid_size, np.asarray(batch["index"]), np.asarray(batch["mask"])
+        density = [_numpy_density(np.asarray(state.regulators[i]), grid) for i in index]
+        out = model.apply({"params": state.params}, batch["image"], train=True,
+                          rngs={"dropout": jax.random.PRNGKey(0)})
+        a = np.asarray(out.weights, np.float64)
+        z = np.log(a / (1 - a)) if normalise == "logits" else a
+        oracle = sum(np.sum(1 - _min_max(z[b]) * _min_max(density[b]))
+                     for b in range(len(index)) if mask[b])
+        _, m = step(jax.tree.map(jnp.copy, state), batch)
+        np.testing.assert_allclose(float(m["spatial_sum"]), oracle, rtol=1e-3)
+        shifted = jax.tree.map(jnp.copy, state)
+        params = jax.tree.map(lambda x: x, shifted.params)
+        params["weight_mlp"]["Dense_3"]["bias"] = params["weight_mlp"]["Dense_3"]["bias"] + 2.0
+        _, m2 = step(shifted.replace(params=params), batch)
+        results[normalise] = abs(float(m2["spatial_sum"]) - float(m["spatial_sum"]))
+    assert results["logits"] < 1e-3 * float(m["spatial_sum"])
+    assert results["weights"] > 1e-2, results
 
 
 def test_step_reports_divergence():

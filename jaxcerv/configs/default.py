@@ -112,6 +112,13 @@ def get_config() -> ml_collections.ConfigDict:
     # outside it, so the weights inside stay free to single out the lesions (but a flat map is
     # free too); "mass_outside": the share of weight mass outside it, times the patch count.
     config.regulator.loss = "paper"
+    # What the loss min-max normalises: "weights" (the paper's norm(a)) or "logits" (the weights
+    # before their sigmoid). norm(a) is shift-invariant only before the sigmoid: on the weights,
+    # Eq. 6 raises every weight through the MLP's shared bias until the sigmoid saturates at
+    # exactly 1.0 in float32; the map is then flat, the loss at its maximum K with zero gradient,
+    # and the heatmap stays flat for good (configs/benchmark.py, seed 0). On the logits the bias
+    # gets no gradient from the loss and a flat map cannot arise from saturation.
+    config.regulator.normalise = "weights"
     # G0's standard deviation as a fraction of the image side (every patch size starts from the
     # same Gaussian); 0: the paper's G0, variance = half the grid in patch units.
     config.regulator.g0_fraction = 0.0
