@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import datetime
 import glob
+import itertools
 import json
 import os
 import platform
@@ -73,6 +74,7 @@ import numpy as np  # noqa: E402
 from jaxcerv import conv, parallel, predict, regulator, steps  # noqa: E402
 from jaxcerv import model as model_lib  # noqa: E402
 from jaxcerv.data import images  # noqa: E402
+from jaxcerv.resident import ResidentImages  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/paper.py"))
 _BATCH = flags.DEFINE_integer("batch", 4, "global batch (images per step)")
@@ -315,28 +317,28 @@ def dot_limits(n: int = 4096, repeats: int = 5) -> dict[str, float]:
 
 
 def resident_rate(case: Case, n: int, mesh: Any, repeats: int) -> dict[str, float]:
-    """Train steps whose batches come from ``n`` images resident on the device: a random batch of
-    indices (a few bytes) goes over, the gather runs on the device, then ``case``'s train step."""
+    """Train steps fed by ``config.data.resident`` (``jaxcerv.resident``) from ``n`` images on the
+    device: a batch of indices (a few bytes) goes over, the gather runs on the device, then
+    ``case``'s train step."""
     cfg, b = case.config, case.batch["image"].shape[0]
     side = cfg.grid_size * cfg.patch_size
-    pool = np.random.default_rng(1).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
-    pool = jax.device_put(pool, parallel.batch_sharding(mesh))
-    labels = jnp.asarray(np.arange(n) % 2, jnp.int32)
-    gather = jax.jit(
-        lambda idx: {"image": pool[idx], "label": labels[idx], "index": idx,
-                     "mask": jnp.ones(idx.shape, bool)},
-        out_shardings=parallel.batch_sharding(mesh),
-    )
-    order = np.random.default_rng(2).permutation(n * (repeats + 2)) % n
+    rng = np.random.default_rng(1)
+    source = [{"image": rng.integers(0, 256, (side, side, 3), dtype=np.uint8), "label": i % 2,
+               "grade": 0} for i in range(n)]
+    pool = ResidentImages(source, np.arange(n), mesh)
+    batches = itertools.chain.from_iterable(
+        pool.batches(batch_size=b, seed=0, epoch=e) for e in itertools.count(1))
 
-    def step(i: int) -> Any:
-        case.state, metrics = case.train_step(case.state, gather(order[i * b : (i + 1) * b]))
+    def step() -> Any:
+        batch = next(batches)
+        batch.pop("grade")  # the timed step was compiled for the fields of `run`'s batch
+        case.state, metrics = case.train_step(case.state, batch)
         return metrics
 
-    jax.block_until_ready(step(0))
+    jax.block_until_ready(step())
     times: list[float] = []
-    for r in range(repeats):
-        _time(lambda r=r: step(r + 1), times, 1)
+    for _ in range(repeats):
+        _time(step, times, 1)
     return {"resident_images": n, "resident_mb": pool.nbytes / 2**20,
             "resident_train_img_per_s": b / statistics.median(times)}
 

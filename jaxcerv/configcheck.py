@@ -71,6 +71,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("data.prefetch", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ("data.augment", lambda v: isinstance(v, bool), "True or False"),
         ("data.balanced_sampling", lambda v: isinstance(v, bool), "True or False"),
+        ("data.resident", lambda v: isinstance(v, bool), "True or False"),
         ("data.augmentation.flip", lambda v: isinstance(v, bool), "True or False"),
         ("data.augmentation.colour", fraction, "a number in [0, 1)"),
         ("data.augmentation.rotation", lambda v: is_num(v) and 0 <= v <= 45,
@@ -164,6 +165,12 @@ def check_config(config: Any) -> None:
             "config.regulator.normalise=logits needs a min-max normalised loss, and "
             "regulator.loss=mass_outside takes the weights as they are: use loss=paper or "
             "one_sided, or normalise=weights"
+        )
+    if d.get("resident") and d.augment:
+        raise ConfigError(
+            "config.data.resident=True trains on the images as stored on the device, and "
+            "augmentation runs on the host: set config.data.augment=False or "
+            "config.data.resident=False"
         )
     if d.val_fraction == 0 and config.eval.threshold_criterion != "fixed":
         raise ConfigError(

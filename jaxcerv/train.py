@@ -26,6 +26,7 @@ from jaxcerv import model as model_lib
 from jaxcerv import progress as reporting
 from jaxcerv.checkpointing import CheckpointError, Checkpoints
 from jaxcerv.data import pipeline, splits
+from jaxcerv.resident import ResidentImages
 from jaxcerv.rundir import RunDir, RunError, acquire_lock, release_lock, write_json
 from jaxcerv.writer import MetricWriter
 
@@ -91,6 +92,7 @@ class Fold:
     train_step: Any
     eval_step: Any
     initial_state: steps.TrainState
+    resident: ResidentImages | None = None  # config.data.resident: the train split on the devices
 
 
 def _set_up(config, run: RunDir, source, records, split, mesh) -> Fold:
@@ -114,7 +116,16 @@ def _set_up(config, run: RunDir, source, records, split, mesh) -> Fold:
     if parallel.is_writer():
         run.makedirs()
         write_json(run.train_ids, records.ids[train_idx].tolist())
-    return Fold(config, run, source, records, split, mesh, model, train_step, eval_step, state)
+    resident = None
+    if config.data.get("resident"):
+        try:
+            resident = ResidentImages(source, train_idx, mesh)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        logging.info("resident training data: %d images, %.0f MB per device", resident.n,
+                     resident.nbytes / 2**20)
+    return Fold(config, run, source, records, split, mesh, model, train_step, eval_step, state,
+                resident)
 
 
 def _drop_steps_after(ckpt: Checkpoints, epoch: int) -> None:
@@ -196,20 +207,26 @@ def _train_epoch(
     """
     config = fold.config
     n_steps = len(fold.split["train"]) // config.train.batch_size
-    batches = evaluate.process_batches(
-        config, fold.source, fold.split["train"], batch_size=config.train.batch_size,
-        epoch=epoch, train=True, labels=fold.records.labels[fold.split["train"]],
-    )
+    if fold.resident is not None:  # global batches gathered on the devices
+        batches = fold.resident.batches(
+            batch_size=config.train.batch_size, seed=config.seed, epoch=epoch,
+            balance=fold.records.labels[fold.split["train"]]
+            if config.data.get("balanced_sampling") else None)
+    else:
+        batches = (parallel.to_global(b, fold.mesh) for b in evaluate.process_batches(
+            config, fold.source, fold.split["train"], batch_size=config.train.batch_size,
+            epoch=epoch, train=True, labels=fold.records.labels[fold.split["train"]],
+        ))
     writer = parallel.is_writer()
     # A redrawn bar on a terminal; in a log file a plain line every 30 s.
     bar = reporting.Progress(n_steps, f"epoch {epoch}/{config.train.epochs}", enabled=writer)
     sums: dict[str, jax.Array] = {}
     pending = None  # (global step, health flag) of the step before
     t_steady, timed_images = time.perf_counter(), 0
-    for i, host_batch in enumerate(batches):
+    for i, batch in enumerate(batches):
         compiling = first and i == 0
         with reporting.announce("compiling the train step", enabled=writer and compiling):
-            state, m = fold.train_step(state, parallel.to_global(host_batch, fold.mesh))
+            state, m = fold.train_step(state, batch)
             if i == 0:
                 # Throughput excludes the first step: on the first epoch it includes compilation.
                 jax.block_until_ready(state.step)

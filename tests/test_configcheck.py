@@ -73,6 +73,15 @@ def test_logits_normalisation_needs_a_min_max_loss():
     configcheck.check_config(config)
 
 
+def test_resident_data_refuses_host_augmentation():
+    config = default.get_config()
+    config.data.resident, config.data.augment = True, True
+    with pytest.raises(configcheck.ConfigError, match="data.resident=True.*data.augment=False"):
+        configcheck.check_config(config)
+    config.data.augment = False
+    configcheck.check_config(config)
+
+
 def test_fractions_must_leave_training_images():
     config = default.get_config()
     config.data.val_fraction, config.data.test_fraction = 0.5, 0.5

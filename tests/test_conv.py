@@ -256,7 +256,7 @@ def test_throughput_benchmark_smoke(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks/throughput.py"),
          "--config=" + os.path.join(ROOT, "configs/smoke.py"), "--json", "--repeats=1",
-         "--steps=1", "--warmup=0", f"--out={tmp_path}"],
+         "--steps=1", "--warmup=0", "--resident=8", f"--out={tmp_path}"],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -268,6 +268,8 @@ def test_throughput_benchmark_smoke(tmp_path):
         assert result[key] > 0
     assert result["batch"] == 4 and result["dtype"] == "float32" and result["devices"] >= 1
     assert result["predict_latency"]["total_s"] > 0
+    # Training fed by config.data.resident's gather (jaxcerv.resident) from 8 images.
+    assert result["resident_images"] == 8 and result["resident_train_img_per_s"] > 0
     assert (tmp_path / "results.md").read_text().count("| float32 | 4 |") == 1
     assert "compiled s2d: train" in out.stderr  # progress, should a time limit cut the run
 

@@ -114,6 +114,23 @@ def _worker(out: Path) -> None:
         except ValueError as e:
             found[f"error/{what}"] = str(e)
 
+    # data.resident: the same global batches as the host pipeline, gathered on the 8 devices.
+    from jaxcerv.resident import ResidentImages
+
+    pool = ResidentImages(source, train_idx, meshes[DEVICES])
+    for balanced in (False, True):
+        labels = records.labels[train_idx] if balanced else None
+        host = list(pipeline.batches(source, train_idx, batch_size=config.train.batch_size,
+                                     seed=config.seed, epoch=2, shuffle=True, augment=False,
+                                     drop_remainder=True, balance=labels))
+        dev = list(pool.batches(batch_size=config.train.batch_size, seed=config.seed, epoch=2,
+                                balance=labels))
+        found[f"resident/equal/{balanced}"] = len(host) == len(dev) > 0 and all(
+            np.array_equal(np.asarray(d[k]), h[k]) for h, d in zip(host, dev, strict=False)
+            for k in h)
+    found["resident/rows_per_device"] = sorted(
+        {s.data.shape[0] for s in dev[0]["image"].addressable_shards})
+
     for n, mesh in meshes.items():
         train._train_fold(config, RunDir(str(out / f"run{n}")), source, records, split, mesh)
     (out / "found.json").write_text(json.dumps(found))
@@ -394,3 +411,9 @@ def test_remat_recomputes_the_encoder_and_gives_the_same_gradients():
 
 if __name__ == "__main__":
     _worker(Path(sys.argv[1]))
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_resident_data_gives_the_host_pipelines_batches_sharded_over_devices(found, balanced):
+    assert found[f"resident/equal/{balanced}"] is True
+    assert found["resident/rows_per_device"] == [1]  # smoke: batch 8 over 8 devices

@@ -81,3 +81,29 @@ def test_run_tests_the_selected_checkpoint_with_a_validation_threshold(smoke_wor
         val["probabilities"] >= cut
     )
     assert os.path.isfile(run.train_ids)
+
+
+def test_device_resident_training_matches_the_host_pipeline(smoke_workdir, tmp_path):
+    """config.data.resident gathers the same batches on the device: the same run, metric for
+    metric, and the same tested predictions."""
+    from configs import smoke
+    from jaxcerv import train
+
+    config = smoke.get_config()
+    config.data.resident = True
+    config.data.data_dir = os.path.join(smoke_workdir, "tfds")
+    train.train_and_evaluate(config, str(tmp_path))
+
+    def rows(workdir):
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k.startswith(("train_", "val_"))}
+                    for line in f]
+
+    host, dev = rows(smoke_workdir), rows(str(tmp_path))
+    assert len(host) == len(dev) > 0
+    for h, d in zip(host, dev, strict=True):
+        assert h.keys() == d.keys()
+        np.testing.assert_allclose([d[k] for k in h], [h[k] for k in h], rtol=1e-6)
+    with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as a, \
+            np.load(os.path.join(tmp_path, "eval", "test.npz")) as b:
+        np.testing.assert_allclose(b["probabilities"], a["probabilities"], rtol=1e-6)

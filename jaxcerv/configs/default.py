@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Class-balanced epochs: half of each epoch's draws from each class (the rarer class repeated).
     config.data.balanced_sampling = False
     config.data.num_workers = 0
+    # Keep the training split on the devices and gather each batch there (jaxcerv/resident.py):
+    # for a GPU, whose train step outruns the host pipeline at paper scale (949 against 139 img/s
+    # on an H200). No augmentation; one process only.
+    config.data.resident = False
     config.data.prefetch = 2
 
     config.model = ml_collections.ConfigDict()
