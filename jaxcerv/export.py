@@ -29,12 +29,16 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 
 
 def inference_fn(config: ml_collections.ConfigDict, params: Any):
-    """uint8 images (B, S, S, 3) -> (probabilities (B,), weights (B, H, W)), params closed over."""
+    """uint8 images (B, S, S, 3) -> (probabilities (B,), weights (B, H, W)), params closed over.
+    A whole-image model has no patch weights: (B, 0, 0), which ``predict`` draws as no heatmap."""
     model = model_lib.from_config(config)
 
     def infer(images: jax.Array) -> tuple[jax.Array, jax.Array]:
         out = model.apply({"params": params}, images, train=False)
-        return jax.nn.sigmoid(out.logits), out.weights
+        weights = out.weights
+        if weights is None:
+            weights = jnp.zeros((images.shape[0], 0, 0), jnp.float32)
+        return jax.nn.sigmoid(out.logits), weights
 
     return infer
 

@@ -194,10 +194,13 @@ def predict_images(
         for j, (k, d) in enumerate(decoded.items()):
             prob = float(pred["probabilities"][j])
             label = int(prob >= threshold)
-            photo, heat = viz.photo_view(d.pixels, pred["weights"][j], d.width, d.height,
-                                         card["resize"])
+            weights = pred["weights"][j] if "weights" in pred else np.zeros((0, 0))
+            has_heat = weights.size > 0  # a whole-image model has no patch weights
+            photo, heat = viz.photo_view(d.pixels, weights if has_heat else np.zeros((1, 1)),
+                                         d.width, d.height, card["resize"])
             figure = viz.clinician_figure(
-                photo, heat, prob, threshold, cmap=cmap, alpha=alpha, warning=warning,
+                photo, heat if has_heat else None, prob, threshold, cmap=cmap, alpha=alpha,
+                warning=warning,
                 title=os.path.basename(paths[k]),
             )
             try:

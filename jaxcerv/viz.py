@@ -486,7 +486,7 @@ def photo_view(
 
 def clinician_figure(
     photo: np.ndarray,
-    heat: np.ndarray,
+    heat: np.ndarray | None,
     probability: float,
     threshold: float,
     *,
@@ -499,18 +499,20 @@ def clinician_figure(
     in weight units, and the probability, threshold and decision written on the figure.
 
     ``photo`` and ``heat`` come from ``photo_view``; ``warning`` (e.g. the model never saw a real
-    photograph) is printed in red under the image.
+    photograph) is printed in red under the image. ``heat`` None (a whole-image model, which has
+    no patch weights): the photograph alone, and the figure says that there is no heatmap.
     """
     from matplotlib.colors import Normalize
 
-    rows, cols = heat.shape
+    rows, cols = photo.shape[:2]
     fig = _figure(7.0, 7.0 * rows / cols + 1.6)
     ax = fig.subplots()
     ax.imshow(photo)
-    lo, hi = float(np.min(heat)), float(np.max(heat))
-    shown = ax.imshow(
-        heat, cmap=_colormap(cmap), alpha=alpha, norm=Normalize(lo, hi if hi > lo else lo + 1e-6)
-    )
+    shown = None
+    if heat is not None:
+        lo, hi = float(np.min(heat)), float(np.max(heat))
+        shown = ax.imshow(heat, cmap=_colormap(cmap), alpha=alpha,
+                          norm=Normalize(lo, hi if hi > lo else lo + 1e-6))
     ax.set_xticks([])
     ax.set_yticks([])
     decision = CLASS_NAMES[int(probability >= threshold)]
@@ -519,10 +521,13 @@ def clinician_figure(
         (f"{title}\n" if title else "")
         + f"P(CIN2+) = {probability:.3f} {sign} threshold {threshold:.3f}: {decision}"
     )
-    bar = fig.colorbar(shown, ax=ax, shrink=0.8)
-    bar.set_label("Patch weight (where the model looked)")
-    if warning:
-        ax.set_xlabel(warning, color="tab:red", wrap=True)
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=ax, shrink=0.8)
+        bar.set_label("Patch weight (where the model looked)")
+    note = "" if shown is not None else "No heatmap: a whole-image model has no patch weights."
+    if warning or note:
+        ax.set_xlabel("\n".join(t for t in (note, warning) if t),
+                      color="tab:red" if warning else "black", wrap=True)
     return fig
 
 

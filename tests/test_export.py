@@ -101,3 +101,38 @@ def test_served_predict_needs_only_jax_and_numpy(smoke_workdir, exported, tmp_pa
     assert out.stderr.count(served.SYNTHETIC_WARNING) == 1  # said once, not per image
     with Image.open(good["heatmap"]) as im:
         assert im.format == "PNG"
+
+
+def test_whole_image_model_exports_and_predicts_without_a_heatmap(tmp_path):
+    """A baseline without patch weights (LeNet): the exported function gives weights (B, 0, 0)
+    next to the same probabilities as the model, and predict draws the photograph with no
+    heatmap instead of failing."""
+    import jax
+
+    from configs import smoke
+    from jaxcerv import model as model_lib
+
+    config = smoke.get_config()
+    config.model.family, config.regulator.mode = "lenet", "none"
+    model = model_lib.from_config(config)
+    side = config.grid_size * config.patch_size
+    images = np.random.default_rng(0).integers(0, 256, (3, side, side, 3), np.uint8)
+    params = model.init(jax.random.PRNGKey(0), images)["params"]
+    probs, weights = export.export_model(config, params).call(images)
+    direct = 1 / (1 + np.exp(-np.asarray(model.apply({"params": params}, images).logits,
+                                         np.float64)))
+    np.testing.assert_allclose(np.asarray(probs), direct, rtol=1e-5)
+    assert weights.shape == (3, 0, 0)
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(images[0]).save(path)
+    card = {"threshold": 0.5, "image_size": side, "patch_size": config.patch_size,
+            "resize": config.data.resize, "dataset": "synthetic_cervix", "config_digest": "x"}
+    forwards = [  # the exported function's output, and the checkpoint Predictor's (no key)
+        lambda x: {"probabilities": np.full(len(x), 0.7), "weights": np.zeros((len(x), 0, 0))},
+        lambda x: {"probabilities": np.full(len(x), 0.7)},
+    ]
+    for k, forward in enumerate(forwards):
+        (result,) = served.predict_images(forward, card, [str(path)], str(tmp_path / f"o{k}"))
+        assert "error" not in result and result["label"] == 1
+        assert os.path.getsize(result["heatmap"]) > 0
