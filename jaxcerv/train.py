@@ -260,11 +260,29 @@ def _validate(fold: Fold, params) -> dict[str, float]:
     pred = evaluate.predict_split(fold.config, fold.eval_step, params, fold.source, idx, fold.mesh)
     labels = fold.records.labels[idx]
     val = metrics_lib.binary_metrics(labels, pred["probabilities"], 0.5, split="val")
-    return {
+    row = {
         "val_loss": evaluate.bce(pred["logits"], labels),
         "val_roc_auc": val["roc_auc"],
         "val_balanced_accuracy": val["balanced_accuracy"],
+        "val_logit_sd": float(np.std(pred["logits"])),
     }
+    if "weights" in pred:
+        row["val_flat_heatmaps"] = metrics_lib.flat_map_fraction(pred["weights"])
+    return row
+
+
+def health_notes(row: dict[str, Any]) -> str:
+    """What an epoch's validation numbers say went wrong, with the setting to change: a
+    classifier whose output no longer depends on the image (its features collapsed, measured on
+    configs/benchmark.py: every encoder feature dead), or heatmaps flat in most images."""
+    notes = []
+    if row.get("val_logit_sd", 1.0) < 1e-4:
+        notes.append("the output is the same for every image (features collapsed: try a lower "
+                     "train.learning_rate or another seed)")
+    if row.get("val_flat_heatmaps", 0.0) > 0.5:
+        notes.append(f"heatmaps flat in {100 * row['val_flat_heatmaps']:.0f}% of images "
+                     "(weights saturated: regulator.normalise=logits avoids it)")
+    return "".join(f" | warning: {n}" for n in notes)
 
 
 def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.ndarray) -> None:
@@ -281,7 +299,8 @@ def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.n
             f" | regulator centre error {row['regulator_centre_error']:.2f} patches"
             if "regulator_centre_error" in row
             else ""
-        ),
+        )
+        + health_notes(row),
         flush=True,
     )
 

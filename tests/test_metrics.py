@@ -419,3 +419,26 @@ def test_explanation_summary_uses_the_documented_images():
     )
     assert none["pointing_game"]["value"] is None and none["lesion_auc"]["n_images"] == 0
     assert none["mass_in_cervix_normal"]["n_images"] == len(w)
+
+
+def test_flat_map_fraction_counts_maps_without_contrast():
+    """Hand cases: all weights 1.0 (a saturated sigmoid) and all 0 are flat, an ulp of float32
+    below 1 in one patch is flat (min-max would divide by rounding noise), a real map is not."""
+    maps = np.full((5, 3, 3), 0.3)
+    maps[0] = 1.0
+    maps[1] = 0.0
+    maps[2] = 1.0
+    maps[2, 1, 1] = np.float32(1.0) - np.float32(6e-8)
+    maps[3, 0, 0] = 0.9
+    maps[4] = np.arange(9).reshape(3, 3) / 8
+    assert metrics.flat_map_fraction(maps) == 3 / 5
+
+
+def test_epoch_line_warns_about_a_collapsed_classifier_and_flat_heatmaps():
+    from jaxcerv.train import health_notes
+
+    assert health_notes({"val_logit_sd": 0.5, "val_flat_heatmaps": 0.1}) == ""
+    assert health_notes({}) == ""  # a whole-image model logs neither number
+    text = health_notes({"val_logit_sd": 1e-7, "val_flat_heatmaps": 1.0})
+    assert "same for every image" in text and "train.learning_rate" in text
+    assert "flat in 100% of images" in text and "regulator.normalise=logits" in text
