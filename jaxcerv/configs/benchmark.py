@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     syn.highlights = (3, 12)
     syn.blur = 0.6
     syn.label_noise = 0.03
-    config.train.epochs = 24
-    config.train.patience = 8  # the model's plateau lasts longer on this harder task
+    # The paper's model sits on a plateau for 20-35 epochs here (its patch weights saturate and
+    # it learns as a mean-pooling model; seed 0 on 2 CPU cores left it at epoch 27-35 and was
+    # selected at epoch 38: test ROC AUC 0.916). At 24 epochs the same run ended at 0.610.
+    # New best validation AUCs on the plateau came at most 7 epochs apart: patience 12.
+    config.train.epochs = 40
+    config.train.patience = 12
     return config
