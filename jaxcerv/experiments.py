@@ -113,6 +113,8 @@ def suite_variants(suite: str, config: ml_collections.ConfigDict) -> list[Varian
             Variant("no_regulator", "No regulator", no_reg),
             Variant("logits", "Eq. 6 on the min-max normalised logits (no sigmoid saturation)",
                     {"regulator.normalise": "logits"}),
+            Variant("logits_lr3e-4", "Eq. 6 on the logits, learning rate 3e-4",
+                    {"regulator.normalise": "logits", "train.learning_rate": 3e-4}),
             Variant("one_sided", "One-sided spatial loss", {"regulator.loss": "one_sided"}),
             Variant("one_sided_logits", "One-sided spatial loss on the logits",
                     {"regulator.loss": "one_sided", "regulator.normalise": "logits"}),
