@@ -270,13 +270,18 @@ def _check_maps(weights, name: str = "weights") -> np.ndarray:
     return w
 
 
-def flat_map_fraction(weights, rel: float = 1e-6) -> float:
-    """Share of the (N, H, W) maps whose range is within ``rel`` of their magnitude: heatmaps
-    that say nothing (every weight saturated at the same value; ``regulator.min_max`` maps them
-    to 0, so Eq. 6 gives them no gradient)."""
+# A map whose range is within FLAT_REL of its magnitude (plus FLAT_ABS) is flat: float32 rounding,
+# not contrast. Shared with ``regulator.min_max``, which normalises such a map to 0.
+FLAT_REL, FLAT_ABS = 1e-6, 1e-12
+
+
+def flat_map_fraction(weights) -> float:
+    """Share of the (N, H, W) maps that are flat (see FLAT_REL): heatmaps that say nothing
+    (every weight saturated at the same value; ``regulator.min_max`` maps them to 0, so Eq. 6
+    gives them no gradient)."""
     w = _check_maps(weights).reshape(len(weights), -1).astype(np.float64)
     hi, lo = w.max(axis=1), w.min(axis=1)
-    return float(np.mean(hi - lo <= rel * np.maximum(np.abs(hi), np.abs(lo)) + 1e-12))
+    return float(np.mean(hi - lo <= FLAT_REL * np.maximum(np.abs(hi), np.abs(lo)) + FLAT_ABS))
 
 
 def pointing_game(weights, lesion, tolerance: int = 1) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxcerv.metrics import FLAT_ABS, FLAT_REL
+
 # Alg. 1 variants: "iterative" re-fits every image's regulator (the paper), "fixed" keeps G0 for
 # every image, "none" drops the spatial loss (the ablation of Fig. 5c).
 MODES = ("iterative", "fixed", "none")
@@ -25,7 +27,7 @@ NORMALISE = ("weights", "logits")
 # single patch would give an infinitely sharp density and a meaningless spatial loss.
 MIN_VARIANCE = 1e-3
 # Guards the min-max normalisation of a constant map (Eq. 6) against a zero range.
-RANGE_EPS = 1e-12
+RANGE_EPS = FLAT_ABS
 
 
 def patch_centres(grid_hw: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
@@ -68,7 +70,7 @@ def min_max(x: jax.Array) -> jax.Array:
     lo = jnp.min(x, axis=(-2, -1), keepdims=True)
     hi = jnp.max(x, axis=(-2, -1), keepdims=True)
     span = hi - lo
-    flat = span <= 1e-6 * jnp.maximum(jnp.abs(hi), jnp.abs(lo)) + RANGE_EPS
+    flat = span <= FLAT_REL * jnp.maximum(jnp.abs(hi), jnp.abs(lo)) + RANGE_EPS
     return jnp.where(flat, 0.0, jnp.clip((x - lo) / jnp.where(flat, 1.0, span), 0.0, 1.0))
 
 

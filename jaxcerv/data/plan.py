@@ -21,7 +21,8 @@ def batch_plan(
     shard_count: int = 1,
     balance: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(num_batches, batch_size // shard_count) plan entries (see `_LoadRow`), -1 for padding.
+    """(num_batches, batch_size // shard_count) plan entries (see `pipeline._LoadRow`), -1 for
+    padding.
 
     The global batch order depends only on (seed, epoch); process p of P takes columns
     [p*b/P, (p+1)*b/P) of each global batch, so the global batch is the same for any P.
