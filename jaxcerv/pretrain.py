@@ -12,6 +12,12 @@ line. The result is `W/encoder.npz`: the encoder's parameters under flat names
 `--config.model.init_from=W/encoder.npz` (`--config.train.freeze_encoder_steps=N` holds it still
 for the first N steps, `steps.freeze_encoder`); `load_encoder` does the same in code.
 
+With `config.pretrain.per_fold=True` the photographs of each fold's test sessions are held out
+(`held_out_folds`; a photograph's session is its folder's name, `session_of`): one encoder per fold
+of the classifier's own splits in `W/fold_<k>/encoder.npz`, the splits in `W/splits.json`, and
+`--config.model.init_from=W/fold_{fold}/encoder.npz --config.data.splits_file=W/splits.json`
+trains each fold from the encoder that never saw its test images.
+
 Why contrastive rather than masked reconstruction: the classifier uses the encoder's pooled
 3x3x48 feature as the description of a patch, and a contrastive loss trains exactly that output
 to tell patches apart while ignoring what does not matter (a few pixels of shift, mirror,
@@ -129,20 +135,51 @@ def find_images(folder: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
-def load_images(paths: list[Path], config: ml_collections.ConfigDict) -> np.ndarray:
-    """(N, S, S, 3) uint8, resized as the classifier's data (grid x patch px, its policy).
-    Unreadable files are skipped with one line each."""
+def load_images(
+    paths: list[Path], config: ml_collections.ConfigDict
+) -> tuple[np.ndarray, list[Path]]:
+    """(N, S, S, 3) uint8, resized as the classifier's data (grid x patch px, its policy), and
+    the N paths read. Unreadable files are skipped with one line each."""
     side = config.grid_size * config.patch_size
-    out = []
+    out, read = [], []
     for path in paths:
         try:
             out.append(images.load_image(path, image_size=side, patch_size=config.patch_size,
                                          resize=config.data.resize))
+            read.append(path)
         except images.ImageError as e:
             print(f"skipped {e}", flush=True)
     if not out:
         raise RunError("none of the photographs could be read")
-    return np.stack(out)
+    return np.stack(out), read
+
+
+def session_of(path: Path) -> str:
+    """The session a photograph belongs to: the name of its folder, less a ``case_`` prefix (the
+    atlas's ``images_*/case_<ID>/`` layout; any folder of one folder per session works)."""
+    return path.parent.name.removeprefix("case_")
+
+
+def held_out_folds(paths: list[Path], sessions: np.ndarray,
+                   folds: list[dict[str, np.ndarray]]) -> list[tuple[np.ndarray, list[str]]]:
+    """Per fold, the indices of the photographs it may pretrain on (every one outside the fold's
+    test sessions) and those sessions. Refused in one line when a labelled session has no
+    folder of photographs: its test images could then leak into pretraining unnoticed."""
+    keys = np.array([session_of(p) for p in paths])
+    known = set(sessions.astype(str).tolist())
+    missing = sorted(known - set(keys.tolist()))
+    if missing:
+        raise RunError(
+            f"config.pretrain.per_fold: {len(missing)} of the dataset's {len(known)} sessions "
+            f"(e.g. {missing[0]!r}) have no folder of photographs named after them, so their "
+            "photographs cannot be held out: keep each session's photographs in a folder named "
+            "<session> or case_<session>, or set config.pretrain.per_fold=False"
+        )
+    out = []
+    for split in folds:
+        test = sorted(set(sessions[split["test"]].astype(str).tolist()))
+        out.append((np.flatnonzero(~np.isin(keys, test)), test))
+    return out
 
 
 def sample_views(
@@ -242,27 +279,55 @@ def _initial_state(config: ml_collections.ConfigDict, setup: Pretraining) -> Pre
 
 
 def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (or resume) and write ``W/encoder.npz`` and ``W/results.json``. A folder without
-    photographs is refused before anything is written."""
+    """Train (or resume) and write ``W/encoder.npz`` and ``W/results.json``; with
+    ``config.pretrain.per_fold`` one encoder per fold of the classifier's splits, each without
+    the photographs of that fold's test sessions, in ``W/fold_<k>/encoder.npz``. A folder
+    without photographs is refused before anything is written."""
     folder = config.pretrain.images_dir or config.data.manual_dir
     paths = find_images(folder)
     run = RunDir(workdir)
     run.makedirs()
     acquire_lock(run)
     try:
-        return _pretrain(config, run, folder, paths)
+        write_json(run.config, config.to_dict())
+        with reporting.announce(f"reading {len(paths)} photographs under {folder}"):
+            photos, paths = load_images(paths, config)
+        if not config.pretrain.get("per_fold"):
+            return _pretrain(config, run, photos)
+        return _pretrain_per_fold(config, run, photos, paths)
     finally:
         release_lock(run)
 
 
-def _pretrain(
-    config: ml_collections.ConfigDict, run: RunDir, folder: str, paths: list[Path]
+def _pretrain_per_fold(
+    config: ml_collections.ConfigDict, run: RunDir, photos: np.ndarray, paths: list[Path]
 ) -> dict[str, Any]:
+    """The classifier's own folds (``splits.make_splits`` on the labelled dataset, written to
+    ``W/splits.json``: train with ``data.splits_file`` set to it), one encoder each. A single
+    split is fold 0."""
+    from jaxcerv.data import pipeline, splits
+
+    _, records = pipeline.load(config, run.root)
+    folds = splits.make_splits(records, config.data, run.root, seed=config.seed)
+    per_fold = []
+    for k, (keep, test) in enumerate(held_out_folds(paths, records.sessions, folds)):
+        print(f"=== fold {k + 1}/{len(folds)}: {len(keep)} of {len(paths)} photographs, the "
+              f"{len(test)} test sessions held out ===", flush=True)
+        fold_run = run.fold(k)
+        fold_run.makedirs()
+        per_fold.append(_pretrain(config, fold_run, photos[keep], {"held_out_sessions": test}))
+    results = {"encoder": os.path.join(run.root, "fold_{fold}", ENCODER_FILE),
+               "splits": run.splits, "folds": per_fold}
+    write_json(run.results, results)
+    print(f"encoders: {results['encoder']} (model.init_from takes this template as it is)",
+          flush=True)
+    return results
+
+
+def _pretrain(config: ml_collections.ConfigDict, run: RunDir, photos: np.ndarray,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     pc = config.pretrain
-    write_json(run.config, config.to_dict())
     t0 = time.perf_counter()
-    with reporting.announce(f"reading {len(paths)} photographs under {folder}"):
-        photos = load_images(paths, config)
     net = ContrastiveEncoder(tuple(config.model.conv_features), config.model.conv_impl,
                              tuple(pc.projection))
     setup = Pretraining(net, optax.adam(pc.learning_rate), photos)
@@ -301,6 +366,7 @@ def _pretrain(
         "final": rows[-1] if rows else None,
         "wall_s_this_call": time.perf_counter() - t0,
         "train_s_total": float(sum(r["epoch_time_s"] for r in rows)),
+        **(extra or {}),
     }
     write_json(run.results, results)
     print(f"encoder: {results['encoder']}", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from typing import Any
 
@@ -419,6 +420,22 @@ def _regulator_summary(fold: Fold, final_regs: np.ndarray) -> dict[str, Any]:
     return reg
 
 
+def fold_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+    """``config`` for fold ``k`` (a single split is fold 0): a ``{fold}`` in ``model.init_from``
+    becomes ``k``, so each fold starts from the encoder pretrained without its test sessions
+    (``jaxcerv.pretrain`` with ``config.pretrain.per_fold``)."""
+    template = config.model.init_from
+    if "{fold}" not in template:
+        return config
+    path = template.replace("{fold}", str(k))
+    if not os.path.isfile(path):
+        raise RunError(f"config.model.init_from={template}: {path} (fold {k}) does not exist: "
+                       "pretrain with --config.pretrain.per_fold=True and the same data settings")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.init_from = path
+    return config
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Load (building on first use) the data, split it by session, train and test every fold.
 
@@ -446,11 +463,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, run: RunDir, mesh) ->
         records, config.data, run.root, seed=config.seed, write=parallel.is_writer()
     )
     if len(folds) == 1:
-        return _train_fold(config, run, source, records, folds[0], mesh)
+        return _train_fold(fold_config(config, 0), run, source, records, folds[0], mesh)
     per_fold = []
     for k, split in enumerate(folds):
         print(f"=== fold {k + 1}/{len(folds)} ===")
-        per_fold.append(_train_fold(config, run.fold(k), source, records, split, mesh))
+        per_fold.append(
+            _train_fold(fold_config(config, k), run.fold(k), source, records, split, mesh))
     results = {
         "folds": per_fold,
         "test": metrics_lib.summarize_folds([r["test"] for r in per_fold]),

@@ -1,5 +1,10 @@
 """Contrastive pretraining: the loss against a numpy oracle, the lifecycle (metrics, resume), the
-encoder file and how a classifier starts from it (load, freeze)."""
+encoder file, per-fold encoders that never see their fold's test sessions, and how a classifier
+starts from it (load, freeze)."""
+
+import json
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +14,8 @@ import pytest
 from PIL import Image
 
 from configs import default
+from jaxcerv import configcheck, pretrain, steps, train
 from jaxcerv import model as model_lib
-from jaxcerv import pretrain, steps
 from jaxcerv.rundir import RunDir, RunError
 
 
@@ -124,3 +129,101 @@ def test_frozen_encoder_stays_put_for_the_first_steps_only():
     np.testing.assert_allclose(history[1]["encoder"]["k"], 1.0)
     np.testing.assert_allclose(history[1]["classifier"]["k"], 0.8)
     np.testing.assert_allclose(history[2]["encoder"]["k"], 0.9)
+
+
+def _session_folders(tmp_path, n_sessions=9):
+    """A labelled folder dataset (cervix_folder) with one folder per session, each holding two
+    labelled photographs and one unlabelled view; returns {session: [file, ...]}."""
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(1)
+    rows, files = ["image,session,label"], {}
+    for j in range(n_sessions):
+        folder = root / f"case_s{j}"
+        folder.mkdir(parents=True)
+        files[f"s{j}"] = []
+        for i, kind in enumerate(("via", "via", "lugol")):
+            name = f"{i}_{kind}.png"
+            Image.fromarray(rng.integers(60, 256, (48, 40, 3), np.uint8)).save(folder / name)
+            files[f"s{j}"].append(name)
+            if kind == "via":
+                rows.append(f"case_s{j}/{name},s{j},{int(j >= n_sessions // 2)}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return files
+
+
+def _folder_config(tmp_path):
+    config = _config(tmp_path, epochs=1)
+    config.data.name = "cervix_folder"
+    config.data.manual_dir = str(tmp_path / "photos")
+    config.data.csv = str(tmp_path / "labels.csv")
+    config.data.data_dir = str(tmp_path / "tfds")
+    config.data.num_folds = 3
+    config.data.val_fraction = 0.2
+    config.pretrain.per_fold = True
+    return config
+
+
+@pytest.fixture(scope="module")
+def per_fold(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("per_fold")
+    files = _session_folders(tmp_path)
+    results = pretrain.pretrain(_folder_config(tmp_path), str(tmp_path / "w"))
+    return tmp_path, files, results
+
+
+def test_per_fold_pretraining_never_sees_a_fold_test_session(per_fold):
+    tmp_path, files, results = per_fold
+    work = tmp_path / "w"
+    with open(work / "splits.json") as f:
+        folds = json.load(f)["folds"]
+    assert len(results["folds"]) == len(folds) == 3
+    kernels = []
+    for k, fold in enumerate(folds):
+        test_sessions = {image_id.split("/")[0].removeprefix("case_") for image_id in fold["test"]}
+        expected = sum(len(v) for s, v in files.items() if s not in test_sessions)
+        assert set(results["folds"][k]["held_out_sessions"]) == test_sessions
+        assert results["folds"][k]["photographs"] == expected < 27
+        with np.load(work / f"fold_{k}" / pretrain.ENCODER_FILE) as z:
+            kernels.append(z["encoder/Conv_0/kernel"])
+    assert results["encoder"] == str(work / "fold_{fold}" / pretrain.ENCODER_FILE)
+    assert not np.allclose(kernels[0], kernels[1])  # each fold trained on its own photographs
+
+
+def test_each_fold_trains_from_its_own_encoder(per_fold, monkeypatch):
+    tmp_path, _, results = per_fold
+    config = _folder_config(tmp_path)
+    config.model.init_from = results["encoder"]
+    config.data.splits_file = str(tmp_path / "w" / "splits.json")
+    config.train.epochs = 1
+    config.train.batch_size = 2
+    config.eval.batch_size = 2
+    config.eval.num_heatmaps = 0
+    configcheck.check_config(config)
+    loaded = []
+    load_init = model_lib.load_init
+    monkeypatch.setattr(model_lib, "load_init",
+                        lambda params, path: loaded.append(path) or load_init(params, path))
+    train.train_and_evaluate(config, str(tmp_path / "classifier"))
+    assert loaded == [str(tmp_path / "w" / f"fold_{k}" / pretrain.ENCODER_FILE) for k in range(3)]
+    # A template whose fold-0 file is missing is refused by the config check; a later fold's
+    # missing file by the fold that needs it, in one line.
+    config.model.init_from = str(tmp_path / "nowhere" / "fold_{fold}" / "encoder.npz")
+    with pytest.raises(configcheck.ConfigError, match="init_from"):
+        configcheck.check_config(config)
+    partial = tmp_path / "partial" / "fold_0"
+    partial.mkdir(parents=True)
+    shutil.copy(tmp_path / "w" / "fold_0" / pretrain.ENCODER_FILE, partial)
+    config.model.init_from = str(tmp_path / "partial" / "fold_{fold}" / pretrain.ENCODER_FILE)
+    configcheck.check_config(config)
+    assert train.fold_config(config, 0).model.init_from == str(partial / pretrain.ENCODER_FILE)
+    with pytest.raises(RunError, match=r"fold_1/encoder.npz \(fold 1\) does not exist"):
+        train.fold_config(config, 1)
+
+
+def test_per_fold_pretraining_refuses_photographs_it_cannot_assign_to_a_session():
+    paths = [Path("photos/a.png"), Path("photos/case_s1/b.png")]
+    folds = [{"test": np.array([0])}]
+    with pytest.raises(RunError, match="1 of the dataset's 2 sessions"):
+        pretrain.held_out_folds(paths, np.array(["s0", "s1"]), folds)
+    (keep, test), = pretrain.held_out_folds(paths, np.array(["s1", "photos"]), folds)
+    assert test == ["s1"] and keep.tolist() == [0]

@@ -153,6 +153,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.pretrain.learning_rate = 1e-3
     config.pretrain.temperature = 0.2
     config.pretrain.projection = (128, 64)  # the head after the encoder (pretraining only)
+    # One encoder per fold of the classifier's splits (W/fold_<k>/encoder.npz), each pretrained
+    # without the photographs of that fold's test sessions (the folder of each session's
+    # photographs is named <session> or case_<session>): a cross-validated estimate that never
+    # saw its test images; train with model.init_from=W/fold_{fold}/encoder.npz and
+    # data.splits_file=W/splits.json. False: one encoder from every photograph (transductive).
+    config.pretrain.per_fold = False
 
     # The hand-crafted baseline (python -m jaxcerv.handcrafted): scikit-learn's C, the inverse
     # L2 strength of its logistic regression (small: ~40 features, tens of training images).
