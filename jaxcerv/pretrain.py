@@ -10,7 +10,7 @@ resume; a finished run only rewrites the encoder), `metrics.jsonl` + TensorBoard
 line. The result is `W/encoder.npz`: the encoder's parameters under flat names
 `encoder/Conv_<i>/{kernel,bias}`, the `model.init_from` format: train from it with
 `--config.model.init_from=W/encoder.npz` (`--config.train.freeze_encoder_steps=N` holds it still
-for the first N steps, `steps.freeze_encoder`); `load_encoder` does the same in code.
+for the first N steps, `steps.freeze_encoder`).
 
 With `config.pretrain.per_fold=True` the photographs of each fold's test sessions are held out
 (`held_out_folds`; a photograph's session is its folder's name, `session_of`): one encoder per fold
@@ -234,31 +234,6 @@ def _flat_encoder(params: Any) -> dict[str, Any]:
 def encoder_arrays(params: Any) -> dict[str, np.ndarray]:
     """Flat ``encoder/<layer>/<name>`` arrays of ``params["encoder"]``."""
     return {k: np.asarray(v) for k, v in _flat_encoder(params).items()}
-
-
-def load_encoder(path: str | os.PathLike[str], params: Any) -> Any:
-    """``params`` (a `PatchWiseModel`'s) with ``params["encoder"]`` replaced by the pretrained
-    encoder in ``path``; every name and shape must match, else one line saying which. Works on
-    traced parameters too (inside ``jax.jit`` of an initialiser)."""
-    try:
-        with np.load(path) as z:
-            saved = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise RunError(f"{os.fspath(path)}: not a readable encoder file ({e})") from None
-    want = _flat_encoder(params)
-    if saved.keys() != want.keys():
-        raise RunError(
-            f"{os.fspath(path)} holds {sorted(saved)}, the model's encoder needs {sorted(want)}: "
-            "pretrain with the same config.model.conv_features"
-        )
-    for k, v in want.items():
-        if saved[k].shape != v.shape:
-            raise RunError(f"{os.fspath(path)}: {k} has shape {saved[k].shape}, the model needs "
-                           f"{v.shape}: pretrain with the same config.model.conv_features")
-    encoder = flax.traverse_util.unflatten_dict(
-        {tuple(k.split("/")[1:]): jnp.asarray(v, want[k].dtype) for k, v in saved.items()}
-    )
-    return {**params, "encoder": encoder}
 
 
 # ------------------------------------------------------------------------------ loop
