@@ -237,6 +237,8 @@ class Row:
     weights: np.ndarray | None  # (N, G, G) heatmaps; None for a whole-image model
     explanation: dict[str, float] | None = None
     config: dict | None = None
+    train_s: float = 0.0  # the epochs' wall time summed over folds (metrics.jsonl)
+    device: str = ""  # what trained it, e.g. "1 x cpu" (results.json's runtime)
 
 
 def _fold_dirs(run: RunDir) -> list[RunDir]:
@@ -249,10 +251,13 @@ def load_row(workdir: str, variant: Variant) -> Row:
     run = RunDir(os.path.join(workdir, variant.name))
     if not os.path.exists(run.results):
         raise RunError(f"{run.root} has no results.json: run the suite (it resumes) first")
-    folds, parts = [], []
+    folds, parts, train_s, device = [], [], 0.0, ""
     for fold in _fold_dirs(run):
         res = read_json(fold.results)
         folds.append(res["test"])
+        train_s += sum(r.get("epoch_time_s", 0.0) for r in fold.read_metrics())
+        if "runtime" in res:
+            device = f"{res['runtime']['devices']} x {res['runtime']['device_kind']}"
         with np.load(fold.eval_npz("test")) as z:
             part = {k: z[k] for k in z.files}
         part["decisions"] = (part["probabilities"] >= res["threshold"]).astype(np.int64)
@@ -268,6 +273,8 @@ def load_row(workdir: str, variant: Variant) -> Row:
         sessions=pooled["sessions"].astype(str),
         weights=pooled.get("weights"),
         config=read_json(run.config),
+        train_s=train_s,
+        device=device,
     )
 
 
@@ -365,7 +372,7 @@ def table_rows(rows: Sequence[Row], n_boot: int, seed: int) -> list[dict[str, An
         pooled = decision_metrics(row.labels, row.probs, row.decisions)
         rec: dict[str, Any] = {"variant": row.variant.name, "label": row.variant.label,
                                "n_folds": len(row.folds), "n_images": int(row.labels.size),
-                               "n_boot": n_boot}
+                               "n_boot": n_boot, "train_min": row.train_s / 60}
         for k, _ in METRICS:
             rec[f"{k}_mean"], rec[f"{k}_sd"] = _mean_sd([f[k] for f in row.folds])
             rec[f"{k}_pooled"] = pooled[k]
@@ -416,11 +423,15 @@ def caption(suite: str, rows: Sequence[Row], n_boot: int) -> str:
         "bootstrap. Heatmap metrics n/a: a whole-image baseline (no patch weights) or data "
         "without lesion and cervix ground truth (real images)."
         + sized
+        + f" Train min: the row's epochs, wall time summed over folds (evaluation excluded); "
+        f"{sum(r.train_s for r in rows) / 60:.0f} min for all rows on "
+        f"{' / '.join(sorted({r.device for r in rows if r.device})) or 'unrecorded devices'}."
     )
 
 
 def markdown_table(records: Sequence[dict], text: str) -> str:
-    head = ["Method", *(t for _, t in METRICS), *(t for _, t in EXPLANATION), "dAUC (p)"]
+    head = ["Method", *(t for _, t in METRICS), *(t for _, t in EXPLANATION), "dAUC (p)",
+            "Train min"]
     lines = [f"*{text}*", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for r in records:
@@ -438,6 +449,7 @@ def markdown_table(records: Sequence[dict], text: str) -> str:
             p = r["delta_auc_p"]
             cells.append(f"{r['delta_auc']:+.3f} (p" + (f"={p:.3f})" if p > 0
                                                        else f"<{1 / r['n_boot']:.3f})"))
+        cells.append(f"{r['train_min']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -112,8 +112,11 @@ def _fake_train(calls):
             ids = np.array([f"f{k}_{i}" for i in range(40)])
             np.savez(fold.eval_npz("test"), ids=ids, labels=y, probabilities=p,
                      sessions=np.char.add(f"f{k}", s))
-            res = {"threshold": 0.5, "test": experiments.decision_metrics(y, p, p >= 0.5)}
+            res = {"threshold": 0.5, "test": experiments.decision_metrics(y, p, p >= 0.5),
+                   "runtime": {"devices": 1, "device_kind": "cpu"}}
             write_json(fold.results, res)
+            for epoch, seconds in ((1, 10.0 + k), (2, 20.0)):
+                fold.append_metrics({"epoch": epoch, "epoch_time_s": seconds})
             folds.append(res)
         write_json(run.results, {"folds": folds})
 
@@ -148,6 +151,9 @@ def test_runner_shares_splits_skips_finished_variants_and_tabulates_the_pooled_f
     for key in ("md", "fig4a", "fig4b", "index"):
         assert os.path.getsize(out[key]) > 0
     assert "n/a" in open(out["md"]).read()  # no heatmap metrics from these runs
+    # Train min: the epochs' times of both folds (10 + 20 and 11 + 20 s); the caption sums rows.
+    assert float(lenet["train_min"]) == pytest.approx(61 / 60)
+    assert "2 min for all rows on 1 x cpu." in open(out["md"]).read()
 
 
 def test_runner_refuses_a_variant_folder_from_another_config(tmp_path):
