@@ -170,6 +170,21 @@ def test_runner_refuses_a_variant_folder_from_another_config(tmp_path):
         experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
 
 
+def test_a_setting_added_since_a_row_ran_does_not_invalidate_it_at_its_default(tmp_path):
+    config = smoke.get_config()
+    w = tmp_path / "w"
+    calls = []
+    experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
+    recorded = json.loads((w / "proposed" / "config.json").read_text())
+    del recorded["pretrain"]["per_fold"]  # as written before the setting existed
+    (w / "proposed" / "config.json").write_text(json.dumps(recorded))
+    experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
+    assert len(calls) == 2  # still finished
+    config.pretrain.per_fold = True  # not the default: the old row did not run like this
+    with pytest.raises(experiments.RunError, match="proposed"):
+        experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
+
+
 def test_unknown_variant_is_one_line():
     with pytest.raises(ValueError, match="not in suite"):
         experiments.run_suite("table1", smoke.get_config(), "/nonexistent", ["vgg99"],
