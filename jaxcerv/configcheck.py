@@ -17,7 +17,7 @@ from jaxcerv.conv import IMPLS
 from jaxcerv.data.images import RESIZE_POLICIES
 from jaxcerv.losses import CLASS_WEIGHTS
 from jaxcerv.metrics import THRESHOLD_CRITERIA
-from jaxcerv.model import FAMILIES, WHOLE_IMAGE
+from jaxcerv.model import FAMILIES, WHOLE_IMAGE, init_from_for_fold
 
 DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder")
 AGGREGATIONS = ("mean", "sum", "concat")
@@ -101,7 +101,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
          "an integer in 0..4 (VGG16's FZ1-FZ4)"),
         ("model.attention_hidden", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("model.init_from",
-         lambda v: isinstance(v, str) and (not v or os.path.isfile(v.replace("{fold}", "0"))),
+         lambda v: isinstance(v, str) and (not v or os.path.isfile(init_from_for_fold(v, 0))),
          "'' or an existing .npz file (see jaxcerv.model.load_init), or a path with {fold} that "
          "exists for fold 0 (one encoder per fold: jaxcerv.pretrain's config.pretrain.per_fold)"),
         ("data.center_crop", lambda v: is_num(v) and 0 < v <= 1, "a fraction in (0, 1]"),

@@ -428,6 +428,15 @@ def save_params(params: Any, path: str) -> None:
     np.savez(path, **flatten_params(params))
 
 
+FOLD_FIELD = "{fold}"  # in model.init_from: one file per cross-validation fold
+
+
+def init_from_for_fold(init_from: str, k: int) -> str:
+    """``model.init_from`` for fold ``k`` (a single split is fold 0): ``FOLD_FIELD`` becomes ``k``
+    (per-fold pretrained encoders, ``jaxcerv.pretrain``'s ``config.pretrain.per_fold``)."""
+    return init_from.replace(FOLD_FIELD, str(k))
+
+
 def load_init(params: Any, path: str) -> Any:
     """``params`` with every array the ``.npz`` at ``path`` names replaced by the file's.
 

@@ -291,7 +291,7 @@ def _pretrain_per_fold(
         fold_run = run.fold(k)
         fold_run.makedirs()
         per_fold.append(_pretrain(config, fold_run, photos[keep], {"held_out_sessions": test}))
-    results = {"encoder": os.path.join(run.root, "fold_{fold}", ENCODER_FILE),
+    results = {"encoder": os.path.join(run.root, f"fold_{model_lib.FOLD_FIELD}", ENCODER_FILE),
                "splits": run.splits, "folds": per_fold}
     write_json(run.results, results)
     print(f"encoders: {results['encoder']} (model.init_from takes this template as it is)",

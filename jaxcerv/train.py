@@ -421,13 +421,12 @@ def _regulator_summary(fold: Fold, final_regs: np.ndarray) -> dict[str, Any]:
 
 
 def fold_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
-    """``config`` for fold ``k`` (a single split is fold 0): a ``{fold}`` in ``model.init_from``
-    becomes ``k``, so each fold starts from the encoder pretrained without its test sessions
-    (``jaxcerv.pretrain`` with ``config.pretrain.per_fold``)."""
+    """``config`` with ``model.init_from`` for fold ``k`` (``model.init_from_for_fold``), so each
+    fold starts from the encoder pretrained without its test sessions."""
     template = config.model.init_from
-    if "{fold}" not in template:
+    path = model_lib.init_from_for_fold(template, k)
+    if path == template:
         return config
-    path = template.replace("{fold}", str(k))
     if not os.path.isfile(path):
         raise RunError(f"config.model.init_from={template}: {path} (fold {k}) does not exist: "
                        "pretrain with --config.pretrain.per_fold=True and the same data settings")
