@@ -277,9 +277,9 @@ COMMANDS: dict[str, Command] = {
         _delegate("jaxcerv.bench", "bench"),
     ),
     "experiments": Command(
-        "run an experiment suite (Table 1, Table 2, regulator ablations) into tables + figures",
-        "jaxcerv experiments --suite=table1|table2|regulator --config=NAME|FILE --workdir=DIR "
-        "[--variants=a,b]",
+        "run an experiment suite (Tables 1-2, regulator, small data) into tables + figures",
+        "jaxcerv experiments --suite=table1|table2|regulator|small_data --config=NAME|FILE "
+        "--workdir=DIR [--variants=a,b]",
         _define_experiments,
     ),
 }

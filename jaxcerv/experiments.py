@@ -1,7 +1,9 @@
-"""The paper's experiments from one command: Table 1, Table 2 and the regulator ablations.
+"""The paper's experiments from one command: Table 1, Table 2, the regulator ablations, and the
+small-data comparison of issue 13.
 
   python -m jaxcerv.experiments --suite=table1 --config=benchmark --workdir=runs/table1
   jaxcerv experiments --suite=regulator --config=benchmark --workdir=runs/reg [--variants=a,b]
+  jaxcerv experiments --suite=small_data --config=iarc_atlas --workdir=runs/small
 
 Every variant is the base config plus a few overrides (``suite_variants``), trained and tested by
 ``train.train_and_evaluate`` in ``W/<variant>/`` (so resuming, locking and the checks hold per
@@ -17,7 +19,13 @@ every annotation-free approach), ``_fig5c.png`` (the same test images with and w
 regulator, lesions outlined), ``W/<suite>.html``, and ``W/index.html`` linking every suite run in W.
 
 A new model family joins as a variant: an entry in ``suite_variants`` whose overrides select it;
-anything ``train.train_and_evaluate`` can run, the runner can tabulate.
+anything ``train.train_and_evaluate`` (or another entry point that writes the same run layout, as
+``handcrafted.run_baseline`` does) can run, the runner can tabulate.
+
+Rows whose ``model.init_from`` is ``PRETRAINED`` start from the suite's own encoders: before any
+row, ``pretrain.pretrain`` trains one per fold into ``W/pretrain/`` (each without its fold's test
+sessions; resumed, skipped once finished), and every row of the suite then uses its
+``splits.json``, so no row is tested on a case that an encoder saw.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from jaxcerv import metrics as metrics_lib
 from jaxcerv.configs import default
 from jaxcerv.rundir import RunDir, RunError, read_json
 
-SUITES = ("table1", "table2", "regulator")
+SUITES = ("table1", "table2", "regulator", "small_data")
 # (results key, column title); the classification metrics of Table 1.
 METRICS = (
     ("balanced_accuracy", "Balanced acc."),
@@ -57,15 +65,24 @@ EXPLANATION = (
     ("pointing_game", "Pointing game"),
 )
 PROPOSED = "proposed"
+# model.init_from of a row that starts from the suite's per-fold pretrained encoders.
+PRETRAINED = "<the suite's per-fold pretrained encoders>"
+PRETRAIN_DIR = "pretrain"
+# Steps the pretrained encoder is held still: two epochs of the atlas recipe (about 50 training
+# images per fold, batch 8), so the fresh weight MLP and classifier settle before it moves.
+PRETRAINED_FREEZE_STEPS = 14
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One row: a name (its folder), a label (its table row) and config overrides."""
+    """One row: a name (its folder), a label (its table row), config overrides and the entry
+    point that runs it (``train``: train.train_and_evaluate; ``handcrafted``:
+    handcrafted.run_baseline)."""
 
     name: str
     label: str
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    entry: str = "train"
 
 
 def _nearest_divisor(side: int, target: float, minimum: int = 8) -> int:
@@ -128,6 +145,21 @@ def suite_variants(suite: str, config: ml_collections.ConfigDict) -> list[Varian
             Variant("fit_normalised", "Fitted to the min-max normalised weights",
                     {"regulator.fit_on": "normalised"}),
         ]
+    if suite == "small_data":
+        pre = {"model.init_from": PRETRAINED,
+               "train.freeze_encoder_steps": PRETRAINED_FREEZE_STEPS}
+        return [
+            Variant(PROPOSED, "Proposed, encoder pretrained per fold (the small-data recipe)", pre),
+            Variant("scratch", "Proposed from scratch"),
+            Variant("scratch_plain", "Proposed from scratch, no class weights, no augmentation",
+                    {"train.class_weight": "none", "data.augment": False}),
+            Variant("pretrained_lam0.001", "Proposed, pretrained, lambda 0.001",
+                    {**pre, "regulator.lam": 0.001}),
+            Variant("abmil_pretrained", "ABMIL from the pretrained encoder, not in the paper",
+                    {**pre, "model.family": "abmil", **no_reg}),
+            Variant("handcrafted", "Hand-crafted colour and texture + logistic regression",
+                    entry="handcrafted"),
+        ]
     raise ValueError(f"--suite={suite!r}: use one of {SUITES}")
 
 
@@ -185,6 +217,27 @@ def _check_same_config(run: RunDir, config: ml_collections.ConfigDict, name: str
         )
 
 
+def pretrain_encoders(base: ml_collections.ConfigDict, workdir: str) -> tuple[str, str]:
+    """The suite's per-fold encoders in ``W/pretrain`` (trained or resumed there; skipped once
+    finished): returns the ``model.init_from`` template and the splits file they were made for."""
+    from jaxcerv import pretrain
+
+    config = ml_collections.ConfigDict(base.to_dict())
+    config.pretrain.per_fold = True
+    run = RunDir(os.path.join(workdir, PRETRAIN_DIR))
+    _check_same_config(run, config, PRETRAIN_DIR)
+    if os.path.exists(run.results):
+        print(f"[0] {PRETRAIN_DIR}: finished earlier, skipped", flush=True)
+        results = read_json(run.results)
+    else:
+        print(f"[0] {PRETRAIN_DIR}: one encoder per fold, without the fold's test sessions ...",
+              flush=True)
+        t0 = time.perf_counter()
+        results = pretrain.pretrain(config, run.root)
+        print(f"[0] {PRETRAIN_DIR}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return results["encoder"], results["splits"]
+
+
 def run_suite(
     suite: str,
     base: ml_collections.ConfigDict,
@@ -194,10 +247,13 @@ def run_suite(
 ) -> list[Variant]:
     """Train and test every variant of ``suite`` (or those named in ``only``) in ``workdir``;
     returns the variants run. Progress goes to stdout, one line per variant."""
+    from jaxcerv import handcrafted
+
     if train_fn is None:
         from jaxcerv import train
 
         train_fn = train.train_and_evaluate
+    entries = {"train": train_fn, "handcrafted": handcrafted.run_baseline}
     variants = suite_variants(suite, base)
     if only:
         unknown = sorted(set(only) - {v.name for v in variants})
@@ -210,11 +266,19 @@ def run_suite(
     if not base.data.data_dir:
         base.data.data_dir = os.path.abspath(os.path.join(workdir, "tfds"))
     configs = [variant_config(base, v) for v in variants]
-    for v, c in zip(variants, configs, strict=True):
-        try:
-            configcheck.check_config(c)
+    pretrained = [c.model.init_from == PRETRAINED for c in configs]
+    for v, c, pre in zip(variants, configs, pretrained, strict=True):
+        try:  # the encoders do not exist yet: check the rest before spending time on them
+            configcheck.check_config(variant_config(c, Variant("", "", {"model.init_from": ""}))
+                                     if pre else c)
         except configcheck.ConfigError as e:
             raise configcheck.ConfigError(f"variant {v.name!r}: {e}") from e
+    if any(pretrained):
+        template, splits_file = pretrain_encoders(base, workdir)
+        for c, pre in zip(configs, pretrained, strict=True):
+            c.data.splits_file = c.data.splits_file or splits_file
+            if pre:
+                c.model.init_from = template
     first_splits = RunDir(os.path.join(workdir, variants[0].name)).splits
     t_suite = time.perf_counter()
     for k, (v, c) in enumerate(zip(variants, configs, strict=True)):
@@ -228,7 +292,7 @@ def run_suite(
             continue
         print(f"{head}: {v.label} ...", flush=True)
         t0 = time.perf_counter()
-        train_fn(c, run.root)
+        entries[v.entry](c, run.root)
         print(f"{head}: done in {time.perf_counter() - t0:.0f} s "
               f"(suite so far {time.perf_counter() - t_suite:.0f} s)", flush=True)
     return variants
@@ -252,7 +316,7 @@ class Row:
     weights: np.ndarray | None  # (N, G, G) heatmaps; None for a whole-image model
     explanation: dict[str, float] | None = None
     config: dict | None = None
-    train_s: float = 0.0  # the epochs' wall time summed over folds (metrics.jsonl)
+    train_s: float | None = 0.0  # epochs' wall time summed over folds; None: no epochs
     device: str = ""  # what trained it, e.g. "1 x cpu" (results.json's runtime)
 
 
@@ -266,11 +330,11 @@ def load_row(workdir: str, variant: Variant) -> Row:
     run = RunDir(os.path.join(workdir, variant.name))
     if not os.path.exists(run.results):
         raise RunError(f"{run.root} has no results.json: run the suite (it resumes) first")
-    folds, parts, train_s, device = [], [], 0.0, ""
+    folds, parts, epochs, device = [], [], [], ""
     for fold in _fold_dirs(run):
         res = read_json(fold.results)
         folds.append(res["test"])
-        train_s += sum(r.get("epoch_time_s", 0.0) for r in fold.read_metrics())
+        epochs += [r.get("epoch_time_s", 0.0) for r in fold.read_metrics()]
         if "runtime" in res:
             device = f"{res['runtime']['devices']} x {res['runtime']['device_kind']}"
         with np.load(fold.eval_npz("test")) as z:
@@ -288,7 +352,7 @@ def load_row(workdir: str, variant: Variant) -> Row:
         sessions=pooled["sessions"].astype(str),
         weights=pooled.get("weights"),
         config=read_json(run.config),
-        train_s=train_s,
+        train_s=float(sum(epochs)) if epochs else None,  # the hand-crafted fit has no epochs
         device=device,
     )
 
@@ -387,7 +451,8 @@ def table_rows(rows: Sequence[Row], n_boot: int, seed: int) -> list[dict[str, An
         pooled = decision_metrics(row.labels, row.probs, row.decisions)
         rec: dict[str, Any] = {"variant": row.variant.name, "label": row.variant.label,
                                "n_folds": len(row.folds), "n_images": int(row.labels.size),
-                               "n_boot": n_boot, "train_min": row.train_s / 60}
+                               "n_boot": n_boot,
+                               "train_min": None if row.train_s is None else row.train_s / 60}
         for k, _ in METRICS:
             rec[f"{k}_mean"], rec[f"{k}_sd"] = _mean_sd([f[k] for f in row.folds])
             rec[f"{k}_pooled"] = pooled[k]
@@ -410,7 +475,16 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def caption(suite: str, rows: Sequence[Row], n_boot: int) -> str:
+def pretrain_minutes(workdir: str) -> float | None:
+    """Wall time of the suite's pretraining epochs, all folds (None: the suite has none)."""
+    path = os.path.join(workdir, PRETRAIN_DIR, "results.json")
+    if not os.path.exists(path):
+        return None
+    return sum(f["train_s_total"] for f in read_json(path)["folds"]) / 60
+
+
+def caption(suite: str, rows: Sequence[Row], n_boot: int, pretrain_min: float | None = None
+            ) -> str:
     c = rows[0].config
     folds = len(rows[0].folds)
     protocol = (f"{folds}-fold session-grouped cross-validation" if folds > 1
@@ -435,12 +509,16 @@ def caption(suite: str, rows: Sequence[Row], n_boot: int) -> str:
         f"{c['train']['epochs']} epochs (patience {c['train']['patience']}), {thr}. Cells: mean "
         f"+- sd over folds [95% CI of the pooled test predictions, {n_boot} session-bootstrap "
         "resamples]. dAUC: pooled ROC AUC minus the proposed model's, p from a paired session "
-        "bootstrap. Heatmap metrics n/a: a whole-image baseline (no patch weights) or data "
+        "bootstrap. Heatmap metrics n/a: a model without patch weights (whole-image CNN, "
+        "hand-crafted features) or data "
         "without lesion and cervix ground truth (real images)."
         + sized
         + f" Train min: the row's epochs, wall time summed over folds (evaluation excluded); "
-        f"{sum(r.train_s for r in rows) / 60:.0f} min for all rows on "
+        f"{sum(r.train_s or 0.0 for r in rows) / 60:.0f} min for all rows on "
         f"{' / '.join(sorted({r.device for r in rows if r.device})) or 'unrecorded devices'}."
+        + ("" if pretrain_min is None else
+           f" Before the rows, the per-fold encoders' pretraining took {pretrain_min:.1f} min "
+           "(each fold's encoder never saw its test cases).")
     )
 
 
@@ -464,7 +542,7 @@ def markdown_table(records: Sequence[dict], text: str) -> str:
             p = r["delta_auc_p"]
             cells.append(f"{r['delta_auc']:+.3f} (p" + (f"={p:.3f})" if p > 0
                                                        else f"<{1 / r['n_boot']:.3f})"))
-        cells.append(f"{r['train_min']:.1f}")
+        cells.append("n/a" if r["train_min"] is None else f"{r['train_min']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -560,7 +638,7 @@ def write_outputs(suite: str, workdir: str, variants: Sequence[Variant], *, n_bo
             data[key] = _load_data(row.config, workdir)
         add_explanation(row, data[key][1], n_boot, seed)
     records = table_rows(rows, n_boot, seed)
-    text = caption(suite, rows, n_boot)
+    text = caption(suite, rows, n_boot, pretrain_minutes(workdir))
     out = {"md": os.path.join(workdir, f"{suite}.md"), "csv": os.path.join(workdir, f"{suite}.csv")}
     with open(out["md"], "w") as f:
         f.write(markdown_table(records, text))

@@ -6,7 +6,9 @@ import sys
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 # `configs` is imported as a package by config files that build on the default.
@@ -36,3 +38,23 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def session_folders(tmp_path, n_sessions=9):
+    """A labelled folder dataset (cervix_folder) with one folder per session, each holding two
+    labelled photographs and one unlabelled view; returns {session: [file, ...]}."""
+    root = tmp_path / "photos"
+    rng = np.random.default_rng(1)
+    rows, files = ["image,session,label"], {}
+    for j in range(n_sessions):
+        folder = root / f"case_s{j}"
+        folder.mkdir(parents=True)
+        files[f"s{j}"] = []
+        for i, kind in enumerate(("via", "via", "lugol")):
+            name = f"{i}_{kind}.png"
+            Image.fromarray(rng.integers(60, 256, (48, 40, 3), np.uint8)).save(folder / name)
+            files[f"s{j}"].append(name)
+            if kind == "via":
+                rows.append(f"case_s{j}/{name},s{j},{int(j >= n_sessions // 2)}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return files

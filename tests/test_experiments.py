@@ -10,10 +10,12 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import session_folders
 from sklearn import metrics as skm
 
-from jaxcerv import configcheck, experiments, regulator
-from jaxcerv.configs import smoke
+from jaxcerv import configcheck, experiments, pretrain, regulator
+from jaxcerv import model as model_lib
+from jaxcerv.configs import default, smoke
 from jaxcerv.rundir import RunDir, write_json
 
 
@@ -84,7 +86,10 @@ def test_suites_start_with_the_proposed_model_and_table2_patches_tile_the_image(
         assert variants[0].name == experiments.PROPOSED
         assert len({v.name for v in variants}) == len(variants)
         for v in variants:
-            configcheck.check_config(experiments.variant_config(config, v))
+            c = experiments.variant_config(config, v)
+            if c.model.init_from == experiments.PRETRAINED:  # the suite's encoders, made first
+                c.model.init_from = ""
+            configcheck.check_config(c)
     for v in experiments.suite_variants("table2", config)[1:5]:
         c = experiments.variant_config(config, v)
         assert c.grid_size * c.patch_size == 112
@@ -183,6 +188,66 @@ def test_a_setting_added_since_a_row_ran_does_not_invalidate_it_at_its_default(t
     config.pretrain.per_fold = True  # not the default: the old row did not run like this
     with pytest.raises(experiments.RunError, match="proposed"):
         experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
+
+
+def _small_data_config(tmp_path):
+    """configs-style tiny folder dataset: 9 sessions, 3 folds, one epoch of everything."""
+    config = default.get_config()
+    config.grid_size, config.patch_size = 2, 16
+    config.model.conv_features = (4, 8)
+    config.data.name = "cervix_folder"
+    config.data.manual_dir = str(tmp_path / "photos")
+    config.data.csv = str(tmp_path / "labels.csv")
+    config.data.num_folds = 3
+    config.data.val_fraction = 0.2
+    config.train.epochs = 1
+    config.train.batch_size = config.eval.batch_size = 2
+    config.eval.num_heatmaps = 0
+    config.eval.bootstrap = 20
+    config.pretrain.epochs = 1
+    config.pretrain.steps_per_epoch = 2
+    config.pretrain.batch_patches = 8
+    config.pretrain.projection = (16, 8)
+    return config
+
+
+@pytest.mark.slow
+def test_small_data_suite_pretrains_per_fold_first_and_every_row_tests_on_its_folds(
+        tmp_path, monkeypatch):
+    session_folders(tmp_path)
+    config = _small_data_config(tmp_path)
+    w = tmp_path / "w"
+    pretrained, loaded = [], []
+    real_pretrain, real_load = pretrain.pretrain, model_lib.load_init
+    monkeypatch.setattr(pretrain, "pretrain",
+                        lambda c, d: pretrained.append(d) or real_pretrain(c, d))
+    monkeypatch.setattr(model_lib, "load_init",
+                        lambda params, path: loaded.append(path) or real_load(params, path))
+    out = experiments.run("small_data", config, str(w), ["handcrafted"])
+    assert pretrained == [str(w / "pretrain")]
+    # The proposed row's folds start from their own encoders, in fold order.
+    assert loaded == [str(w / "pretrain" / f"fold_{k}" / "encoder.npz") for k in range(3)]
+    folds = json.loads((w / "pretrain" / "splits.json").read_text())["folds"]
+    held_out = json.loads((w / "pretrain" / "results.json").read_text())["folds"]
+    for k, fold in enumerate(folds):  # each encoder held out exactly its fold's test cases
+        assert set(held_out[k]["held_out_sessions"]) == {
+            i.split("/")[0].removeprefix("case_") for i in fold["test"]}
+        for name in ("proposed", "handcrafted"):  # and every row tests on those folds
+            with np.load(w / name / f"fold_{k}" / "eval" / "test.npz") as z:
+                assert sorted(z["ids"].astype(str)) == sorted(fold["test"])
+    with open(out["csv"]) as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    parts = [np.load(w / "handcrafted" / f"fold_{k}" / "eval" / "test.npz") for k in range(3)]
+    y = np.concatenate([p["labels"] for p in parts])
+    p = np.concatenate([p["probabilities"] for p in parts])
+    assert float(rows["handcrafted"]["roc_auc_pooled"]) == pytest.approx(
+        skm.roc_auc_score(y, p))
+    assert rows["handcrafted"]["train_min"] == ""  # no epochs, and not counted as 0
+    minutes = sum(f["train_s_total"] for f in held_out) / 60
+    assert f"pretraining took {minutes:.1f} min" in open(out["md"]).read()
+    assert os.path.exists(w / "handcrafted" / "report" / "index.html")
+    experiments.run("small_data", config, str(w), ["handcrafted"])  # finished: nothing reruns
+    assert len(pretrained) == 1 and len(loaded) == 3
 
 
 def test_unknown_variant_is_one_line():

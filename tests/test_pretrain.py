@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import session_folders
 from PIL import Image
 
 from configs import default
@@ -128,26 +129,6 @@ def test_frozen_encoder_stays_put_for_the_first_steps_only():
     np.testing.assert_allclose(history[2]["encoder"]["k"], 0.9)
 
 
-def _session_folders(tmp_path, n_sessions=9):
-    """A labelled folder dataset (cervix_folder) with one folder per session, each holding two
-    labelled photographs and one unlabelled view; returns {session: [file, ...]}."""
-    root = tmp_path / "photos"
-    rng = np.random.default_rng(1)
-    rows, files = ["image,session,label"], {}
-    for j in range(n_sessions):
-        folder = root / f"case_s{j}"
-        folder.mkdir(parents=True)
-        files[f"s{j}"] = []
-        for i, kind in enumerate(("via", "via", "lugol")):
-            name = f"{i}_{kind}.png"
-            Image.fromarray(rng.integers(60, 256, (48, 40, 3), np.uint8)).save(folder / name)
-            files[f"s{j}"].append(name)
-            if kind == "via":
-                rows.append(f"case_s{j}/{name},s{j},{int(j >= n_sessions // 2)}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    return files
-
-
 def _folder_config(tmp_path):
     config = _config(tmp_path, epochs=1)
     config.data.name = "cervix_folder"
@@ -163,7 +144,7 @@ def _folder_config(tmp_path):
 @pytest.fixture(scope="module")
 def per_fold(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("per_fold")
-    files = _session_folders(tmp_path)
+    files = session_folders(tmp_path)
     results = pretrain.pretrain(_folder_config(tmp_path), str(tmp_path / "w"))
     return tmp_path, files, results
 
