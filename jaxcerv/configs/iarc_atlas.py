@@ -5,7 +5,13 @@ subset in ../shared/data/iarc-colposcopy-atlas (VIA images only; see its README)
     python -m jaxcerv.handcrafted --config=configs/iarc_atlas.py --workdir=runs/atlas_handcrafted
     python -m jaxcerv.pretrain --config=configs/iarc_atlas.py --workdir=runs/atlas_pretrain
 
-The best recipe found starts each fold from an encoder pretrained without that fold's test cases:
+The best recipe found starts each fold from an encoder pretrained without that fold's test cases;
+the experiment runner pretrains, trains it and its alternatives and tabulates them in one command:
+
+    python -m jaxcerv.experiments --suite=small_data --config=configs/iarc_atlas.py \
+        --workdir=runs/atlas_small
+
+or by hand:
 
     python -m jaxcerv.pretrain --config=configs/iarc_atlas.py --workdir=runs/atlas_pf \
         --config.pretrain.per_fold=True
