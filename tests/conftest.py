@@ -58,3 +58,23 @@ def session_folders(tmp_path, n_sessions=9):
                 rows.append(f"case_s{j}/{name},s{j},{int(j >= n_sessions // 2)}")
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     return files
+
+
+def session_folder_config(tmp_path):
+    """A tiny config (2x2 patches of 16 px, one pretraining epoch of 2 steps) on
+    ``session_folders(tmp_path)``: 3-fold CV grouped by session."""
+    from configs import default
+
+    config = default.get_config()
+    config.grid_size, config.patch_size = 2, 16
+    config.model.conv_features = (4, 8)
+    config.data.name = "cervix_folder"
+    config.data.manual_dir = str(tmp_path / "photos")
+    config.data.csv = str(tmp_path / "labels.csv")
+    config.data.num_folds = 3
+    config.data.val_fraction = 0.2
+    config.pretrain.epochs = 1
+    config.pretrain.steps_per_epoch = 2
+    config.pretrain.batch_patches = 8
+    config.pretrain.projection = (16, 8)
+    return config

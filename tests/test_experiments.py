@@ -10,12 +10,12 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import session_folders
+from conftest import session_folder_config, session_folders
 from sklearn import metrics as skm
 
 from jaxcerv import configcheck, experiments, pretrain, regulator
 from jaxcerv import model as model_lib
-from jaxcerv.configs import default, smoke
+from jaxcerv.configs import smoke
 from jaxcerv.rundir import RunDir, write_json
 
 
@@ -190,32 +190,15 @@ def test_a_setting_added_since_a_row_ran_does_not_invalidate_it_at_its_default(t
         experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
 
 
-def _small_data_config(tmp_path):
-    """configs-style tiny folder dataset: 9 sessions, 3 folds, one epoch of everything."""
-    config = default.get_config()
-    config.grid_size, config.patch_size = 2, 16
-    config.model.conv_features = (4, 8)
-    config.data.name = "cervix_folder"
-    config.data.manual_dir = str(tmp_path / "photos")
-    config.data.csv = str(tmp_path / "labels.csv")
-    config.data.num_folds = 3
-    config.data.val_fraction = 0.2
-    config.train.epochs = 1
-    config.train.batch_size = config.eval.batch_size = 2
-    config.eval.num_heatmaps = 0
-    config.eval.bootstrap = 20
-    config.pretrain.epochs = 1
-    config.pretrain.steps_per_epoch = 2
-    config.pretrain.batch_patches = 8
-    config.pretrain.projection = (16, 8)
-    return config
-
-
 @pytest.mark.slow
 def test_small_data_suite_pretrains_per_fold_first_and_every_row_tests_on_its_folds(
         tmp_path, monkeypatch):
     session_folders(tmp_path)
-    config = _small_data_config(tmp_path)
+    config = session_folder_config(tmp_path)
+    config.train.epochs = 1
+    config.train.batch_size = config.eval.batch_size = 2
+    config.eval.num_heatmaps = 0
+    config.eval.bootstrap = 20
     w = tmp_path / "w"
     pretrained, loaded = [], []
     real_pretrain, real_load = pretrain.pretrain, model_lib.load_init

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import session_folders
+from conftest import session_folder_config, session_folders
 from PIL import Image
 
 from configs import default
@@ -130,13 +130,9 @@ def test_frozen_encoder_stays_put_for_the_first_steps_only():
 
 
 def _folder_config(tmp_path):
-    config = _config(tmp_path, epochs=1)
-    config.data.name = "cervix_folder"
-    config.data.manual_dir = str(tmp_path / "photos")
-    config.data.csv = str(tmp_path / "labels.csv")
+    config = session_folder_config(tmp_path)
+    config.pretrain.images_dir = str(tmp_path / "photos")
     config.data.data_dir = str(tmp_path / "tfds")
-    config.data.num_folds = 3
-    config.data.val_fraction = 0.2
     config.pretrain.per_fold = True
     return config
 
