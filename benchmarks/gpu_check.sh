@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The GPU check of issue 15, about 3.5 minutes on one H200 (measured 2026-11-26: each float32/bf16
-# train step without remat compiles in 20-26 s at paper scale, batch 32):
+# The GPU check of issue 15, under 4 minutes on one H100 or H200 (2026-11-26: the space-to-depth
+# train steps compile in 8-20 s at paper scale, batch 32; cuDNN's plain convolutions in 14-25 s):
 #
 #   benchmarks/gpu_check.sh [OUT_DIR]        # OUT_DIR default: $OUT, else runs/gpu_check
 #
 # Writes into OUT_DIR:
 #   throughput.json  paper scale (1176 px), batch $BATCH (32): train and inference img/s in float32
-#                    and bfloat16, remat on and off (conv_impl=xla: cuDNN convolutions), GFLOP/s and
+#                    and bfloat16, remat on and off (conv_impl=s2d2, the fastest on a GPU, and the
+#                    plain cuDNN layer conv_impl=xla for reference), GFLOP/s and
 #                    % of the GPU's dense bf16 peak, the measured bf16 matmul rate, compile times,
 #                    peak device memory, host->device img/s, and training from 256 images kept on
-#                    the device (resident_train_img_per_s) against feeding every batch from the host
+#                    the device (resident_train_img_per_s) against feeding every batch from the host,
+#                    and the GPU kernels that took the most time per train step (profile)
 #   input_pipeline.json  grain at paper scale with 0 and 8 workers: does it keep up with the step?
 #                    (per-setting lines also in input_pipeline.log, should the time limit cut it)
 #                    (needs grain, tensorflow-datasets and array-record; skipped with a line if not)
@@ -29,7 +31,7 @@ GRID=${GRID:-42}           # input pipeline: patches per side (42 x 28 px = pape
 RESIDENT=${RESIDENT:-256}  # images kept on the device for the resident-data train rate
 IMAGES=${IMAGES:-128}      # images in the input-pipeline data set
 REPEATS=${REPEATS:-2}
-IMPLS=${IMPLS:-xla+remat=false,xla+remat=false+dtype=bfloat16,xla+remat=true,xla+remat=true+dtype=bfloat16}
+IMPLS=${IMPLS:-s2d2+remat=false+dtype=bfloat16,s2d2+remat=false,s2d2+remat=true+remat_chunk=294+dtype=bfloat16,s2d2+remat=true+remat_chunk=294,xla+remat=false}
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
@@ -42,12 +44,12 @@ $PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__
   > "$OUT_DIR/env.txt" 2>&1
 cat "$OUT_DIR/env.txt"
 
-# 1. Throughput: 4 variants interleaved, 2 repeats of 3 steps each after a warm-up step.
-#    (xla convs: cuDNN on a GPU; remat=true with xla is slow on CPU only.) Compiling dominates:
-#    about 170 s in all on an H200 (140 s cut the first run there off before any result).
+# 1. Throughput: 5 variants interleaved, 2 repeats of 3 steps each after a warm-up step, then 3
+#    profiled steps of the first. Compiling dominates: about 80 s in all on an H100 (the first
+#    version, four cuDNN variants, took 170 s on an H200; 140 s cut it off before any result).
 #    throughput.log gets one line per compiled variant.
 timeout 210 $PY benchmarks/throughput.py --config="$CONFIG" --batch "$BATCH" \
-  --impls="$IMPLS" --repeats "$REPEATS" --steps 3 --nopredict --resident "$RESIDENT" --json --out "$OUT_DIR/bench" --tag gpu-check \
+  --impls="$IMPLS" --repeats "$REPEATS" --steps 3 --nopredict --resident "$RESIDENT" --profile 3 --json --out "$OUT_DIR/bench" --tag gpu-check \
   > "$OUT_DIR/throughput.json" 2> "$OUT_DIR/throughput.log"
 echo "throughput: exit $? ($(tail -c 300 "$OUT_DIR/throughput.log" | tr '\n' ' '))"
 

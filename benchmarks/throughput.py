@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import datetime
 import glob
+import gzip
 import itertools
 import json
 import os
@@ -100,6 +101,11 @@ _RESIDENT = flags.DEFINE_integer(
     "resident", 0, "also train from N uint8 images kept on the device, each step's batch gathered "
     "there (no host->device copy per step; the paper's 978 images at 1176 px are 4.1 GB)"
 )
+_PROFILE = flags.DEFINE_integer(
+    "profile", 0, "also trace N train steps of the first variant with jax.profiler and report the "
+    "device (or host) ops that took the most time per step (the trace stays in --profile_dir)"
+)
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "where --profile's trace goes; '' a temp dir")
 _PEER_VARIANTS = flags.DEFINE_list(
     "peer_variants", None, "PyTorch variants for --peers (default: the five of the issue's table)"
 )
@@ -381,6 +387,45 @@ def vs_best_peer(rows: list[dict[str, Any]], cases: list[Any], what: list[str]) 
     return {"best_peer": best}
 
 
+def profile_ops(fn, steps: int, log_dir: str, top: int = 25) -> dict[str, Any]:
+    """Trace ``steps`` calls of ``fn`` and sum each op's time per step from the Perfetto trace:
+    the GPU's kernels where there is a device process, else the host's XLA thunks. Why: the
+    steady-state rate says how slow a step is, this says which kernels make it so."""
+    jax.block_until_ready(fn())
+    t = time.perf_counter()
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+        for _ in range(steps):
+            out = fn()
+        jax.block_until_ready(out)
+    wall = (time.perf_counter() - t) / steps
+    path = max(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True),
+               key=os.path.getmtime)
+    with gzip.open(path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {pid for pid, name in procs.items() if name.startswith("/device:")}
+    keep = device or set(procs)
+    total: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for e in events:
+        name = e.get("name", "")
+        # On the host, only XLA's ops (they carry "hlo_op"), not Python frames or PjRt calls.
+        xla_op = bool(device) or "hlo_op" in (e.get("args") or {})
+        if e.get("ph") == "X" and e.get("pid") in keep and "dur" in e and xla_op:
+            total[name] = total.get(name, 0.0) + e["dur"] / 1e3
+            calls[name] = calls.get(name, 0) + 1
+    busy = sum(total.values()) / steps
+    ranked = sorted(total, key=total.get, reverse=True)[:top]
+    return {
+        "steps": steps, "trace": path, "source": "device" if device else "host",
+        "wall_ms_per_step": 1e3 * wall, "op_ms_per_step": busy,
+        "top": [{"op": k[:160], "ms_per_step": total[k] / steps, "calls_per_step":
+                 calls[k] / steps, "share": total[k] / steps / busy} for k in ranked],
+    }
+
+
 def peak_memory() -> dict[str, float]:
     out = {"peak_host_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -428,6 +473,14 @@ def run(config: Any) -> dict[str, Any]:
 
     resident = resident_rate(cases[0], _RESIDENT.value, mesh, _REPEATS.value) \
         if _RESIDENT.value and "train" in what else {}
+    profile = {}
+    if _PROFILE.value and "train" in what:
+        log_dir = _PROFILE_DIR.value or tempfile.mkdtemp(prefix="jaxcerv_profile_")
+        profile = {"profile": {"impl": cases[0].impl, **profile_ops(
+            cases[0].run_train, _PROFILE.value, log_dir)}}
+        for op in profile["profile"]["top"][:12]:
+            print(f"profile {cases[0].impl}: {op['ms_per_step']:8.3f} ms/step "
+                  f"x{op['calls_per_step']:.0f} {op['op'][:100]}", file=sys.stderr, flush=True)
     flops = flops_per_image(config)
     info = machine()
     kind = next((k for k in BF16_PEAK if k in info["device_kind"]), None)
@@ -460,6 +513,7 @@ def run(config: Any) -> dict[str, Any]:
     result: dict[str, Any] = {
         **vs_best_peer(rows, cases, what),
         **resident,
+        **profile,
         "limits": limits,
         **rows[0],
         "batch": b,

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from configs import default, iarc_atlas, paper, smoke
+from configs import default, iarc_atlas, paper, paper_gpu, smoke
 from jaxcerv import configcheck
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module", [default, paper, smoke, iarc_atlas])
+@pytest.mark.parametrize("module", [default, paper, paper_gpu, smoke, iarc_atlas])
 def test_shipped_configs_pass(module):
     configcheck.check_config(module.get_config())
 

@@ -289,6 +289,25 @@ def test_throughput_benchmark_variants_set_model_fields(tmp_path):
     ]
 
 
+def test_profile_ops_counts_each_xla_op_once_per_step(tmp_path):
+    """--profile's summary: the compiled program's own ops (not Python frames or PjRt calls),
+    each called once per step of a loop-free program, their shares summing to one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "throughput", os.path.join(ROOT, "benchmarks/throughput.py"))
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    f = jax.jit(lambda x: jnp.tanh(x @ x).sum(axis=0))
+    x = jnp.ones((256, 256))
+    hlo = f.lower(x).compile().as_text()
+    prof = throughput.profile_ops(lambda: f(x), 3, str(tmp_path))
+    assert prof["steps"] == 3 and prof["source"] == "host" and os.path.exists(prof["trace"])
+    assert prof["top"] and all(op["op"] in hlo for op in prof["top"])
+    assert [op["calls_per_step"] for op in prof["top"]] == [1.0] * len(prof["top"])
+    assert sum(op["share"] for op in prof["top"]) == pytest.approx(1.0)
+
+
 def test_throughput_peers_time_ours_against_torch_or_say_why_not(tmp_path):
     """--peers times the PyTorch peer interleaved with ours and gives each of our rows its ratio
     to the best peer; without PyTorch it says so and times ours alone."""
