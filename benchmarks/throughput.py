@@ -528,7 +528,7 @@ def run(config: Any) -> dict[str, Any]:
         "steps_per_repeat": _STEPS.value,
         "h2d_img_per_s": h2d_rate(host["image"], mesh),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "command": _command(),
         "tag": _TAG.value,
         "loadavg_1min": os.getloadavg()[0],
     }
@@ -538,6 +538,14 @@ def run(config: Any) -> dict[str, Any]:
         result["predict_latency"] = predict_latency(config, cases[0].state.params, _REPEATS.value)
     result.update(peak_memory())
     return result
+
+
+def _command() -> str:
+    """The command line, with XLA_FLAGS in front where set: they change the result (e.g.
+    --xla_force_host_platform_device_count=2, one CPU device per core)."""
+    xla = os.environ.get("XLA_FLAGS")
+    args = " ".join(shlex.quote(a) for a in sys.argv)
+    return (f"XLA_FLAGS={shlex.quote(xla)} " if xla else "") + "python " + args
 
 
 def _slug(text: str) -> str:
