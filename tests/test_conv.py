@@ -306,6 +306,10 @@ def test_profile_ops_counts_each_xla_op_once_per_step(tmp_path):
     assert prof["top"] and all(op["op"] in hlo for op in prof["top"])
     assert [op["calls_per_step"] for op in prof["top"]] == [1.0] * len(prof["top"])
     assert sum(op["share"] for op in prof["top"]) == pytest.approx(1.0)
+    assert 0 < prof["busy_ms_per_step"] <= prof["op_ms_per_step"] + 1e-9
+    # Coverage by hand: [0, 2] and [1, 3] overlap (3 ms busy), [5, 6] adds 1; 2 ms uncovered.
+    assert throughput._coverage([(5, 6), (0, 2), (1, 3)], 2) == {
+        "busy_ms_per_step": 2.0, "untraced_ms_per_step": 1.0}
 
 
 def test_throughput_peers_time_ours_against_torch_or_say_why_not(tmp_path):
