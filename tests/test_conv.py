@@ -289,6 +289,8 @@ def test_throughput_benchmark_variants_set_model_fields(tmp_path):
     ]
 
 
+# ml_collections' DEFINE_config_file loads the default config with the deprecated load_module().
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 def test_profile_ops_counts_each_xla_op_once_per_step(tmp_path):
     """--profile's summary: the compiled program's own ops (not Python frames or PjRt calls),
     each called once per step of a loop-free program, their shares summing to one."""
