@@ -293,3 +293,15 @@ def test_weight_logits_are_the_weights_before_their_squashing(family, remat):
     else:
         expect = 1 / (1 + np.exp(-z))
     np.testing.assert_allclose(np.asarray(out.weights), expect, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, warned", [("paper", False), ("paper_gpu", True)])
+def test_gpu_settings_on_cpu_say_which_config_is_faster(name, warned, caplog):
+    """paper_gpu's remat off + bfloat16 are slower on a CPU (README, Performance): one warning
+    line names the faster config there; the CPU settings get none."""
+    import importlib
+
+    config = importlib.import_module(f"jaxcerv.configs.{name}").get_config()
+    model_lib.from_config(config)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert ("--config=paper)" in text) == (warned and jax.default_backend() == "cpu")
