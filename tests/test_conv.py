@@ -353,3 +353,19 @@ def test_profile_parts_times_every_part(tmp_path):
     names = ["patchify + normalise", "conv 1 (3->12)", "conv 2 (12->24)", "conv 3 (24->48)",
              "weight MLP"]
     assert [ln.rsplit(None, 1)[0].strip() for ln in lines] == names
+
+
+def test_conv_layers_benchmark_times_every_layer(tmp_path):
+    """The per-layer benchmark prints one row per layer and patch count, FLOPs by hand."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks/conv_layers.py"), "--patches", "300",
+         "--repeats", "1"],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )
+    rows = [ln.split() for ln in out.stdout.splitlines() if ln.strip().startswith("300 ")]
+    assert [r[2].rstrip(",:") for r in rows] == ["1", "2", "3"]
+    # GFLOP (the column before the XLA cell) of a VALID conv: 2 * patches * out^2 * k^2 * C * F.
+    expect = [2 * 300 * 14**2 * 4 * 12 * 48, 2 * 300 * 7**2 * 4 * 48 * 96,
+              2 * 300 * 7**2 * 9 * 24 * 48]
+    got = [float(r[r.index("xla") - 1]) for r in rows]
+    assert got == pytest.approx([e / 1e9 for e in expect], abs=6e-4)
