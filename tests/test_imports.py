@@ -89,3 +89,14 @@ def test_report_imports_no_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE.parent, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_pyproject_lists_every_package_folder():
+    """pyproject lists the packages by hand (configs/ is mapped in from the top level): a new
+    folder left off the list would be missing from a wheel and from a fresh editable install."""
+    import tomllib
+
+    setup = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {_module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert set(setup["packages"]) == folders | {"jaxcerv.configs"}
+    assert setup["package-dir"] == {"jaxcerv.configs": "configs"}
