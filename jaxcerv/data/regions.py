@@ -70,7 +70,7 @@ class Region:
 
     mask: np.ndarray
     status: str  # one of STATUSES
-    reason: str = ""  # for "unclosable"
+    reason: str = ""  # for "unclosable": "<kind>: <detail>", e.g. "open outline: ..."
 
     @property
     def usable(self) -> bool:
@@ -142,14 +142,14 @@ def outline_to_region(
             worst = share[open_sides][0]
             return Region(
                 empty, "unclosable",
-                f"the outline is open: a side is {worst:.0%} inside the strokes' convex hull "
+                f"open outline: a side is {worst:.0%} inside the strokes' convex hull "
                 "(neither enclosed nor outside)",
             )
         if not (sides & (share <= 0.25)).any():
-            return Region(empty, "unclosable", "the outline leaves no outside")
+            return Region(empty, "unclosable", "no outside: every side of the outline is enclosed")
         enclosed |= sides & (share >= 0.75)
     if not enclosed.any():
-        return Region(empty, "unclosable", "the strokes enclose no region")
+        return Region(empty, "unclosable", "encloses nothing: the strokes close no region")
     chosen = np.isin(labels, index[enclosed])
     region = ndimage.binary_dilation(chosen, disk(radius + 1)) & (chosen | wall)
     unused = float((strokes & ~ndimage.binary_dilation(region, disk(radius + 2))).mean()
@@ -157,13 +157,13 @@ def outline_to_region(
     if unused > max_unused:
         return Region(
             empty, "unclosable",
-            f"{unused:.0%} of the stroke pixels enclose nothing (an open outline beside a closed "
-            f"one; over {max_unused:.0%})",
+            f"partial: {unused:.0%} of the stroke pixels enclose nothing (an open outline beside "
+            f"a closed one; over {max_unused:.0%})",
         )
     fraction = float(region.mean())
     if fraction > max_fraction:
         return Region(
             empty, "unclosable",
-            f"the enclosed region covers {fraction:.0%} of the image (over {max_fraction:.0%})",
+            f"too large: the region covers {fraction:.0%} of the image (over {max_fraction:.0%})",
         )
     return Region(region, "closed")
