@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build a dataset and print its summary")
     build.add_argument("name", choices=builders.DATASETS)
     build.add_argument("--data_dir", required=True, help="where TFDS writes the dataset")
-    build.add_argument("--manual_dir", default=None, help="source folder (atlas, cervix_folder, annocerv)")
+    build.add_argument("--manual_dir", default=None,
+                       help="source folder (atlas, cervix_folder, annocerv)")
     build.add_argument(
         "--csv", default=None,
         help="cervix_folder labels CSV (default manual_dir/labels.csv); annocerv: metadata.csv",

@@ -861,7 +861,7 @@ class Annocerv(_PhotoBuilder):
         try:
             strokes = read_mask(candidate.mask, size=(decoded.width, decoded.height))
         except ImageError as e:
-            raise ImageError(e.path, f"mask {candidate.mask_source}: {e.problem}") from None
+            raise ImageError(e.path, f"{candidate.mask_source}: {e.problem}") from None
         region = regions.outline_to_region(strokes)
         fractions = region_fractions(
             region.mask, grid=cfg.image_size // cfg.patch_size, patch_size=cfg.patch_size,
