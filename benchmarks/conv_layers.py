@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxcerv import conv  # noqa: E402
+from jaxcerv.model import conv  # noqa: E402
 
 # (name, side of the VALID input, input channels, kernel side, output channels)
 LAYERS = (

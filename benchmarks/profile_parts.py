@@ -28,8 +28,8 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from jaxcerv import conv  # noqa: E402
-from jaxcerv import model as model_lib  # noqa: E402
+from jaxcerv.model import conv  # noqa: E402
+from jaxcerv.model import networks as model_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/paper.py"))
 _BATCH = flags.DEFINE_integer("batch", 4, "images per call")

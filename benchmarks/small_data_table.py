@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/small_data_table.py NAME=WORKDIR [NAME=WORKDIR ...]
 
-Each WORKDIR is a k-fold run of `jaxcerv.main` or `jaxcerv.handcrafted` (fold_K/eval/test.npz).
+Each WORKDIR is a k-fold run of `jaxcerv.main` or `jaxcerv.experiments.handcrafted`
+(fold_K/eval/test.npz).
 Per row: the test ROC AUC mean +- sd over folds, the pooled out-of-fold ROC AUC with its 95%
 bootstrap interval over sessions (1000 resamples), the folds' selected epochs and the images.
 """
@@ -14,9 +15,9 @@ import os
 
 import numpy as np
 
-from jaxcerv import handcrafted
-from jaxcerv import metrics as metrics_lib
-from jaxcerv.rundir import RunDir, read_json
+from jaxcerv.evaluation import metrics as metrics_lib
+from jaxcerv.experiments import handcrafted
+from jaxcerv.runtime.rundir import RunDir, read_json
 
 
 def row(name: str, workdir: str, n_boot: int) -> str:

@@ -20,7 +20,8 @@ products for activations and for weights). Biases, pooling, the classifier and t
 left out (< 0.1%). Paper scale: 4.18 MFLOP per patch, 7.38 GFLOP per image for inference, 22.1 for
 training. GFLOP/s = that count x images/s.
 
-Also reported: the end-to-end latency of ``jaxcerv.predict.Predictor.predict`` on one 2400x1600
+Also reported: the end-to-end latency of ``jaxcerv.inference.predict.Predictor.predict`` on one
+2400x1600
 JPEG (decode + resize with ``jaxcerv.data.images``, forward, heatmap PNG), how fast one CPU thread
 decodes such JPEGs and how fast batches reach the device (is the input pipeline the bottleneck?),
 peak host RSS and, on GPUs, peak device memory. Results go to ``--out`` (default the untracked
@@ -72,10 +73,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxcerv import conv, parallel, predict, regulator, steps  # noqa: E402
-from jaxcerv import model as model_lib  # noqa: E402
 from jaxcerv.data import images  # noqa: E402
-from jaxcerv.resident import ResidentImages  # noqa: E402
+from jaxcerv.inference import predict  # noqa: E402
+from jaxcerv.model import conv, regulator  # noqa: E402
+from jaxcerv.model import networks as model_lib  # noqa: E402
+from jaxcerv.runtime import parallel  # noqa: E402
+from jaxcerv.training import steps  # noqa: E402
+from jaxcerv.training.resident import ResidentImages  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/paper.py"))
 _BATCH = flags.DEFINE_integer("batch", 4, "global batch (images per step)")
@@ -243,8 +247,7 @@ def _jpeg(path: str, width: int = 2400, height: int = 1600) -> None:
 def predict_latency(config: Any, params: Any, repeats: int) -> dict[str, Any]:
     """``Predictor.predict`` on one 2400x1600 JPEG, end to end, and its parts."""
 
-    from jaxcerv import viz
-
+    from jaxcerv.reporting import viz
     config = copy.deepcopy(config)
     config.eval.batch_size = 1  # one file: no padding to a larger batch
     predictor = predict.Predictor(config, params, threshold=0.5)
@@ -323,7 +326,8 @@ def dot_limits(n: int = 4096, repeats: int = 5) -> dict[str, float]:
 
 
 def resident_rate(case: Case, n: int, mesh: Any, repeats: int) -> dict[str, float]:
-    """Train steps fed by ``config.data.resident`` (``jaxcerv.resident``) from ``n`` images on the
+    """Train steps fed by ``config.data.resident`` (``jaxcerv.training.resident``) from ``n`` images
+    on the
     device: a batch of indices (a few bytes) goes over, the gather runs on the device, then
     ``case``'s train step."""
     cfg, b = case.config, case.batch["image"].shape[0]

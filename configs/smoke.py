@@ -1,6 +1,19 @@
-"""The built-in `smoke` config (`jaxcerv/configs/smoke.py`, also `--config=smoke`),
-kept here so that `--config=configs/smoke.py` keeps working from the repository root."""
+"""Seconds, for tests: a tiny grid, few images, two epochs."""
 
-from jaxcerv.configs.smoke import get_config
+import ml_collections
+from jaxcerv.configs import default
 
-__all__ = ["get_config"]
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.grid_size = 4
+    config.patch_size = 28
+    config.data.num_images = 48
+    config.model.weight_hidden = (32, 16, 8)
+    config.model.classifier_hidden = (16, 8)
+    config.train.batch_size = 8
+    config.train.epochs = 2
+    config.eval.batch_size = 8
+    config.eval.num_heatmaps = 2
+    config.eval.bootstrap = 20
+    return config

@@ -15,7 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxcerv import configcheck, configs
+from jaxcerv import configs
+from jaxcerv.training import configcheck
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", configs.resolve("default"), "Config: a built-in name or a file."
@@ -78,8 +79,10 @@ def main(argv: list[str]) -> None:
         _fail(str(e), 2)
 
     # Heavy imports after the checks, so a usage error answers at once.
-    from jaxcerv import parallel, progress, report, train
-    from jaxcerv.rundir import RunError
+    from jaxcerv.reporting import report
+    from jaxcerv.runtime import parallel, progress
+    from jaxcerv.runtime.rundir import RunError
+    from jaxcerv.training import train
 
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if (problem := parallel.accelerator_problem()) is not None:

@@ -21,8 +21,7 @@ def smoke_workdir(tmp_path_factory) -> str:
     """A finished train_and_evaluate run of configs/smoke.py, made once per test session (per
     xdist worker) and shared by the report and predict tests."""
     from configs import smoke
-    from jaxcerv import train
-
+    from jaxcerv.training import train
     workdir = tmp_path_factory.getbasetemp() / "smoke_run"
     if not (workdir / "results.json").exists():
         train.train_and_evaluate(smoke.get_config(), str(workdir))

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from jaxcerv import parallel
+from jaxcerv.runtime import parallel
 
 _GPU_VARS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE")
 

@@ -66,23 +66,23 @@ def test_cycle_finder_sees_a_planted_cycle():
 
 def test_package_has_no_import_cycle():
     graph = import_graph()
-    assert "jaxcerv.train" in graph and "jaxcerv.steps" in graph["jaxcerv.train"]
+    assert "jaxcerv.training.steps" in graph["jaxcerv.training.train"]
     assert find_cycle(graph) is None, find_cycle(graph)
 
 
 def test_only_main_runs_both_training_and_the_report():
     graph = import_graph()
-    importers_of_report = {m for m, deps in graph.items() if "jaxcerv.report" in deps}
-    importers_of_train = {m for m, deps in graph.items() if "jaxcerv.train" in deps}
-    assert importers_of_report & importers_of_train <= {"jaxcerv.main", "jaxcerv.cli",
-                                                        "jaxcerv.experiments"}
-    assert "jaxcerv.train" not in graph["jaxcerv.report"]
-    assert "jaxcerv.train" not in graph["jaxcerv.predict"]
+    importers_of_report = {m for m, deps in graph.items() if "jaxcerv.reporting.report" in deps}
+    importers_of_train = {m for m, deps in graph.items() if "jaxcerv.training.train" in deps}
+    assert importers_of_report & importers_of_train <= {"jaxcerv.main", "jaxcerv.cli.app",
+                                                        "jaxcerv.experiments.suites"}
+    assert "jaxcerv.training.train" not in graph["jaxcerv.reporting.report"]
+    assert "jaxcerv.training.train" not in graph["jaxcerv.inference.predict"]
 
 
 def test_report_imports_no_jax():
     code = (
-        "import sys, jaxcerv.report\n"
+        "import sys, jaxcerv.reporting.report\n"
         "print(sorted(m for m in ('jax', 'orbax', 'tensorflow_datasets', 'flax') "
         "if m in sys.modules))"
     )

@@ -26,8 +26,10 @@ _DRIVER = r'''
 import os, signal, sys
 sys.path.insert(0, os.environ["REPO"])
 from configs import smoke
-from jaxcerv import checkpointing, evaluate, train, writer
-
+from jaxcerv.training import checkpointing
+from jaxcerv.evaluation import evaluate
+from jaxcerv.training import train
+from jaxcerv.training import metric_log as writer
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -241,7 +243,7 @@ def test_corrupt_best_is_one_line_for_predict(smoke_workdir, tmp_path):
 
     Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(image)
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxcerv.predict", "--workdir", str(workdir), str(image)],
+        [sys.executable, "-m", "jaxcerv.inference.predict", "--workdir", str(workdir), str(image)],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2
@@ -257,8 +259,8 @@ def test_failed_save_stops_the_run_before_it_trains_on(reference, tmp_path, monk
     import orbax.checkpoint as ocp
 
     from configs import smoke
-    from jaxcerv import train
-    from jaxcerv.checkpointing import CheckpointError
+    from jaxcerv.training import train
+    from jaxcerv.training.checkpointing import CheckpointError
 
     tmp, _ = reference
     real_save = ocp.CheckpointManager.save

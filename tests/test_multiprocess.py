@@ -105,8 +105,7 @@ def test_every_process_ends_with_the_checkpointed_params_and_regulators(launched
     import jax
     import orbax.checkpoint as ocp
 
-    from jaxcerv import parallel
-
+    from jaxcerv.runtime import parallel
     workdir, output, _ = launched
     digests = dict(re.findall(r"process (\d+)/2: state sha256 ([0-9a-f]{64})", output))
     assert sorted(digests) == ["0", "1"], output[-3000:]

@@ -1,6 +1,7 @@
 """The PyTorch peer (benchmarks/peers) is our network: same weights in, same outputs out.
 
-Oracle: ``jaxcerv.model.PatchWiseModel`` itself, with the reference "xla" layers and float32; its
+Oracle: ``jaxcerv.model.networks.PatchWiseModel`` itself, with the reference "xla" layers and
+float32; its
 parameters are copied into the peer. Both compute in float32 with different summation orders,
 so outputs agree to ~1e-6 of their scale; 1e-4 leaves room while a transposed kernel, a wrong
 flatten order or a missing bias is off by O(1). Skipped, with the reason, without PyTorch.
@@ -25,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks.peers import torch_peer  # noqa: E402
 from configs import smoke  # noqa: E402
-from jaxcerv import model as model_lib  # noqa: E402
+from jaxcerv.model import networks as model_lib  # noqa: E402
 
 
 def _close(a, b, rtol=1e-4):
@@ -63,8 +64,7 @@ def test_peer_forward_matches_ours(case, channels_last):
 
 
 def test_peer_regulator_fit_is_ours(case):
-    from jaxcerv import regulator
-
+    from jaxcerv.model import regulator
     _, _, _, ours = case
     got = torch_peer.fit_gaussian(torch.from_numpy(np.asarray(ours.weights)))
     _close(got.numpy(), regulator.fit_gaussian(ours.weights), 1e-5)

@@ -1,6 +1,7 @@
 """jaxcerv's network and train step in PyTorch: the peer that ``throughput.py --peers`` times.
 
-Same architecture and FLOPs as ``jaxcerv.model.PatchWiseModel`` with mean aggregation: patchify,
+Same architecture and FLOPs as ``jaxcerv.model.networks.PatchWiseModel`` with mean aggregation:
+patchify,
 three 3x3 SAME conv -> ReLU -> 2x2 max-pool layers, flattened in (row, column, channel) order as
 ours, the weight MLP with a sigmoid, the weighted mean of the patch features, the optional
 LayerNorm, the classifier. The train step is ours too: BCE + lambda * spatial loss against the

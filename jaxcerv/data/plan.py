@@ -1,7 +1,7 @@
 """The order of an epoch's batches: which record each row of each global batch holds.
 
 Pure numpy (no grain, no TFDS), shared by the host pipeline (``pipeline.batches``) and the
-device-resident one (``jaxcerv.resident``), so that both feed the same batches.
+device-resident one (``jaxcerv.training.resident``), so that both feed the same batches.
 """
 
 from __future__ import annotations

@@ -1,0 +1,195 @@
+"""Orbax checkpoints of the whole train state (regulators included) plus loop bookkeeping.
+
+Two managers under ``W/checkpoints``: ``latest`` (resume after a kill) and ``best`` (the model
+that model selection picked: the one that is tested and served). Steps are epoch numbers.
+
+Integrity: every checkpoint's JSON ``meta`` carries the sha256 of its parameters (``digest``),
+checked on every restore, so flipped bytes never restore silently. Both managers keep two steps:
+an unreadable or mismatching ``latest`` falls back to the step before it. Saves are synchronous,
+so a failed save (disk full) stops the run before it trains on. The two managers use their own
+barrier names: with shared names, two processes saving ``latest`` and ``best`` at the same time
+waited on each other's barrier until the 300 s timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from jaxcerv.runtime import parallel
+from jaxcerv.runtime.rundir import RunDir, RunError
+
+KINDS = ("latest", "best")
+
+
+class CheckpointError(RunError):
+    """A checkpoint cannot be written or no usable one can be read (one line: what to do)."""
+
+
+def params_digest(params: Any) -> str:
+    return parallel.replica_digest(params)
+
+
+def _manager(root: str, kind: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=2,
+        create=True,
+        enable_async_checkpointing=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=f"jaxcerv_{kind}"
+        ),
+    )
+    return ocp.CheckpointManager(os.path.join(root, kind), options=options)
+
+
+def _abstract(like: Any) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+
+
+class Checkpoints:
+    """Save/restore ``(state, meta)`` where meta is a JSON dict (epoch, model selection, digest)."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        root = os.path.abspath(run.checkpoints)
+        self.managers = {kind: _manager(root, kind) for kind in KINDS}
+
+    def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
+        """Commit ``state`` as step ``epoch`` of ``kind``; any failure is a CheckpointError."""
+        meta = {**meta, "digest": params_digest(state.params)}
+        try:
+            self.managers[kind].save(
+                epoch,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                force=True,
+            )
+            self.managers[kind].wait_until_finished()
+        except Exception as e:  # orbax wraps OSError (ENOSPC, EIO) in several exception types
+            raise CheckpointError(
+                f"saving {self.run.checkpoint_dir(kind, epoch)} failed ({_one_line(e)}); free "
+                "disk space or fix the folder, then rerun the same command to resume from the "
+                "last saved epoch"
+            ) from e
+
+    def steps(self, kind: str) -> list[int]:
+        self.managers[kind].reload()
+        return sorted(self.managers[kind].all_steps())
+
+    def restore(self, kind: str, step: int, like: Any) -> tuple[Any, dict]:
+        """Step ``step`` of ``kind``, shaped and sharded like ``like``; its parameters must match
+        the digest saved with them. Raises CheckpointError when unreadable or mismatching."""
+        where = self.run.checkpoint_dir(kind, step)
+        _drop_closed_loop_reports()
+        try:
+            out = self.managers[kind].restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:
+            raise CheckpointError(f"{where} is unreadable ({_one_line(e)})") from e
+        state, meta = out.state, dict(out.meta)
+        if meta.get("digest") != params_digest(state.params):
+            raise CheckpointError(f"{where}: parameters do not match the digest saved with them")
+        return state, meta
+
+    def restore_newest(
+        self, kind: str, like: Any, accept: Callable[[int], bool] = lambda step: True
+    ) -> tuple[Any, dict] | None:
+        """The newest usable step of ``kind`` that ``accept`` allows, falling back to older
+        retained steps with a warning; None when there is no step at all. Raises
+        CheckpointError when steps exist but none is usable."""
+        steps = [s for s in self.steps(kind) if accept(s)]
+        errors = []
+        for step in reversed(steps):
+            try:
+                restored = self.restore(kind, step, like)
+            except CheckpointError as e:
+                errors.append(str(e))
+                logging.warning("%s", e)
+                print(f"warning: {e}; trying an older checkpoint", flush=True)
+                continue
+            return restored
+        if errors:
+            raise CheckpointError(
+                f"no usable checkpoint in {os.path.join(self.run.checkpoints, kind)}: "
+                + "; ".join(errors)
+                + ". Delete that folder to start again from scratch"
+            )
+        return None
+
+    def close(self) -> None:
+        for m in self.managers.values():
+            m.close()
+
+
+def restore_params(step_dir: str, like: Any) -> Any:
+    """Only the model parameters of a saved train state (no optimizer state or regulators),
+    checked against the digest saved with them: what ``predict`` and ``export`` serve.
+
+    A partial orbax restore: it needs neither the number of training images nor the optimizer.
+    """
+    state_dir = os.path.abspath(os.path.join(step_dir, "state"))
+    meta_path = os.path.join(step_dir, "meta", "metadata")
+    if not os.path.isdir(state_dir):
+        raise CheckpointError(f"{step_dir}: not an orbax step directory of a train state (no "
+                              "state/)")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    _drop_closed_loop_reports()
+    target = {
+        "params": jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
+        )
+    }
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            params = ckptr.restore(
+                state_dir,
+                args=ocp.args.PyTreeRestore(
+                    item=target,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True,
+                ),
+            )["params"]
+        with open(meta_path) as f:
+            digest = json.load(f).get("digest")
+    except Exception as e:
+        raise CheckpointError(f"{step_dir} is unreadable ({_one_line(e)})") from e
+    if digest is not None and digest != params_digest(params):
+        raise CheckpointError(f"{step_dir}: parameters do not match the digest saved with them; "
+                              "the checkpoint is corrupt")
+    return params
+
+
+def _drop_closed_loop_reports() -> None:
+    """Installed before every restore. After a failed one, tensorstore completes the other
+    pending reads into the asyncio loop orbax has already closed, and each is reported
+    (sys.unraisablehook) as a ``RuntimeError('Event loop is closed')`` traceback, some time
+    later, from another thread.
+    They say nothing beyond the CheckpointError already raised: drop exactly those reports."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxcerv_filter", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._jaxcerv_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,222 @@
+"""The train state, the optimizer and the jitted steps: pure functions, no I/O.
+
+The per-image spatial regulators live in the train state as one (N_train, 5) array: each train
+step uses the batch's rows for the spatial loss and writes back the valid fits (Alg. 1,
+``regulator.refit``), so every epoch re-estimates every training image's regulator from its own
+patch weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxcerv.model import conv, losses, regulator
+from jaxcerv.model import networks as model_lib
+from jaxcerv.runtime import parallel
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree (checkpointed whole)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # split every step for stochastic layers (classifier dropout)
+    regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam; with ``train.freeze_encoder_steps`` > 0 (a pretrained encoder loaded through
+    ``model.init_from``) the encoder is held still for that many steps."""
+    tx = optax.adam(config.train.learning_rate)
+    frozen = config.train.get("freeze_encoder_steps", 0)
+    return freeze_encoder(tx, frozen) if frozen else tx
+
+
+def freeze_encoder(
+    tx: optax.GradientTransformation, frozen_steps: int
+) -> optax.GradientTransformation:
+    """``tx`` with the ``encoder`` subtree's updates zeroed for the first ``frozen_steps`` steps:
+    the new weight MLP and classifier first learn on the pretrained features, so their early,
+    large gradients do not wash the pretrained encoder out."""
+
+    def init(params: Any) -> tuple[Any, jax.Array]:
+        return tx.init(params), jnp.zeros((), jnp.int32)
+
+    def update(updates: Any, state: tuple[Any, jax.Array], params: Any = None):
+        inner, count = state
+        updates, inner = tx.update(updates, inner, params)
+        keep = (count >= frozen_steps).astype(jnp.float32)
+        updates = {**updates,
+                   "encoder": jax.tree.map(lambda u: u * keep.astype(u.dtype),
+                                           updates["encoder"])}
+        return updates, (inner, count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: optax.GradientTransformation,
+    num_train: int,
+    rng: jax.Array,
+) -> TrainState:
+    """Fresh parameters (``model.init_from`` loaded over them) and every training image's
+    regulator at G0."""
+    init_rng, state_rng = jax.random.split(rng)
+    side = config.grid_size * config.patch_size
+    params = model.init(init_rng, jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
+    if config.model.init_from:
+        params = model_lib.load_init(params, config.model.init_from)
+    g0 = regulator.initial_params((config.grid_size, config.grid_size),
+                                  config.regulator.g0_fraction)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=state_rng,
+        regulators=jnp.tile(g0, (num_train, 1)),
+    )
+
+
+def _all_finite(*trees: Any) -> jax.Array:
+    leaves = [leaf for t in trees for leaf in jax.tree.leaves(t)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: optax.GradientTransformation,
+    class_weights: Any = (1.0, 1.0),
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The un-jitted train step for this config (jit it with donation: see ``jit_steps``).
+
+    ``class_weights`` (w_0, w_1) weight each image's BCE in the loss (``losses.class_weights``);
+    the logged ``bce_sum`` stays unweighted, so it is comparable across settings.
+
+    ``metrics["healthy"]`` is false when the loss, a gradient, a new parameter or a regulator is
+    not finite, or the batch's mean BCE exceeds ``config.train.max_bce``: the loop stops on it
+    (divergence guard) before anything is saved. A model without patch weights (a whole-image
+    baseline) has no spatial loss and no refit: its regulators stay at G0, its spatial loss is 0.
+    """
+    mode, lam, fit_on = config.regulator.mode, config.regulator.lam, config.regulator.fit_on
+    max_bce = config.train.max_bce
+    grid = (config.grid_size, config.grid_size)
+    cw = tuple(float(w) for w in class_weights)
+    spatial_loss = regulator.spatial_loss_fn(config.regulator.loss)
+    on_logits = config.regulator.normalise == "logits"
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng, dropout_rng = jax.random.split(state.rng)
+        mask = batch["mask"].astype(jnp.float32)
+        count = jnp.maximum(jnp.sum(mask), 1.0)
+        density = regulator.gaussian_density(
+            regulator.batch_regulators(state.regulators, batch["index"], mode, grid,
+                                       config.regulator.g0_fraction), grid
+        )
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, ...]]:
+            out = model.apply(
+                {"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng}
+            )
+            bce = losses.classification_loss(out.logits, batch["label"])
+            if out.weights is None:
+                spatial = jnp.zeros_like(bce)
+            else:
+                spatial = spatial_loss(out.weight_logits if on_logits else out.weights, density)
+            total = losses.combined_loss(
+                losses.weighted(bce, batch["label"], cw), spatial, lam, mode
+            )
+            return jnp.sum(total * mask) / count, (bce, spatial, out.weights)
+
+        (loss, (bce, spatial, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if weights is None:
+            regulators, valid = state.regulators, jnp.zeros_like(batch["mask"], bool)
+        else:
+            regulators, valid = regulator.refit(
+                state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on, mode=mode
+            )
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, rng=rng, regulators=regulators
+        )
+        metrics = {
+            "loss_sum": loss * count,
+            "bce_sum": jnp.sum(bce * mask),
+            "spatial_sum": jnp.sum(spatial * mask),
+            "valid_fits": jnp.sum(valid.astype(jnp.float32)),
+            "count": jnp.sum(mask),
+            "healthy": _all_finite(loss, grads, params, regulators)
+            & (jnp.sum(bce * mask) / count <= max_bce),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: Any, fit_on: str) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """Forward pass for evaluation: probabilities, heatmaps, features and each image's own fit
+    (made as in training, see ``regulator.fit_targets``); no heatmap nor fit for a model
+    without patch weights."""
+
+    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        out = model.apply({"params": params}, batch["image"], train=False)
+        result = {
+            "logits": out.logits,
+            "probabilities": jax.nn.sigmoid(out.logits),
+            "features": out.features,
+        }
+        if out.weights is not None:
+            result["weights"] = out.weights
+            result["regulators"] = regulator.fit(out.weights, fit_on)
+        return result
+
+    return eval_step
+
+
+def jit_eval_step(config: ml_collections.ConfigDict, model: Any, **kw: Any):
+    """The eval step jitted with the config's compiler options (``kw``: shardings)."""
+    return jax.jit(
+        make_eval_step(model, config.regulator.fit_on),
+        compiler_options=conv.compiler_options(config.model.conv_impl),
+        **kw,
+    )
+
+
+def jit_steps(config, model, tx, mesh, class_weights: Any = (1.0, 1.0)):
+    """Jit both steps over the mesh: batch split on ``data``, state replicated and donated."""
+    rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(config, model, tx, class_weights),
+        in_shardings=(rep, data),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+        compiler_options=conv.compiler_options(config.model.conv_impl),
+    )
+    eval_step = jit_eval_step(config, model, in_shardings=(rep, data), out_shardings=data)
+    return train_step, eval_step
+
+
+def abstract_params(config: ml_collections.ConfigDict, model: Any) -> Any:
+    """Shapes and dtypes of the model's parameters, without computing them (for restoring)."""
+    side = config.grid_size * config.patch_size
+    return jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, side, side, 3), jnp.uint8))[
+            "params"
+        ]
+    )

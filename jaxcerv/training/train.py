@@ -1,0 +1,487 @@
+"""The training loop: ``train_and_evaluate(config, workdir)`` trains and tests every fold.
+
+The loop is a short list of named steps (``_train_fold``): set up, resume, then per epoch train,
+validate, select, log, checkpoint; at the end restore the selected model and evaluate it. The
+state, optimizer and jitted steps are in ``steps.py``; checkpoints in ``checkpointing.py``; the
+run folder's layout in ``rundir.py``; metrics in ``evaluate.py``. It never writes the report:
+``main`` does that after training, so nothing here imports the report or predict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxcerv.data import pipeline, splits
+from jaxcerv.evaluation import evaluate
+from jaxcerv.evaluation import metrics as metrics_lib
+from jaxcerv.model import losses, regulator
+from jaxcerv.model import networks as model_lib
+from jaxcerv.runtime import parallel
+from jaxcerv.runtime import progress as reporting
+from jaxcerv.runtime.rundir import RunDir, RunError, acquire_lock, release_lock, write_json
+from jaxcerv.training import steps
+from jaxcerv.training.checkpointing import CheckpointError, Checkpoints
+from jaxcerv.training.metric_log import MetricWriter
+from jaxcerv.training.resident import ResidentImages
+
+
+class DivergenceError(RunError):
+    """A non-finite loss, gradient, parameter or regulator: the run stops before saving it."""
+
+
+@dataclasses.dataclass
+class Selection:
+    """Model selection and early stopping: the best epoch so far and the epochs since.
+
+    An epoch is better when its validation ROC AUC is higher, ties broken by a lower validation
+    BCE. The BCE alone stalls for epochs while the patch weights are still spreading out, even as
+    the ranking (AUC) improves, and stopped runs before they learned.
+    """
+
+    best_val_auc: float = -1.0
+    best_val_loss: float = float("inf")
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def improves(self, val_auc: float, val_loss: float) -> bool:
+        return (val_auc, -val_loss) > (self.best_val_auc, -self.best_val_loss)
+
+    def update(self, epoch: int, val_auc: float, val_loss: float) -> bool:
+        """Record an epoch's validation result; True when it is the new best."""
+        if self.improves(val_auc, val_loss):
+            self.best_val_auc, self.best_val_loss, self.best_epoch = val_auc, val_loss, epoch
+            self.bad_epochs = 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the loop checkpoints beside the train state (JSON in each checkpoint's meta)."""
+
+    epoch: int = 0
+    selection: Selection = dataclasses.field(default_factory=Selection)
+    stopped: bool = False
+
+    def to_meta(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Progress:
+        return cls(meta["epoch"], Selection(**meta["selection"]), meta["stopped"])
+
+
+@dataclasses.dataclass
+class Fold:
+    """One training run's fixed pieces: its folder, data split, model and jitted steps."""
+
+    config: ml_collections.ConfigDict
+    run: RunDir
+    source: Any
+    records: pipeline.Records
+    split: dict[str, np.ndarray]
+    mesh: Any
+    model: model_lib.PatchWiseModel
+    train_step: Any
+    eval_step: Any
+    initial_state: steps.TrainState
+    resident: ResidentImages | None = None  # config.data.resident: the train split on the devices
+
+
+def _set_up(config, run: RunDir, source, records, split, mesh) -> Fold:
+    train_idx = split["train"]
+    parallel.check_batch_size(config.train.batch_size, mesh)
+    if len(train_idx) < config.train.batch_size:
+        raise RunError(
+            f"the train split has {len(train_idx)} images, fewer than one batch of "
+            f"config.train.batch_size={config.train.batch_size}: lower the batch size"
+        )
+    model = model_lib.from_config(config)
+    tx = steps.make_optimizer(config)
+    weights = losses.class_weights(records.labels[train_idx],
+                                   config.train.get("class_weight", "none"))
+    train_step, eval_step = steps.jit_steps(config, model, tx, mesh, weights)
+    state = parallel.replicated_init(
+        functools.partial(steps.create_train_state, config, model, tx, len(train_idx)),
+        mesh,
+        jax.random.PRNGKey(config.seed),
+    )
+    if parallel.is_writer():
+        run.makedirs()
+        write_json(run.train_ids, records.ids[train_idx].tolist())
+    resident = None
+    if config.data.get("resident"):
+        try:
+            resident = ResidentImages(source, train_idx, mesh)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        logging.info("resident training data: %d images, %.0f MB per device", resident.n,
+                     resident.nbytes / 2**20)
+    return Fold(config, run, source, records, split, mesh, model, train_step, eval_step, state,
+                resident)
+
+
+def _drop_steps_after(ckpt: Checkpoints, epoch: int) -> None:
+    """Steps newer than the epoch we resume from (a save cut short, or a corrupt newest step
+    we fell back from) would collide with the replayed epochs: remove them."""
+    for kind, manager in ckpt.managers.items():
+        for step in ckpt.steps(kind):
+            if step > epoch:
+                logging.warning("removing checkpoints/%s/%d, newer than the resumed epoch", kind,
+                                step)
+                manager.delete(step)
+
+
+def _ensure_best(ckpt: Checkpoints, state: steps.TrainState, progress: Progress) -> None:
+    """The selected epoch must be in ``checkpoints/best``, intact. A run killed (or out of disk)
+    between the ``latest`` and ``best`` commits lacks it: re-save it from ``latest``."""
+    best = progress.selection.best_epoch
+    if best == 0:
+        return
+    try:
+        ckpt.restore("best", best, state)
+        return
+    except CheckpointError as e:
+        problem = str(e) if best in ckpt.steps("best") else f"checkpoints/best/{best} is missing"
+    if best == progress.epoch:
+        source = state
+    elif best in ckpt.steps("latest"):
+        source, _ = ckpt.restore("latest", best, state)
+    else:
+        raise CheckpointError(
+            f"{problem}, and no other copy of the selected epoch {best} exists: delete "
+            f"{ckpt.run.checkpoints} and rerun to train again"
+        )
+    print(f"warning: {problem}; re-saved it from checkpoints/latest/{best}", flush=True)
+    if best in ckpt.steps("best"):
+        ckpt.managers["best"].delete(best)
+    ckpt.save("best", best, source, {**progress.to_meta(), "epoch": best})
+
+
+def _resume(ckpt: Checkpoints, fold: Fold) -> tuple[steps.TrainState, Progress]:
+    """The newest usable ``latest`` checkpoint (falling back past a corrupt one), or a fresh
+    state; a fresh run forgets any metrics an earlier, checkpoint-less attempt logged."""
+    restored = ckpt.restore_newest("latest", fold.initial_state)
+    if restored is None:
+        if parallel.is_writer():
+            fold.run.truncate_metrics(0)
+        return fold.initial_state, Progress()
+    state, meta = restored
+    progress = Progress.from_meta(meta)
+    print(f"Resuming from epoch {progress.epoch} (checkpoint in {fold.run.checkpoints})",
+          flush=True)
+    _drop_steps_after(ckpt, progress.epoch)
+    _ensure_best(ckpt, state, progress)
+    if parallel.is_writer():
+        fold.run.truncate_metrics(progress.epoch)
+    return state, progress
+
+
+def _check_healthy(healthy: jax.Array, epoch: int, step: int, config) -> None:
+    if not bool(healthy):
+        raise DivergenceError(
+            f"training diverged at epoch {epoch}, step {step} (learning rate "
+            f"{config.train.learning_rate:g}): the loss, a gradient, a parameter or a regulator "
+            f"is not finite, or the BCE exceeds config.train.max_bce="
+            f"{config.train.max_bce:g}; nothing of epoch {epoch} was saved. Lower "
+            "--config.train.learning_rate and rerun the same command to resume from the last "
+            "saved epoch"
+        )
+
+
+def _train_epoch(
+    fold: Fold, state, epoch: int, *, first: bool = False
+) -> tuple[steps.TrainState, dict[str, float]]:
+    """One pass over the training split; stops on the first non-finite step (divergence guard).
+
+    The health of step i is read after step i+1 is dispatched, so the check costs no
+    pipeline stall; a non-finite step is never saved because saving happens after the epoch.
+    ``first``: the first epoch this process runs, whose first step compiles (announced).
+    """
+    config = fold.config
+    n_steps = len(fold.split["train"]) // config.train.batch_size
+    if fold.resident is not None:  # global batches gathered on the devices
+        batches = fold.resident.batches(
+            batch_size=config.train.batch_size, seed=config.seed, epoch=epoch,
+            balance=fold.records.labels[fold.split["train"]]
+            if config.data.get("balanced_sampling") else None)
+    else:
+        batches = (parallel.to_global(b, fold.mesh) for b in evaluate.process_batches(
+            config, fold.source, fold.split["train"], batch_size=config.train.batch_size,
+            epoch=epoch, train=True, labels=fold.records.labels[fold.split["train"]],
+        ))
+    writer = parallel.is_writer()
+    # A redrawn bar on a terminal; in a log file a plain line every 30 s.
+    bar = reporting.Progress(n_steps, f"epoch {epoch}/{config.train.epochs}", enabled=writer)
+    sums: dict[str, jax.Array] = {}
+    pending = None  # (global step, health flag) of the step before
+    t_steady, timed_images = time.perf_counter(), 0
+    for i, batch in enumerate(batches):
+        compiling = first and i == 0
+        with reporting.announce("compiling the train step", enabled=writer and compiling):
+            state, m = fold.train_step(state, batch)
+            if i == 0:
+                # Throughput excludes the first step: on the first epoch it includes compilation.
+                jax.block_until_ready(state.step)
+                t_steady = time.perf_counter()
+        if pending is not None:
+            _check_healthy(pending[1], epoch, pending[0], config)
+        pending = ((epoch - 1) * n_steps + i + 1, m.pop("healthy"))
+        sums = m if not sums else jax.tree.map(jnp.add, sums, m)
+        if i > 0:
+            timed_images += config.train.batch_size
+        postfix = ""
+        if (i + 1) % config.train.log_every_steps == 0:
+            postfix = f"loss {float(sums['loss_sum'] / sums['count']):.4f}"
+        bar.update(postfix=postfix)
+    bar.close()
+    if pending is not None:
+        _check_healthy(pending[1], epoch, pending[0], config)
+    totals = parallel.to_host(sums)
+    n = float(totals["count"])
+    return state, {
+        "train_loss": float(totals["loss_sum"]) / n,
+        "train_bce": float(totals["bce_sum"]) / n,
+        "train_spatial": float(totals["spatial_sum"]) / n,
+        "valid_fit_fraction": float(totals["valid_fits"]) / n,
+        "img_per_s": timed_images / max(time.perf_counter() - t_steady, 1e-9),
+    }
+
+
+def _validate(fold: Fold, params) -> dict[str, float]:
+    idx = fold.split["val"]
+    pred = evaluate.predict_split(fold.config, fold.eval_step, params, fold.source, idx, fold.mesh)
+    labels = fold.records.labels[idx]
+    val = metrics_lib.binary_metrics(labels, pred["probabilities"], 0.5, split="val")
+    row = {
+        "val_loss": evaluate.bce(pred["logits"], labels),
+        "val_roc_auc": val["roc_auc"],
+        "val_balanced_accuracy": val["balanced_accuracy"],
+        "val_logit_sd": float(np.std(pred["logits"])),
+    }
+    if "weights" in pred:
+        row["val_flat_heatmaps"] = metrics_lib.flat_map_fraction(pred["weights"])
+    return row
+
+
+def health_notes(row: dict[str, Any]) -> str:
+    """What an epoch's validation numbers say went wrong, with the setting to change: a
+    classifier whose output no longer depends on the image (its features collapsed, measured on
+    configs/benchmark.py: every encoder feature dead), or heatmaps flat in most images."""
+    notes = []
+    if row.get("val_logit_sd", 1.0) < 1e-4:
+        notes.append("the output is the same for every image (features collapsed: try a lower "
+                     "train.learning_rate or another seed)")
+    if row.get("val_flat_heatmaps", 0.0) > 0.5:
+        notes.append(f"heatmaps flat in {100 * row['val_flat_heatmaps']:.0f}% of images "
+                     "(weights saturated: regulator.normalise=logits avoids it)")
+    return "".join(f" | warning: {n}" for n in notes)
+
+
+def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.ndarray) -> None:
+    if parallel.is_writer():
+        np.save(fold.run.regulators_at(row["epoch"]), regs)
+    writer.write(row)
+    print(
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} (bce {row['train_bce']:.4f}, "
+        f"spatial {row['train_spatial']:.2f})"
+        + (f" | val loss {row['val_loss']:.4f} auc {row['val_roc_auc']:.3f}"
+           if "val_loss" in row else "")
+        + f" | {row['img_per_s']:.1f} img/s"
+        + (
+            f" | regulator centre error {row['regulator_centre_error']:.2f} patches"
+            if "regulator_centre_error" in row
+            else ""
+        )
+        + health_notes(row),
+        flush=True,
+    )
+
+
+def _checkpoint(ckpt: Checkpoints, epoch: int, state, progress: Progress, is_best: bool) -> None:
+    """Commit ``latest`` then, if selected, ``best``; a kill between the two is repaired on
+    resume (``_ensure_best``)."""
+    meta = progress.to_meta()
+    ckpt.save("latest", epoch, state, meta)
+    if is_best:
+        ckpt.save("best", epoch, state, meta)
+
+
+def _truth(fold: Fold) -> np.ndarray | None:
+    t = fold.records.truth_cervix
+    return None if t is None else t[fold.split["train"]]
+
+
+def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, Any]:
+    """Train one model on ``split['train']``, select on ``val``, test the selected checkpoint."""
+    fold = _set_up(config, run, source, records, split, mesh)
+    ckpt = Checkpoints(run)
+    writer = MetricWriter(run)
+    try:
+        state, progress = _resume(ckpt, fold)
+        truth = _truth(fold) if model_lib.has_weights(config) else None  # no regulator else
+        first_epoch = progress.epoch + 1
+        while progress.epoch < config.train.epochs and not progress.stopped:
+            epoch = progress.epoch + 1
+            t0 = time.perf_counter()
+            state, row = _train_epoch(fold, state, epoch, first=epoch == first_epoch)
+            if len(fold.split["val"]):
+                with reporting.announce("validating (compiles the eval step)",
+                                        enabled=parallel.is_writer() and epoch == first_epoch):
+                    row.update(_validate(fold, state.params))
+                is_best = progress.selection.update(epoch, row["val_roc_auc"], row["val_loss"])
+            else:  # no validation set (data.val_fraction=0): fixed epochs, the last one is tested
+                is_best = progress.selection.update(epoch, float(epoch), 0.0)
+            progress.epoch = epoch
+            progress.stopped = progress.selection.bad_epochs >= config.train.patience
+            regs = np.asarray(parallel.to_host(state.regulators))
+            row = {"epoch": epoch, "step": int(state.step), **row,
+                   "lr": config.train.learning_rate, "epoch_time_s": time.perf_counter() - t0}
+            if truth is not None:
+                row["regulator_centre_error"] = metrics_lib.centre_error(regs, truth)
+            _log_epoch(fold, writer, row, regs)
+            _checkpoint(ckpt, epoch, state, progress, is_best)
+            if progress.stopped:
+                print(f"early stopping: no better validation AUC for {config.train.patience} "
+                      "epochs")
+        digest = parallel.assert_replicas_agree({"params": state.params,
+                                                 "regulators": state.regulators})
+        print(f"process {jax.process_index()}/{jax.process_count()}: state sha256 {digest}",
+              flush=True)
+        best_epoch = progress.selection.best_epoch
+        best_state, _ = ckpt.restore("best", best_epoch, state)
+    finally:
+        writer.close()
+        ckpt.close()
+    with reporting.announce(f"evaluating the selected model (epoch {best_epoch}) on val and test",
+                            enabled=parallel.is_writer()):
+        results = _evaluate(fold, best_state.params)
+    results["best_epoch"] = best_epoch
+    results["epochs_run"] = progress.epoch
+    if model_lib.has_weights(config):  # a whole-image baseline has no regulator to summarise
+        results["regulator"] = _regulator_summary(
+            fold, np.asarray(parallel.to_host(state.regulators))
+        )
+    results["runtime"] = parallel.runtime_info(mesh)
+    if parallel.is_writer():
+        write_json(run.results, results)
+    return results
+
+
+def _evaluate(fold: Fold, params) -> dict[str, Any]:
+    """Predict val and test with the selected parameters, save them, compute the metrics."""
+    preds: dict[str, Any] = {"val": None}
+    for name in ("val", "test"):
+        idx = fold.split[name]
+        if not len(idx):
+            continue
+        pred = evaluate.predict_split(
+            fold.config, fold.eval_step, params, fold.source, idx, fold.mesh
+        )
+        preds[name] = evaluate.with_records(pred, fold.records, idx)
+        if parallel.is_writer():
+            evaluate.save_predictions(fold.run, name, preds[name])
+    results = evaluate.test_metrics(fold.config, preds["val"], preds["test"])
+    if parallel.is_writer():
+        evaluate.draw_heatmaps(fold.config, fold.run, fold.source, preds["test"],
+                               fold.split["test"])
+    t = results["test"]
+    print(
+        f"test: ROC AUC {t['roc_auc']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, "
+        f"F1 {t['f1']:.3f}, recall {t['recall']:.3f} (threshold {results['threshold']:.3f} from "
+        "validation)"
+    )
+    return results
+
+
+def _regulator_summary(fold: Fold, final_regs: np.ndarray) -> dict[str, Any]:
+    config = fold.config
+    reg: dict[str, Any] = {"mode": config.regulator.mode,
+                           "final_mean": final_regs.mean(axis=0).tolist()}
+    truth = _truth(fold)
+    if truth is not None:
+        grid = (config.grid_size, config.grid_size)
+        g0 = np.tile(np.asarray(regulator.initial_params(grid, config.regulator.g0_fraction)),
+                     (len(truth), 1))
+        reg["centre_error_patches"] = metrics_lib.centre_error(final_regs, truth)
+        reg["initial_centre_error_patches"] = metrics_lib.centre_error(g0, truth)
+        print(
+            f"regulator centre error: {reg['centre_error_patches']:.2f} patches "
+            f"(G0: {reg['initial_centre_error_patches']:.2f})"
+        )
+    return reg
+
+
+def fold_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+    """``config`` with ``model.init_from`` for fold ``k`` (``model.init_from_for_fold``), so each
+    fold starts from the encoder pretrained without its test sessions."""
+    template = config.model.init_from
+    path = model_lib.init_from_for_fold(template, k)
+    if path == template:
+        return config
+    if not os.path.isfile(path):
+        raise RunError(f"config.model.init_from={template}: {path} (fold {k}) does not exist: "
+                       "pretrain with --config.pretrain.per_fold=True and the same data settings")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.init_from = path
+    return config
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Load (building on first use) the data, split it by session, train and test every fold.
+
+    Process 0 holds ``W/lock`` for the whole run, so a second run on the same folder refuses.
+    """
+    run = RunDir(workdir)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.train.batch_size, mesh)
+    parallel.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+    if parallel.is_writer():
+        acquire_lock(run)
+    try:
+        return _train_and_evaluate(config, run, mesh)
+    finally:
+        if parallel.is_writer():
+            release_lock(run)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, run: RunDir, mesh) -> dict[str, Any]:
+    if parallel.is_writer():
+        run.makedirs()
+        write_json(run.config, config.to_dict())
+    source, records = pipeline.load(config, run.root)
+    folds = splits.make_splits(
+        records, config.data, run.root, seed=config.seed, write=parallel.is_writer()
+    )
+    if len(folds) == 1:
+        return _train_fold(fold_config(config, 0), run, source, records, folds[0], mesh)
+    per_fold = []
+    for k, split in enumerate(folds):
+        print(f"=== fold {k + 1}/{len(folds)} ===")
+        per_fold.append(
+            _train_fold(fold_config(config, k), run.fold(k), source, records, split, mesh))
+    results = {
+        "folds": per_fold,
+        "test": metrics_lib.summarize_folds([r["test"] for r in per_fold]),
+        "runtime": parallel.runtime_info(mesh),
+    }
+    if parallel.is_writer():
+        write_json(run.results, results)
+    t = results["test"]
+    print(
+        f"{len(folds)}-fold test ROC AUC {t['mean']['roc_auc']:.3f} +- {t['sd']['roc_auc']:.3f}, "
+        f"balanced accuracy {t['mean']['balanced_accuracy']:.3f} "
+        f"+- {t['sd']['balanced_accuracy']:.3f}"
+    )
+    return results

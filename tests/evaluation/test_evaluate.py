@@ -1,0 +1,73 @@
+"""Evaluation protocol: the threshold comes from validation only; test metrics at it."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from jaxcerv.evaluation import evaluate
+
+
+def _config(criterion: str = "youden") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {"seed": 0, "eval": {"threshold_criterion": criterion, "bootstrap": 20}}
+    )
+
+
+def _split(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    labels = rng.integers(0, 2, n)
+    labels[:2] = [0, 1]
+    probs = np.clip(0.3 * labels + rng.uniform(0, 0.7, n), 0, 1)
+    return {"labels": labels, "probabilities": probs, "sessions": np.arange(n).astype(str)}
+
+
+def test_threshold_depends_only_on_validation():
+    from sklearn.metrics import roc_curve
+
+    rng = np.random.default_rng(0)
+    val, test = _split(rng, 40), _split(rng, 30)
+    got = evaluate.test_metrics(_config(), val, test)
+    # Oracle: sklearn's ROC on validation; Youden's J picks the cut, applied to test.
+    fpr, tpr, cuts = roc_curve(val["labels"], val["probabilities"])
+    best_cut = cuts[np.argmax(tpr - fpr)]
+    assert np.sum(val["probabilities"] >= got["threshold"]) == np.sum(
+        val["probabilities"] >= best_cut
+    )
+    # Changing (even inverting) the test labels and scores moves no threshold.
+    flipped = {**test, "labels": 1 - test["labels"], "probabilities": 1 - test["probabilities"]}
+    again = evaluate.test_metrics(_config(), val, flipped)
+    assert again["threshold"] == got["threshold"]
+    assert again["val"] == got["val"]
+    pred = test["probabilities"] >= got["threshold"]
+    tp = np.sum(pred & (test["labels"] == 1))
+    assert got["test"]["recall"] == tp / np.sum(test["labels"] == 1)
+
+
+def test_bce_matches_sklearn_log_loss():
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 4, 50)
+    labels = rng.integers(0, 2, 50)
+    want = log_loss(labels, 1 / (1 + np.exp(-logits)))
+    np.testing.assert_allclose(evaluate.bce(logits, labels), want, rtol=1e-9)
+
+
+def test_explanation_counts_the_images_each_metric_uses():
+    grid = 4
+    w = np.full((3, grid, grid), 0.1)
+    w[0, 1, 1] = 1.0  # image 0: top patch on its lesion
+    w[1, 3, 3] = 1.0  # image 1: top patch two patches from its lesion
+    lesion = np.zeros((3, grid, grid), bool)
+    lesion[0, 1, 1] = lesion[1, 0, 0] = True  # image 2 (normal) has none
+    cervix = np.tile([2.0, 2.0, 1.0, 0.0, 1.0], (3, 1))
+    test = {"weights": w, "truth_lesion": lesion, "truth_cervix": cervix,
+            "regulators": cervix + [0.3, 0.4, 0, 0, 0], "labels": np.array([1, 1, 0]),
+            "sessions": np.array(["a", "b", "b"])}
+    out = evaluate.explanation(_config(), test)
+    within = out["pointing_game_within_1_patch"]
+    assert within["value"] == 0.5 and within["n_images"] == 2 and within["n_sessions"] == 2
+    assert np.isclose(out["fitted_centre_error_patches"]["value"], 0.5)  # hypot(0.3, 0.4)
+    assert out["mass_in_cervix_normal"]["n_images"] == 1
+    none = evaluate.explanation(_config(), {**test, "truth_lesion": np.zeros_like(lesion)})
+    assert none["pointing_game_within_1_patch"]["value"] is None

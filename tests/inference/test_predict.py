@@ -1,0 +1,136 @@
+"""Predict on a smoke run: a non-square JPEG, a PNG and a corrupt file (error line, others fine);
+a dataset image saved losslessly gets the probability evaluation saved for it."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcerv.data import pipeline
+from jaxcerv.inference import predict, served
+from jaxcerv.runtime.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def inputs(smoke_workdir, tmp_path_factory):
+    """(paths, the saved test row the PNG holds): JPEG 300x200, corrupt JPEG, lossless PNG."""
+    folder = tmp_path_factory.mktemp("inputs")
+    with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as z:
+        saved = {k: z[k] for k in z.files}
+    row = 0
+    source, records = pipeline.load(RunDir(smoke_workdir).read_config(), smoke_workdir)
+    index = int(np.flatnonzero(records.ids == saved["ids"][row])[0])
+    png = folder / "dataset image.png"
+    Image.fromarray(np.asarray(source[index]["image"])).save(png)
+
+    rng = np.random.default_rng(0)
+    jpeg = folder / "wide.jpg"
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(jpeg, quality=90)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)).save(buf, "JPEG")
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated stream
+    paths = [str(jpeg), str(corrupt), str(png)]
+    return paths, {k: v[row] for k, v in saved.items()}
+
+
+@pytest.fixture(scope="module")
+def predictions(smoke_workdir, inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return predict.predict_files(smoke_workdir, inputs[0], str(out)), str(out)
+
+
+def test_good_images_get_probability_heatmap_and_regulator(predictions, inputs, smoke_workdir):
+    results, out = predictions
+    with open(os.path.join(smoke_workdir, "results.json")) as f:
+        threshold = json.load(f)["threshold"]
+    config = RunDir(smoke_workdir).read_config()
+    for r, path in zip([results[0], results[2]], [inputs[0][0], inputs[0][2]], strict=True):
+        assert set(r) == {"image", "probability", "label", "class", "threshold", "heatmap",
+                          "regulator", "model", "warning"}
+        assert r["image"] == path
+        assert 0.0 <= r["probability"] <= 1.0
+        assert r["threshold"] == threshold
+        assert r["label"] == int(r["probability"] >= threshold)
+        assert os.path.dirname(r["heatmap"]) == out
+        with Image.open(r["heatmap"]) as im:
+            assert im.format == "PNG"  # the clinician figure: tests/test_viz.py
+        assert len(r["regulator"]) == 5 and np.all(np.isfinite(r["regulator"]))
+        assert r["class"] == served.CLASS_NAMES[r["label"]]
+        assert r["model"]["dataset"] == "synthetic_cervix"
+        assert r["model"]["config_digest"] == served.config_digest(config)
+        assert r["model"]["source"] == os.path.abspath(predict.best_checkpoint_dir(smoke_workdir))
+        assert r["warning"] == served.SYNTHETIC_WARNING  # the smoke model saw synthetic data only
+    json.dumps(results, allow_nan=False)  # every line is strict JSON
+
+
+def test_corrupt_file_gets_an_error_line(predictions, inputs):
+    bad = predictions[0][1]
+    assert set(bad) == {"image", "error"}
+    assert bad["image"] == inputs[0][1]
+    assert inputs[0][1] in bad["error"] and "\n" not in bad["error"]
+
+
+def test_dataset_image_matches_saved_evaluation(predictions, inputs):
+    _, saved = inputs
+    r = predictions[0][2]
+    assert r["probability"] == pytest.approx(float(saved["probabilities"]), abs=1e-5)
+    np.testing.assert_allclose(r["regulator"], saved["regulators"], atol=1e-4)
+
+
+def test_cli_prints_one_json_line_per_input_and_exit_status(
+    smoke_workdir, inputs, predictions, tmp_path, capsys
+):
+    """--checkpoint with the best step directory serves the same model as --workdir; an image
+    given twice gets two heatmap files."""
+    paths = inputs[0]
+    step = predict.best_checkpoint_dir(smoke_workdir)
+    argv = ["--checkpoint", step, "--out", str(tmp_path), paths[2], paths[1], paths[2]]
+    assert predict.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in lines] == [paths[2], paths[1], paths[2]]
+    assert "error" in lines[1]
+    for r in (lines[0], lines[2]):
+        assert r["probability"] == predictions[0][2]["probability"]
+        assert os.path.isfile(r["heatmap"])
+    assert lines[0]["heatmap"] != lines[2]["heatmap"]
+    assert predict.main(["--workdir", smoke_workdir, paths[1], str(tmp_path / "missing.png")]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [("error" in r) for r in lines] == [True, True]
+
+
+def test_partial_batch_pads_to_next_power_of_two():
+    assert [predict.padded_batch(n, 32) for n in (1, 2, 3, 5, 17, 32)] == [1, 2, 4, 8, 32, 32]
+    assert predict.padded_batch(5, 6) == 6  # never above the configured batch
+
+
+def test_scores_do_not_depend_on_the_padded_batch(smoke_workdir):
+    """Three images in one padded batch of 4 score as each alone (batch 1) does."""
+    predictor = predict.Predictor.from_run(smoke_workdir)
+    side = predictor.image_size
+    images = np.random.default_rng(3).integers(0, 256, (3, side, side, 3), dtype=np.uint8)
+    together = predictor.predict_arrays(images)
+    for i in range(3):
+        alone = predictor.predict_arrays(images[i : i + 1])
+        for k in ("probabilities", "weights", "regulators"):
+            np.testing.assert_allclose(alone[k][0], together[k][i], rtol=1e-5, atol=1e-6)
+
+
+def test_over_long_names_get_their_own_error_and_the_rest_are_scored(
+    smoke_workdir, inputs, tmp_path, capsys
+):
+    paths, _ = inputs
+    long_input = str(tmp_path / ("x" * 300 + ".png"))  # cannot even be opened
+    long_output = tmp_path / ("y" * 248 + ".png")  # opens, but its heatmap name is too long
+    long_output.write_bytes(open(paths[2], "rb").read())
+    argv = ["--workdir", smoke_workdir, "--out", str(tmp_path / "out"), long_input,
+            str(long_output), paths[2]]
+    assert predict.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 3
+    assert "File name too long" in lines[0]["error"]
+    assert "cannot write the heatmap" in lines[1]["error"]
+    assert "probability" in lines[2] and os.path.isfile(lines[2]["heatmap"])

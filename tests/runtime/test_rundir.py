@@ -1,0 +1,60 @@
+"""The run folder: the workdir lock and the metrics log's resume semantics."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from jaxcerv.runtime.rundir import RunDir, RunError, acquire_lock, release_lock
+
+
+def test_lock_is_exclusive_and_names_a_live_holder(tmp_path):
+    run = RunDir(str(tmp_path / "w"))
+    holder = subprocess.Popen(["sleep", "30"])
+    try:
+        os.makedirs(run.root)
+        with open(run.lock, "w") as f:
+            json.dump({"host": socket.gethostname(), "pid": holder.pid}, f)
+        with pytest.raises(RunError, match=f"in use by pid {holder.pid} on this host"):
+            acquire_lock(run)
+    finally:
+        holder.kill()
+        holder.wait()
+    acquire_lock(run)  # the holder died: stale, taken over
+    assert json.load(open(run.lock)) == {"host": socket.gethostname(), "pid": os.getpid()}
+    acquire_lock(run)  # re-entrant for the holder itself
+    release_lock(run)
+    assert not os.path.exists(run.lock)
+
+
+def test_lock_from_another_host_is_not_taken_over(tmp_path):
+    run = RunDir(str(tmp_path))
+    with open(run.lock, "w") as f:
+        json.dump({"host": "elsewhere", "pid": 1}, f)
+    with pytest.raises(RunError, match="pid 1 on host elsewhere"):
+        acquire_lock(run)
+    release_lock(run)  # not ours: left alone
+    assert os.path.exists(run.lock)
+
+
+def test_truncate_metrics_keeps_epochs_up_to_the_resumed_one(tmp_path):
+    run = RunDir(str(tmp_path))
+    for e in (1, 2, 3):
+        run.append_metrics({"epoch": e, "loss": float(e)})
+    run.truncate_metrics(2)
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2]
+    run.truncate_metrics(0)
+    assert run.read_metrics() == []
+
+
+def test_fold_folders_in_numeric_order(tmp_path):
+    for k in (10, 2, 0):
+        os.makedirs(tmp_path / f"fold_{k}")
+    os.makedirs(tmp_path / "fold_x")
+    assert [f.root for f in RunDir(str(tmp_path)).folds()] == [
+        str(tmp_path / f"fold_{k}") for k in (0, 2, 10)
+    ]

@@ -1,0 +1,72 @@
+"""Checkpoint integrity: the parameter digest saved with each step is checked on every restore,
+and an unusable newest step falls back to the one before."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcerv.runtime.rundir import RunDir
+from jaxcerv.training import checkpointing
+from jaxcerv.training.steps import TrainState
+
+
+def _state(value: float) -> TrainState:
+    return TrainState(
+        step=jnp.asarray(3, jnp.int32),
+        params={"w": jnp.full((4, 3), value, jnp.float32), "b": jnp.arange(3.0)},
+        opt_state={"m": jnp.zeros((4, 3))},
+        rng=jnp.zeros((2,), jnp.uint32),
+        regulators=jnp.ones((5, 5)),
+    )
+
+
+def _meta_file(run: RunDir, kind: str, step: int):
+    return f"{run.checkpoint_dir(kind, step)}/meta/metadata"
+
+
+def test_digest_is_the_sha256_of_the_params_and_is_checked_on_restore(tmp_path):
+    import hashlib
+
+    run = RunDir(str(tmp_path))
+    ckpt = checkpointing.Checkpoints(run)
+    state = _state(1.5)
+    ckpt.save("latest", 1, state, {"epoch": 1})
+    meta = json.load(open(_meta_file(run, "latest", 1)))
+    # Oracle: sha256 over the leaves in tree order (dtype, shape, bytes), written out here.
+    h = hashlib.sha256()
+    for leaf in (np.arange(3.0, dtype=np.float32), np.full((4, 3), 1.5, np.float32)):  # b, w
+        h.update(f"{leaf.dtype.str}{leaf.shape}".encode())
+        h.update(leaf.tobytes())
+    assert meta["digest"] == h.hexdigest()
+    restored, got = ckpt.restore("latest", 1, state)
+    np.testing.assert_array_equal(restored.params["w"], state.params["w"])
+    assert got["epoch"] == 1
+
+    # A digest that does not match what is stored: refused, never restored silently.
+    meta["digest"] = "0" * 64
+    json.dump(meta, open(_meta_file(run, "latest", 1), "w"))
+    with pytest.raises(checkpointing.CheckpointError, match="do not match the digest"):
+        ckpt.restore("latest", 1, state)
+    with pytest.raises(checkpointing.CheckpointError, match="no usable checkpoint"):
+        ckpt.restore_newest("latest", state)
+    ckpt.close()
+
+
+def test_newest_unusable_step_falls_back_to_the_one_before(tmp_path, capsys):
+    run = RunDir(str(tmp_path))
+    ckpt = checkpointing.Checkpoints(run)
+    ckpt.save("latest", 1, _state(1.0), {"epoch": 1})
+    ckpt.save("latest", 2, _state(2.0), {"epoch": 2})
+    meta = json.load(open(_meta_file(run, "latest", 2)))
+    meta["digest"] = "f" * 64
+    json.dump(meta, open(_meta_file(run, "latest", 2), "w"))
+    state, got = ckpt.restore_newest("latest", _state(0.0))
+    assert got["epoch"] == 1
+    np.testing.assert_array_equal(state.params["w"], np.full((4, 3), 1.0))
+    assert "latest/2: parameters do not match" in capsys.readouterr().out
+    assert ckpt.restore_newest("best", _state(0.0)) is None  # nothing saved there
+    ckpt.close()

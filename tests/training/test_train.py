@@ -1,0 +1,108 @@
+"""The loop's protocol on a finished smoke run, each against an independent oracle: the selected
+epoch follows a hand-written rule, the tested predictions come from that epoch's checkpoint, and
+the threshold comes from the validation predictions alone."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxcerv.training.train import Selection
+
+
+def _hand_rule(history: list[tuple[float, float]]) -> int:
+    """The epoch (1-based) with the highest AUC; among equal AUCs the lowest loss; first wins."""
+    best = 0
+    for e, (auc, loss) in enumerate(history):
+        b_auc, b_loss = history[best]
+        if auc > b_auc or (auc == b_auc and loss < b_loss):
+            best = e
+    return best + 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_selection_matches_the_hand_written_rule(seed):
+    rng = np.random.default_rng(seed)
+    history = [(float(rng.choice([0.5, 0.75, 0.9])), float(rng.uniform(0.3, 0.7)))
+               for _ in range(12)]
+    selection = Selection()
+    for epoch, (auc, loss) in enumerate(history, start=1):
+        selection.update(epoch, auc, loss)
+    assert selection.best_epoch == _hand_rule(history)
+
+
+def test_patience_counts_epochs_since_the_best():
+    selection = Selection()
+    flags = [selection.update(e, auc, 0.5) for e, auc in enumerate([0.6, 0.7, 0.7, 0.65], 1)]
+    assert flags == [True, True, False, False] and selection.bad_epochs == 2
+
+
+def _npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_run_tests_the_selected_checkpoint_with_a_validation_threshold(smoke_workdir):
+    from sklearn.metrics import roc_curve
+
+    from jaxcerv.model import networks as model_lib
+    from jaxcerv.runtime.rundir import RunDir
+    from jaxcerv.training import checkpointing, steps
+
+    run = RunDir(smoke_workdir)
+    results = json.load(open(run.results))
+    rows = run.read_metrics()
+    assert results["best_epoch"] == _hand_rule([(r["val_roc_auc"], r["val_loss"]) for r in rows])
+
+    # The saved test predictions are those of checkpoints/best/<best_epoch>, recomputed here.
+    config = run.read_config()
+    model = model_lib.from_config(config)
+    params = checkpointing.restore_params(
+        run.checkpoint_dir("best", results["best_epoch"]), steps.abstract_params(config, model)
+    )
+    test = _npz(run.eval_npz("test"))
+    from jaxcerv.data import pipeline
+
+    source, records = pipeline.load(config, smoke_workdir)
+    index = {str(i): k for k, i in enumerate(records.ids)}
+    images = np.stack([np.asarray(source[index[str(i)]]["image"]) for i in test["ids"]])
+    out = steps.jit_eval_step(config, model)(params, {"image": images})
+    np.testing.assert_allclose(np.asarray(out["probabilities"]), test["probabilities"],
+                               rtol=1e-5, atol=1e-6)
+
+    # Threshold: Youden's J on the validation predictions (sklearn's ROC as the oracle).
+    val = _npz(run.eval_npz("val"))
+    fpr, tpr, cuts = roc_curve(val["labels"], val["probabilities"])
+    cut = cuts[np.argmax(tpr - fpr)]
+    assert np.sum(val["probabilities"] >= results["threshold"]) == np.sum(
+        val["probabilities"] >= cut
+    )
+    assert os.path.isfile(run.train_ids)
+
+
+def test_device_resident_training_matches_the_host_pipeline(smoke_workdir, tmp_path):
+    """config.data.resident gathers the same batches on the device: the same run, metric for
+    metric, and the same tested predictions."""
+    from configs import smoke
+    from jaxcerv.training import train
+    config = smoke.get_config()
+    config.data.resident = True
+    config.data.data_dir = os.path.join(smoke_workdir, "tfds")
+    train.train_and_evaluate(config, str(tmp_path))
+
+    def rows(workdir):
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if k.startswith(("train_", "val_"))}
+                    for line in f]
+
+    host, dev = rows(smoke_workdir), rows(str(tmp_path))
+    assert len(host) == len(dev) > 0
+    for h, d in zip(host, dev, strict=True):
+        assert h.keys() == d.keys()
+        np.testing.assert_allclose([d[k] for k in h], [h[k] for k in h], rtol=1e-6)
+    with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as a, \
+            np.load(os.path.join(tmp_path, "eval", "test.npz")) as b:
+        np.testing.assert_allclose(b["probabilities"], a["probabilities"], rtol=1e-6)
