@@ -25,6 +25,8 @@ _DEFAULTS = {
     "include_variants": False,
     "num_images": 560,
     "synthetic_seed": 0,
+    "swede_threshold": 5,
+    "restore_aspect": True,
 }
 
 
@@ -45,6 +47,8 @@ def _config_values(path: str) -> dict[str, Any]:
         "num_images": data.num_images,
         "synthetic_seed": data.synthetic_seed,
         "synthetic": data.get("synthetic"),
+        "swede_threshold": data.get("swede_threshold", 5),
+        "restore_aspect": data.get("restore_aspect", True),
         "manual_dir": data.manual_dir,
         "csv": data.csv,
     }
@@ -56,9 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build a dataset and print its summary")
     build.add_argument("name", choices=builders.DATASETS)
     build.add_argument("--data_dir", required=True, help="where TFDS writes the dataset")
-    build.add_argument("--manual_dir", default=None, help="source folder (atlas, cervix_folder)")
+    build.add_argument("--manual_dir", default=None,
+                       help="source folder (atlas, cervix_folder, annocerv)")
     build.add_argument(
-        "--csv", default=None, help="cervix_folder labels CSV (default manual_dir/labels.csv)"
+        "--csv", default=None,
+        help="cervix_folder labels CSV (default manual_dir/labels.csv); annocerv: metadata.csv",
     )
     build.add_argument("--config", default=None, help="config file with get_config()")
     build.add_argument("--grid_size", type=int)
@@ -67,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--include_variants", action=argparse.BooleanOptionalAction, default=None)
     build.add_argument("--num_images", type=int, help="synthetic_cervix size")
     build.add_argument("--synthetic_seed", type=int)
+    build.add_argument("--swede_threshold", type=int, help="annocerv: label = swede_score >= this")
+    build.add_argument("--restore_aspect", action=argparse.BooleanOptionalAction, default=None,
+                       help="annocerv: place by original_width:original_height")
     build.add_argument("--traceback", action="store_true", help="show the full trace on errors")
     return parser
 

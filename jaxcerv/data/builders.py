@@ -16,7 +16,8 @@ so `pipeline.load` gets labels, sessions, ... without decoding a single image.
 
 Builder config names carry everything that changes the stored pixels, so builds never collide:
 `s{image_size}_p{patch_size}_{resize}` (+ `_variants` for the atlas, + a CSV fingerprint for
-cervix_folder), `s{image_size}_g{grid}_seed{seed}_n{count}` for synthetic_cervix (+ `_k` and a
+cervix_folder; + the Swede threshold, `_aspect` when the aspect is restored and a CSV fingerprint
+for annocerv), `s{image_size}_g{grid}_seed{seed}_n{count}` for synthetic_cervix (+ `_k` and a
 fingerprint of the difficulty knobs that differ from the demo's).
 """
 
@@ -31,6 +32,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -43,14 +45,22 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxcerv.data.images import RESIZE_POLICIES, Decoded, ImageError, read_image
+from jaxcerv.data import regions
+from jaxcerv.data.images import (
+    RESIZE_POLICIES,
+    Decoded,
+    ImageError,
+    read_image,
+    read_mask,
+    region_fractions,
+)
 
 log = logging.getLogger(__name__)
 
 SPLIT = "full"
 REPORT_FILE = "build_report.json"
 RECORDS_FILE = "records.npz"
-DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder")
+DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder", "annocerv")
 _VERSION = tfds.core.Version("1.0.0")
 _THREADS = min(8, os.cpu_count() or 1)  # Pillow and zlib release the GIL while decoding
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
@@ -107,6 +117,13 @@ class AtlasConfig(ImageConfig):
 @dataclasses.dataclass(eq=False)
 class FolderConfig(ImageConfig):
     csv: str = ""  # absolute path of the labels CSV
+
+
+@dataclasses.dataclass(eq=False)
+class OutlineConfig(ImageConfig):
+    csv: str = ""  # absolute path of metadata.csv
+    swede_threshold: int = 5  # label = swede_score >= this
+    restore_aspect: bool = True  # place by original_width:original_height, not the stored size
 
 
 @dataclasses.dataclass(eq=False)
@@ -210,8 +227,10 @@ def _summarise(
     rows: list[dict[str, Any]],
     scan: _Scan,
     converted: list[dict[str, str]],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The build report: counts of what was kept and every file set aside, with its reason."""
+    """The build report: counts of what was kept and every file set aside, with its reason
+    (+ `extra`: what a source adds, e.g. annocerv's label note and mask counts)."""
     labels = collections.Counter(int(r["label"]) for r in rows)
     grades = collections.Counter(int(r["grade"]) for r in rows)
     sessions = {r["session"] for r in rows}
@@ -231,6 +250,7 @@ def _summarise(
         "skipped": scan.skipped,
         "excluded": dict(sorted(scan.excluded.items())),
         "notes": scan.notes,
+        **(extra or {}),
     }
 
 
@@ -239,7 +259,7 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         f"{report['dataset']}/{report['config']}: {report['num_images']} images, "
         f"{report['num_sessions']} sessions (source: {report['source']})",
-        "  per label (1 = CIN2+): "
+        f"  per label (1 = {report.get('label_note', 'CIN2+')}): "
         + ", ".join(f"{k}: {v}" for k, v in report["labels"].items())
         + "  (sessions: "
         + ", ".join(f"{k}: {v}" for k, v in report["sessions_per_label"].items()) + ")",
@@ -247,6 +267,21 @@ def format_summary(report: dict[str, Any]) -> str:
             f"{'unknown' if k == '-1' else k}: {v}" for k, v in report["grades"].items()
         ),
     ]
+    if "swede_scores" in report:
+        lines.append(
+            "  per Swede score: "
+            + ", ".join(f"{k}: {v}" for k, v in report["swede_scores"].items())
+        )
+    if "masks" in report:
+        masks = report["masks"]
+        lines.append(
+            f"  masks: {masks['closed']} closed into a region, {masks['empty']} empty (no "
+            f"acetowhite marked), {masks['unclosable']} unclosable; usable for explanation "
+            f"metrics: {masks['closed'] + masks['empty']} (region AUC / pointing game: the "
+            f"{masks['closed']} closed)"
+        )
+        reasons = collections.Counter(u["reason"].split(":")[0] for u in report["unclosable"])
+        lines += [f"    unclosable, {k}: {v}" for k, v in sorted(reasons.items())]
     if report["excluded"]:
         lines.append(
             "  not selected by design: "
@@ -280,7 +315,7 @@ def _dropping_absl_warning(prefix: str) -> Iterator[None]:
 
 
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Validate, report, then generate: the shared skeleton of the three builders."""
+    """Validate, report, then generate: the shared skeleton of the builders."""
 
     VERSION = _VERSION
     BUILDER_CONFIGS: list[tfds.core.BuilderConfig] = []
@@ -327,7 +362,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _write_json(self, name: str, payload: dict[str, Any]) -> None:
         (self.data_path / name).write_text(json.dumps(payload, indent=1))
 
-    def _write_records(self, rows: list[dict[str, Any]]) -> None:
+    def _write_records(self, rows: list[dict[str, Any]], label_note: str = "") -> None:
         """Metadata without pixels, in dataset order (see `pipeline.Records`)."""
         arrays = {
             "ids": np.array([r["id"] for r in rows], dtype=str),
@@ -339,12 +374,20 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if "cervix" in rows[0]:
             arrays["truth_cervix"] = np.stack([r["cervix"] for r in rows]).astype(np.float32)
             arrays["truth_lesion"] = np.stack([r["lesion"] for r in rows]).astype(np.uint8)
+        if "region" in rows[0]:
+            arrays["truth_region"] = np.stack([r["region"] for r in rows]).astype(np.float32)
+            status = np.array([r["region_status"] for r in rows], dtype=str)
+            arrays["region_status"] = status
+            arrays["region_usable"] = status != "unclosable"
+            arrays["swede_scores"] = np.array([r["swede_score"] for r in rows], np.int32)
+        if label_note:
+            arrays["label_note"] = np.array(label_note)
         with (self.data_path / RECORDS_FILE).open("wb") as f:
             np.savez(f, **arrays)
 
 
 class _PhotoBuilder(Builder, skip_registration=True):
-    """A builder of real photographs listed by `_scan` (atlas or hospital folder)."""
+    """A builder of real photographs listed by `_scan` (atlas, hospital folder, annocerv)."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the data folder with --manual_dir (see the docstring)."
 
@@ -367,25 +410,41 @@ class _PhotoBuilder(Builder, skip_registration=True):
     def _read_compressed(self, candidate: Candidate) -> _Compressed:
         return compress_image(self._read(candidate).pixels, self.builder_config.image_size)
 
+    def _annotate(self, candidate: Candidate, decoded: Decoded) -> dict[str, Any]:
+        """Per-image fields beyond the labels, read in the validation pass (annocerv: the mask's
+        region); an `ImageError` skips the image with its problem."""
+        return {}
+
+    def _report_extra(self, kept: list[Candidate], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """What this source adds to the build report."""
+        return {}
+
+    def _label_note(self) -> str:
+        """What label 1 means, when it is not a histological CIN2+ (records and report)."""
+        return ""
+
     def _split_generators(self, dl_manager):
         root = Path(dl_manager.manual_dir)
         scan = self._scan(root)
 
-        def check(candidate: Candidate) -> tuple[Candidate, str | None, str | None]:
+        def check(candidate: Candidate) -> tuple[Candidate, str | None, dict | None, str | None]:
             try:
-                return candidate, self._read(candidate).conversion, None
+                decoded = self._read(candidate)
+                return candidate, decoded.conversion, self._annotate(candidate, decoded), None
             except ImageError as e:
-                return candidate, None, e.problem
+                return candidate, None, None, e.problem
 
         kept: list[Candidate] = []
+        annotations: list[dict[str, Any]] = []
         converted: list[dict[str, str]] = []
-        for candidate, conversion, problem in _ordered_map(check, scan.candidates):
+        for candidate, conversion, extra, problem in _ordered_map(check, scan.candidates):
             if problem is not None:
                 scan.skip(candidate.source, problem)
                 continue
             if conversion is not None:
                 converted.append({"file": candidate.source, "conversion": conversion})
             kept.append(candidate)
+            annotations.append(extra)
         if not kept:
             if not scan.skipped:
                 raise DatasetError(
@@ -397,17 +456,21 @@ class _PhotoBuilder(Builder, skip_registration=True):
                 f"no usable images in {self._source_name(root)} ({len(scan.skipped)} skipped; "
                 f"first: {first['file']}: {first['reason']})"
             )
-        rows = [dataclasses.asdict(c) for c in kept]
+        rows = [dataclasses.asdict(c) | a for c, a in zip(kept, annotations, strict=True)]
+        extra = self._report_extra(kept, rows)
+        if self._label_note():
+            extra["label_note"] = self._label_note()
         report = _summarise(
-            self.name, self.builder_config.name, self._source_name(root), rows, scan, converted
+            self.name, self.builder_config.name, self._source_name(root), rows, scan, converted,
+            extra,
         )
         self._write_json(REPORT_FILE, report)
-        return {SPLIT: self._generate_examples(kept)}
+        return {SPLIT: self._generate_examples(kept, annotations)}
 
-    def _generate_examples(self, kept: list[Candidate]):
+    def _generate_examples(self, kept: list[Candidate], annotations: list[dict[str, Any]]):
         rows = []
-        for index, (candidate, image) in enumerate(
-            zip(kept, _ordered_map(self._read_compressed, kept), strict=True)
+        for index, (candidate, extra, image) in enumerate(
+            zip(kept, annotations, _ordered_map(self._read_compressed, kept), strict=True)
         ):
             row = {
                 "id": candidate.id,
@@ -415,10 +478,11 @@ class _PhotoBuilder(Builder, skip_registration=True):
                 "grade": candidate.grade,
                 "session": candidate.session,
                 "days_to_diagnosis": np.float32(candidate.days_to_diagnosis),
+                **extra,
             }
             rows.append(row)
             yield index, {"image": image, **row}
-        self._write_records(rows)
+        self._write_records(rows, self._label_note())
 
 
 # ----------------------------------------------------------------------------- CSV helper
@@ -654,13 +718,12 @@ class _RowError(ValueError):
     """Why one CSV row cannot be used (a skip, not a failure)."""
 
 
-def _folder_candidate(
-    root: Path, root_resolved: Path, row: dict[str, str], source: str
-) -> Candidate:
-    image = row["image"]
-    if not image:
-        raise _RowError("empty image path")
-    path = root / image
+def _file_in(root: Path, root_resolved: Path, relative: str, what: str = "image") -> Path:
+    """`root / relative`, an existing file inside `root`; else a `_RowError` saying why."""
+    if not relative:
+        raise _RowError(f"empty {what} path")
+    prefix = "" if what == "image" else f"{what} {relative}: "
+    path = root / relative
     try:
         resolved = path.resolve()
         is_file = path.is_file()
@@ -668,11 +731,19 @@ def _folder_candidate(
             os.stat(path)  # a symlink loop or an over-long name fails here, not at decode time
     except (RuntimeError, OSError) as e:  # RuntimeError: symlink loop (Path.resolve)
         reason = e.strerror if isinstance(e, OSError) else e
-        raise _RowError(f"unreadable path ({reason})") from None
-    if Path(image).is_absolute() or not resolved.is_relative_to(root_resolved):
-        raise _RowError(f"image path {image!r} is outside the folder {root}")
+        raise _RowError(f"{prefix}unreadable path ({reason})") from None
+    if Path(relative).is_absolute() or not resolved.is_relative_to(root_resolved):
+        raise _RowError(f"{what} path {relative!r} is outside the folder {root}")
     if not is_file:
-        raise _RowError("file not found")
+        raise _RowError(f"{prefix}file not found")
+    return path
+
+
+def _folder_candidate(
+    root: Path, root_resolved: Path, row: dict[str, str], source: str
+) -> Candidate:
+    image = row["image"]
+    path = _file_in(root, root_resolved, image)
     label_text, grade_text = row.get("label", ""), row.get("grade", "")
     label = grade = None
     if label_text:
@@ -712,6 +783,206 @@ def _folder_candidate(
         session=session,
         days_to_diagnosis=days,
     )
+
+
+# ----------------------------------------------------------------------------- outlined folder
+
+
+@dataclasses.dataclass(frozen=True)
+class OutlinedCandidate(Candidate):
+    """An annocerv image: its mask, the case's Swede score and the photograph's true aspect."""
+
+    mask: Path = Path()
+    mask_source: str = ""
+    swede_score: int = -1
+    aspect: tuple[int, int] | None = None
+
+
+def label_note(threshold: int) -> str:
+    """What label 1 means for annocerv: carried by records.npz and the build report."""
+    return f"Swede score >= {threshold}: an expert's visual score, not histology"
+
+
+class Annocerv(_PhotoBuilder):
+    """AnnoCerv's layout: photographs with an examiner's acetowhite outline and the case's Swede
+    score (as /work/shared/data/annocerv-384; any folder in this layout works).
+
+    metadata.csv (header row, UTF-8; extra columns such as acetowhite_pixels are ignored):
+      image              required. Image path relative to the folder (manual_dir).
+      mask               required. Its outline mask: same size, 0/255, strokes = 255 (a
+                         mask with no stroke says "no acetowhite area").
+      case_id            required. The patient record: the session train/val/test split by.
+      swede_score        required. The case's Swede score, a whole number 0-10; every image of a
+                         case must carry the same one.
+      image_id           optional. Unique image id (default: the `image` path).
+      original_width,    optional. The photograph's true size when the stored pixels were
+      original_height    squashed (AnnoCerv's 3:2 originals at 384 x 384): with restore_aspect,
+                         image and mask are placed at that aspect (`images.place`).
+    Label = swede_score >= swede_threshold (default 5, the usual threshold to refer or biopsy):
+    the colposcopist's visual judgement, not histology (`label_note`); grade is unknown (-1).
+    The outline is closed into a region (`regions.outline_to_region`) and stored per model patch
+    as the share of the patch inside it (`images.region_fractions`, the image's own geometry):
+    records.npz gets truth_region, region_status, region_usable, swede_scores and label_note.
+    An unclosable outline keeps its image (for classification) with region_usable False.
+    Skipped with the reason, like any bad row: missing or unreadable image or mask, a mask not
+    0/255 or of another size than its image, a swede_score that is not a whole number in 0-10, a
+    bad original_width/height, empty case_id, duplicate id or image, and every image of a case
+    whose images disagree on the score. Missing columns or an empty CSV stop the build.
+    """
+
+    _REQUIRED = ("image", "mask", "case_id", "swede_score")
+
+    def _source_name(self, root: Path) -> str:
+        return str(Path(self.builder_config.csv))
+
+    def _label_note(self) -> str:
+        return label_note(self.builder_config.swede_threshold)
+
+    def _extra_features(self) -> dict[str, Any]:
+        grid = self.builder_config.image_size // self.builder_config.patch_size
+        return {
+            "region": tfds.features.Tensor(shape=(grid, grid), dtype=np.float32),
+            "region_status": tfds.features.Text(),
+            "region_reason": tfds.features.Text(),
+            "swede_score": tfds.features.Scalar(dtype=np.int32),
+        }
+
+    def _read(self, candidate: Candidate) -> Decoded:
+        cfg = self.builder_config
+        aspect = getattr(candidate, "aspect", None) if cfg.restore_aspect else None
+        return read_image(
+            candidate.path, image_size=cfg.image_size, patch_size=cfg.patch_size,
+            resize=cfg.resize, aspect=aspect,
+        )
+
+    def _annotate(self, candidate: OutlinedCandidate, decoded: Decoded) -> dict[str, Any]:
+        cfg = self.builder_config
+        try:
+            strokes = read_mask(candidate.mask, size=(decoded.width, decoded.height))
+        except ImageError as e:
+            raise ImageError(e.path, f"{candidate.mask_source}: {e.problem}") from None
+        region = regions.outline_to_region(strokes)
+        fractions = region_fractions(
+            region.mask, grid=cfg.image_size // cfg.patch_size, patch_size=cfg.patch_size,
+            resize=cfg.resize, aspect=candidate.aspect if cfg.restore_aspect else None,
+        )
+        return {
+            "region": fractions,
+            "region_status": region.status,
+            "region_reason": region.reason,
+            "swede_score": np.int32(candidate.swede_score),
+        }
+
+    def _report_extra(self, kept: list[Candidate], rows: list[dict[str, Any]]) -> dict[str, Any]:
+        status = collections.Counter(r["region_status"] for r in rows)
+        scores = collections.Counter(int(r["swede_score"]) for r in rows)
+        return {
+            "swede_threshold": self.builder_config.swede_threshold,
+            "swede_scores": {str(k): scores[k] for k in sorted(scores)},
+            "masks": {k: status[k] for k in regions.STATUSES},
+            "unclosable": [
+                {"file": c.mask_source, "reason": r["region_reason"]}
+                for c, r in zip(kept, rows, strict=True) if r["region_status"] == "unclosable"
+            ],
+        }
+
+    def _scan(self, root: Path) -> _Scan:
+        scan = _Scan()
+        cfg = self.builder_config
+        csv_path = Path(cfg.csv)
+        rows = _read_csv(csv_path, self._REQUIRED)
+        header = set(rows[0][1]) if rows else set()
+        aspect_columns = {"original_width", "original_height"} <= header
+        if cfg.restore_aspect and rows and not aspect_columns:
+            scan.notes.append(
+                "no original_width/original_height columns: the stored aspect is the photograph's"
+            )
+        seen_ids: dict[str, int] = {}
+        seen_paths: dict[Path, int] = {}
+        root_resolved = root.resolve()
+        candidates: list[tuple[int, OutlinedCandidate]] = []
+        for line, row in rows:
+            where = f"{csv_path.name}:{line}"
+            image = row["image"]
+            source = f"{where} ({image})" if image else where
+            try:
+                candidate = _outlined_candidate(
+                    root, root_resolved, row, source, cfg.swede_threshold,
+                    aspect_columns and cfg.restore_aspect,
+                )
+            except _RowError as e:
+                scan.skip(source, str(e))
+                continue
+            if candidate.id in seen_ids:
+                first = seen_ids[candidate.id]
+                scan.skip(source, f"duplicate id {candidate.id!r} (first at line {first})")
+                continue
+            real = candidate.path.resolve()
+            if real in seen_paths:
+                scan.skip(source, f"same image file as line {seen_paths[real]} (would leak across "
+                                  "splits)")
+                continue
+            seen_ids[candidate.id] = line
+            seen_paths[real] = line
+            candidates.append((line, candidate))
+        scores: dict[str, dict[int, list[int]]] = collections.defaultdict(dict)
+        for line, c in candidates:
+            scores[c.session].setdefault(c.swede_score, []).append(line)
+        for _, c in candidates:
+            if len(scores[c.session]) > 1:
+                listed = "; ".join(
+                    f"{score} at line(s) {', '.join(map(str, lines))}"
+                    for score, lines in sorted(scores[c.session].items())
+                )
+                scan.skip(
+                    c.source, f"case {c.session}: its images disagree on swede_score ({listed})"
+                )
+            else:
+                scan.candidates.append(c)
+        return scan
+
+
+def _outlined_candidate(
+    root: Path,
+    root_resolved: Path,
+    row: dict[str, str],
+    source: str,
+    threshold: int,
+    with_aspect: bool,
+) -> OutlinedCandidate:
+    path = _file_in(root, root_resolved, row["image"])
+    mask = _file_in(root, root_resolved, row["mask"], "mask")
+    case = row["case_id"]
+    if not case:
+        raise _RowError("empty case_id")
+    score = _swede_score(row["swede_score"])
+    aspect = None
+    if with_aspect:
+        sides = []
+        for column in ("original_width", "original_height"):
+            text = row[column]
+            if not text.isdigit() or int(text) < 1:
+                raise _RowError(f"{column} {text!r} is not a positive whole number of px")
+            sides.append(int(text))
+        aspect = (sides[0], sides[1])
+    return OutlinedCandidate(
+        path=path, source=source, id=row.get("image_id") or Path(row["image"]).as_posix(),
+        label=int(score >= threshold), grade=-1, session=case, mask=mask,
+        mask_source=row["mask"], swede_score=score, aspect=aspect,
+    )
+
+
+def _swede_score(text: str) -> int:
+    """A Swede score: a whole number 0-10 (the sum of five 0-2 items); "7" and "7.0" read."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise _RowError(f"swede_score {text!r} is not a number") from None
+    if not math.isfinite(value) or not 0 <= value <= 10:
+        raise _RowError(f"swede_score {text!r} is outside 0-10")
+    if value != int(value):
+        raise _RowError(f"swede_score {text!r} is not a whole number (Swede scores are 0-10)")
+    return int(value)
 
 
 # ----------------------------------------------------------------------------- synthetic
@@ -791,11 +1062,14 @@ def make_builder(
     num_images: int = 0,
     synthetic_seed: int = 0,
     synthetic: Any = None,
+    swede_threshold: int = 5,
+    restore_aspect: bool = True,
 ) -> Builder:
     """The builder of dataset `name` at grid_size * patch_size px (nothing is built yet).
 
     `synthetic`: the difficulty knobs of synthetic_cervix (a mapping of `synthetic.Knobs` fields,
-    e.g. `config.data.synthetic`); None or {} draws the demo's images."""
+    e.g. `config.data.synthetic`); None or {} draws the demo's images. `swede_threshold`,
+    `restore_aspect`: annocerv's label (swede_score >= it) and aspect (see `Annocerv`)."""
     if grid_size < 1 or patch_size < 1:
         raise DatasetError(f"grid_size and patch_size must be >= 1, got {grid_size}, {patch_size}")
     if resize not in RESIZE_POLICIES:
@@ -827,6 +1101,21 @@ def make_builder(
             image_size=size, patch_size=patch_size, resize=resize, csv=str(csv_path),
         )
         cls = CervixFolder
+    elif name == "annocerv":
+        if not manual_dir and not csv:
+            raise DatasetError("annocerv needs manual_dir (the folder with metadata.csv)")
+        if isinstance(swede_threshold, bool) or not isinstance(swede_threshold, int) or \
+                not 1 <= swede_threshold <= 10:
+            raise DatasetError(f"swede_threshold must be a whole number in 1-10, got "
+                               f"{swede_threshold!r}")
+        csv_path = (Path(csv) if csv else Path(manual_dir) / "metadata.csv").resolve()
+        config = OutlineConfig(
+            name=f"{base}_sw{swede_threshold}{'_aspect' if restore_aspect else ''}"
+                 f"_csv{csv_fingerprint(csv_path)}",
+            image_size=size, patch_size=patch_size, resize=resize, csv=str(csv_path),
+            swede_threshold=swede_threshold, restore_aspect=bool(restore_aspect),
+        )
+        cls = Annocerv
     else:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return cls(data_dir=os.fspath(data_dir), config=config, file_format="array_record")

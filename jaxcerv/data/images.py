@@ -13,6 +13,13 @@ Conversions (reported in `Decoded.conversion`, e.g. "L -> RGB"):
 - 16/32-bit integer grayscale (PNG "I;16", "I") is scaled to 8 bits by its nominal range
   (65535 -> 255); float ("F") images are refused because their range is unknown.
 
+Geometry: `placement` says where a photograph lands in the model's square (stretched over all of
+it, or letterboxed at its aspect), and `place` resamples any picture into that box, so an image
+and its annotation mask (`read_mask`, `region_fractions`) go through exactly the same geometry.
+``aspect`` overrides the stored pixels' aspect for photographs stored squashed (AnnoCerv's 3:2
+originals at 384 x 384): restoring it and then letterboxing is one resample into the box of the
+true aspect.
+
 Limits: truncated or corrupt files are refused (the whole file is decoded, and Pillow's
 `ImageFile.LOAD_TRUNCATED_IMAGES` is never enabled here); images with either side below one patch
 are refused; images above Pillow's `Image.MAX_IMAGE_PIXELS` (about 89 Mpx by default, far above any
@@ -64,8 +71,12 @@ def read_image(
     image_size: int,
     patch_size: int,
     resize: Resize = "stretch",
+    aspect: tuple[int, int] | None = None,
 ) -> Decoded:
-    """Decode `path` fully, validate it and resize it to (image_size, image_size, 3) uint8."""
+    """Decode `path` fully, validate it and resize it to (image_size, image_size, 3) uint8.
+
+    `aspect`: the photograph's true (width, height) when its pixels were stored squashed; the
+    placement uses it instead of the stored size (with "stretch" it changes nothing)."""
     if resize not in RESIZE_POLICIES:
         raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {resize!r}")
     name = os.fspath(path)
@@ -107,7 +118,7 @@ def read_image(
         # Pillow reports truncated/corrupt streams as OSError, some plugins as SyntaxError.
         raise ImageError(name, f"corrupt or truncated image ({e})") from None
     return Decoded(
-        pixels=_resize(rgb, image_size, resize),
+        pixels=np.asarray(place(rgb, image_size, resize, aspect), dtype=np.uint8),
         width=width,
         height=height,
         mode=mode,
@@ -165,10 +176,80 @@ def letterbox_box(width: int, height: int, size: int) -> tuple[int, int, int, in
     return (size - new_w) // 2, (size - new_h) // 2, new_w, new_h
 
 
-def _resize(im: Image.Image, size: int, policy: Resize) -> np.ndarray:
+def placement(width: int, height: int, size: int, policy: Resize) -> tuple[int, int, int, int]:
+    """Where a width x height photograph lands in the size x size input: x0, y0, w, h (all of it
+    for "stretch", the letterbox for "pad")."""
     if policy == "stretch":
-        return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
-    x0, y0, new_w, new_h = letterbox_box(*im.size, size)
-    canvas = Image.new("RGB", (size, size))  # black letterbox
-    canvas.paste(im.resize((new_w, new_h), Image.Resampling.BICUBIC), (x0, y0))
-    return np.asarray(canvas, dtype=np.uint8)
+        return 0, 0, size, size
+    return letterbox_box(width, height, size)
+
+
+def place(
+    im: Image.Image,
+    size: int,
+    policy: Resize,
+    aspect: tuple[int, int] | None = None,
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> Image.Image:
+    """`im` resampled into its `placement` box on a size x size canvas of zeros (black).
+
+    `aspect` (width, height) replaces `im.size` in the placement (a squashed photograph's true
+    aspect). Images use BICUBIC; masks BOX, which averages the area each output pixel covers."""
+    x0, y0, w, h = placement(*(aspect or im.size), size, policy)
+    canvas = Image.new(im.mode, (size, size))
+    canvas.paste(im.resize((w, h), resample), (x0, y0))
+    return canvas
+
+
+def read_mask(path: str | os.PathLike[str], *, size: tuple[int, int]) -> np.ndarray:
+    """A 0/255 annotation mask of `size` (width, height: its image's) as a bool array (H, W).
+
+    Anything else is an `ImageError` naming the file: missing, unreadable, not grayscale, values
+    other than 0 and 255 (a mask saved with anti-aliasing or as JPEG), another size."""
+    name = os.fspath(path)
+    try:
+        with Image.open(name) as im:
+            im.load()
+            mode, mask_size = im.mode, im.size
+            values = np.asarray(im)
+    except FileNotFoundError:
+        raise ImageError(name, "mask file not found") from None
+    except (PermissionError, IsADirectoryError) as e:
+        raise ImageError(name, f"unreadable mask ({e.strerror})") from None
+    except UnidentifiedImageError:
+        raise ImageError(name, "mask is not a readable image (corrupt or unknown format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(name, f"corrupt or truncated mask ({e})") from None
+    if mask_size != tuple(size):
+        raise ImageError(
+            name, f"mask is {mask_size[0]}x{mask_size[1]} px but its image is {size[0]}x{size[1]}"
+        )
+    if mode == "1":
+        return values.astype(bool)
+    if mode != "L":
+        raise ImageError(name, f"mask mode {mode}, expected a grayscale 0/255 mask (mode L)")
+    other = np.setdiff1d(np.unique(values), [0, 255])
+    if other.size:
+        raise ImageError(
+            name, f"mask is not 0/255: {other.size} other value(s), e.g. {int(other[0])}"
+        )
+    return values == 255
+
+
+def region_fractions(
+    region: np.ndarray,
+    *,
+    grid: int,
+    patch_size: int,
+    resize: Resize = "stretch",
+    aspect: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """(grid, grid) float32 in [0, 1]: the share of each model patch inside `region` (H, W).
+
+    The region goes through `place` exactly as its image does (same policy, same aspect; BOX
+    resampling, so a pixel's value is the share of it the region covers), then is averaged per
+    patch; letterbox padding counts as outside."""
+    plane = Image.fromarray(np.asarray(region, np.float32), "F")
+    placed = np.asarray(place(plane, grid * patch_size, resize, aspect, Image.Resampling.BOX))
+    fractions = placed.reshape(grid, patch_size, grid, patch_size).mean(axis=(1, 3))
+    return np.clip(fractions, 0.0, 1.0).astype(np.float32)

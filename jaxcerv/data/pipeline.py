@@ -37,6 +37,16 @@ class Records:
     days_to_diagnosis: np.ndarray  # float32, NaN unknown
     truth_cervix: np.ndarray | None = None  # float32 (N, 5), patch units; synthetic only
     truth_lesion: np.ndarray | None = None  # uint8 (N, grid, grid); synthetic only
+    # annocerv only: the share of each model patch inside the examiner's acetowhite region,
+    # float32 (N, grid, grid) in [0, 1], all 0 where the outline is empty or unclosable;
+    # region_status str (N,) "closed" | "empty" | "unclosable" (jaxcerv.data.regions);
+    # region_usable bool (N,) = status != "unclosable" (an empty region is a real "no
+    # acetowhite"; region AUC and pointing game need status "closed"); swede_scores int32 (N,).
+    truth_region: np.ndarray | None = None
+    region_status: np.ndarray | None = None
+    region_usable: np.ndarray | None = None
+    swede_scores: np.ndarray | None = None
+    label_note: str = ""  # what label 1 means when it is not histology (annocerv: Swede >= 5)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -57,6 +67,8 @@ def dataset_builder(config: Any, workdir: str | os.PathLike[str]) -> builders.Bu
         num_images=data.num_images,
         synthetic_seed=data.synthetic_seed,
         synthetic=data.get("synthetic"),
+        swede_threshold=data.get("swede_threshold", 5),
+        restore_aspect=data.get("restore_aspect", True),
     )
 
 
@@ -81,14 +93,16 @@ def load(config: Any, workdir: str | os.PathLike[str]) -> tuple[Sequence[dict], 
 def read_records(path: str | os.PathLike[str]) -> Records:
     """The `records.npz` a build writes beside the dataset."""
     with np.load(path, allow_pickle=False) as z:
+        optional = ("truth_cervix", "truth_lesion", "truth_region", "region_status",
+                    "region_usable", "swede_scores")
         return Records(
             ids=z["ids"],
             labels=z["labels"],
             grades=z["grades"],
             sessions=z["sessions"],
             days_to_diagnosis=z["days_to_diagnosis"],
-            truth_cervix=z["truth_cervix"] if "truth_cervix" in z else None,
-            truth_lesion=z["truth_lesion"] if "truth_lesion" in z else None,
+            **{k: z[k] for k in optional if k in z},
+            label_note=str(z["label_note"]) if "label_note" in z else "",
         )
 
 

@@ -19,7 +19,7 @@ from jaxcerv.model.conv import IMPLS
 from jaxcerv.model.losses import CLASS_WEIGHTS
 from jaxcerv.model.networks import FAMILIES, WHOLE_IMAGE, init_from_for_fold
 
-DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder")
+DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder", "annocerv")
 AGGREGATIONS = ("mean", "sum", "concat")
 DTYPES = ("float32", "bfloat16")
 
@@ -64,6 +64,9 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("data.name", lambda v: v in DATASETS, f"one of {DATASETS}"),
         ("data.num_images", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("data.resize", lambda v: v in RESIZE_POLICIES, f"one of {RESIZE_POLICIES}"),
+        ("data.swede_threshold", lambda v: is_int(v) and 1 <= v <= 10,
+         "a whole Swede score in 1..10 (label = swede_score >= it; 5 refers or biopsies)"),
+        ("data.restore_aspect", lambda v: isinstance(v, bool), "True or False"),
         ("data.val_fraction", lambda v: is_num(v) and 0 <= v < 1, "a fraction in [0, 1)"),
         ("data.test_fraction", lambda v: is_num(v) and 0 <= v < 1, "a fraction in [0, 1)"),
         ("data.num_folds", lambda v: is_int(v) and (v == 0 or v >= 2), "0 (one split) or >= 2"),

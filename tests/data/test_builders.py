@@ -19,10 +19,11 @@ from conftest import png_header
 from PIL import Image
 
 from jaxcerv.data import __main__ as cli
-from jaxcerv.data import builders, pipeline, synthetic
+from jaxcerv.data import builders, pipeline, regions, synthetic
 
 REPO = Path(__file__).parents[2]
 ATLAS = Path(__file__).parents[3] / "shared" / "data" / "iarc-colposcopy-atlas"
+ANNOCERV = Path(__file__).parents[3] / "shared" / "data" / "annocerv-384"
 GRID, PATCH = 4, 8
 S = GRID * PATCH
 ATLAS_GRID = 2  # the atlas JPEGs are 800x600: keep its build small
@@ -125,10 +126,22 @@ def built(tmp_path_factory):
         {"key": "synthetic", "argv": ["build", "synthetic_cervix", *common, "--num_images", "10",
                                       "--synthetic_seed", "3"]},
     ]
+    outlined = _make_outlined(tmp / "annocerv")
+    jobs += [
+        {"key": "annocerv", "argv": ["build", "annocerv", "--manual_dir", str(outlined), *common,
+                                     "--resize", "pad"]},
+        {"key": "annocerv_square", "argv": ["build", "annocerv", "--manual_dir", str(outlined),
+                                            *common, "--resize", "pad", "--no-restore_aspect",
+                                            "--swede_threshold", "7"]},
+    ]
     if ATLAS.is_dir():
         jobs.append({"key": "atlas", "argv": [
             "build", "iarc_colposcopy_atlas", "--manual_dir", str(ATLAS), "--data_dir",
             str(data_dir), "--grid_size", str(ATLAS_GRID), "--patch_size", str(PATCH)]})
+    if ANNOCERV.is_dir():
+        jobs.append({"key": "annocerv_real", "argv": [
+            "build", "annocerv", "--manual_dir", str(ANNOCERV), "--data_dir", str(data_dir),
+            "--grid_size", "2", "--patch_size", str(PATCH), "--resize", "pad"]})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-c", _SCRIPT, json.dumps(jobs)],
@@ -139,7 +152,7 @@ def built(tmp_path_factory):
     assert result.pop("tensorflow_loaded") is False
     for key, job in result.items():
         assert job["rc"] == 0, (key, proc.stderr[-3000:])
-    return {"folder_dir": folder, "data_dir": data_dir, "cli": result}
+    return {"folder_dir": folder, "outlined_dir": outlined, "data_dir": data_dir, "cli": result}
 
 
 def _open(name: str, data_dir: Path, **kwargs):
@@ -468,3 +481,256 @@ def test_atlas_images_are_the_resized_photographs(atlas):
         path = next(ATLAS.glob(f"images_*/case_{case}/{stem}.jpg"))
         expected = load_image(path, image_size=ATLAS_GRID * PATCH, patch_size=PATCH)
         np.testing.assert_array_equal(source[i]["image"], expected)
+
+
+# ------------------------------------------------------------------------- annocerv layout
+
+# The stored images are 32 x 32 squashed from 2:1 photographs (original 64 x 32); the model input
+# is GRID x GRID patches of PATCH px = 32 px, letterboxed ("pad"): the true aspect lands in a
+# 32 x 16 box at y0 = 8.
+_OUTLINE_SQUARE = "square"  # the outline of rows 8-23, cols 8-23: a closed rectangle
+_OUTLINE_U = "u"  # rows 10-31, cols 8-23, open at the bottom edge
+# (image, mask, case_id, swede_score, image_id, original_width, original_height, what happens)
+OUTLINED = [
+    ("a1.png", "a1_m.png:square", "c1", "6", "", "64", "32", "kept"),
+    ("a2.png", "a2_m.png:empty", "c1", "6", "a2", "64", "32", "kept"),
+    ("b1.png", "b1_m.png:scribble", "c2", "2", "", "64", "32", "kept"),
+    ("b2.png", "b2_m.png:u", "c2", "2.0", "", "64", "32", "kept"),
+    ("d1.png", "d1_m.png:square", "c3", "7", "", "64", "32", "kept"),
+    ("a1.png", "absent_m.png:", "c4", "3", "x1", "64", "32", "mask masks/absent_m.png: file not"),
+    ("x2.png", "big_m.png:big", "c4", "3", "x2", "64", "32", "masks/big_m.png: mask is 40x40 px"),
+    ("x3.png", "grey_m.png:grey", "c4", "3", "x3", "64", "32", "masks/grey_m.png: mask is not 0/"),
+    ("a1.png", "a1_m.png", "c4", "abc", "x4", "64", "32", "swede_score 'abc' is not a number"),
+    ("a1.png", "a1_m.png", "c4", "11", "x5", "64", "32", "swede_score '11' is outside 0-10"),
+    ("a1.png", "a1_m.png", "c4", "4.5", "x6", "64", "32", "'4.5' is not a whole number"),
+    ("a1.png", "a1_m.png", "", "3", "x7", "64", "32", "empty case_id"),
+    ("gone.png", "a1_m.png", "c4", "3", "x8", "64", "32", "file not found"),
+    ("a1.png", "a1_m.png", "c4", "3", "x9", "0", "32", "original_width '0' is not a positive"),
+    ("e1.png", "e1_m.png:square", "c5", "3", "", "64", "32", "disagree on swede_score"),
+    ("e2.png", "e2_m.png:square", "c5", "4", "", "64", "32", "disagree on swede_score"),
+    ("a1.png", "a1_m.png", "c6", "3", "a2", "64", "32", "duplicate id 'a2'"),
+]
+
+
+def _outline(kind: str, size: int = S) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    if kind == _OUTLINE_SQUARE:
+        mask[8, 8:24] = mask[23, 8:24] = mask[8:24, 8] = mask[8:24, 23] = 255
+    elif kind == _OUTLINE_U:
+        mask[10, 8:24] = mask[10:, 8] = mask[10:, 23] = 255
+    elif kind == "scribble":
+        mask[np.arange(6, 26), np.arange(6, 26)] = 255
+    elif kind == "grey":
+        mask[8, 8:24] = 128
+    return mask
+
+
+def _make_outlined(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = []
+    for image, mask_spec, *rest in OUTLINED:
+        mask, _, kind = mask_spec.partition(":")
+        if not (root / "images" / image).exists() and image != "gone.png":
+            pixels = rng.integers(0, 256, (S, S, 3), np.uint8)
+            Image.fromarray(pixels).save(root / "images" / image)
+        if kind == "big":
+            Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "masks" / mask)
+        elif kind:
+            Image.fromarray(_outline(kind)).save(root / "masks" / mask)
+        rows.append([f"images/{image}", f"masks/{mask}", *rest[:5], "99"])
+    with open(root / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "mask", "case_id", "swede_score", "image_id",
+                         "original_width", "original_height", "acetowhite_pixels"])
+        writer.writerows(rows)
+    return root
+
+
+def _outlined_kept() -> list[tuple]:
+    return [r for r in OUTLINED if r[7] == "kept"]
+
+
+@pytest.fixture(scope="module")
+def outlined(built):
+    return _open("annocerv", built["data_dir"], grid_size=GRID, patch_size=PATCH, resize="pad",
+                 manual_dir=built["outlined_dir"])
+
+
+def test_annocerv_keeps_the_good_rows_with_labels_sessions_and_scores(outlined):
+    source, records, report = outlined
+    kept = _outlined_kept()
+    assert list(records.ids) == [r[4] or f"images/{r[0]}" for r in kept]
+    assert list(records.sessions) == [r[2] for r in kept]
+    scores = [int(float(r[3])) for r in kept]
+    np.testing.assert_array_equal(records.swede_scores, scores)
+    np.testing.assert_array_equal(records.labels, [int(v >= 5) for v in scores])
+    assert (records.grades == -1).all()  # no histology
+    assert report["labels"] == {"0": 2, "1": 3} and report["sessions_per_label"] == {"0": 1, "1": 2}
+    assert [int(source[i]["swede_score"]) for i in range(len(source))] == scores
+
+
+def test_annocerv_label_note_travels_in_records_and_report(outlined):
+    _, records, report = outlined
+    assert records.label_note == builders.label_note(5) == report["label_note"]
+    assert "Swede score >= 5" in records.label_note and "not histology" in records.label_note
+
+
+@pytest.mark.parametrize("row", [r for r in OUTLINED if r[7] != "kept"], ids=lambda r: r[7][:24])
+def test_annocerv_bad_row_is_skipped_with_its_reason(outlined, row):
+    _, _, report = outlined
+    line = OUTLINED.index(row) + 2
+    entries = [s for s in report["skipped"] if s["file"].startswith(f"metadata.csv:{line} ")]
+    assert len(entries) == 1, report["skipped"]
+    assert row[0] in entries[0]["file"] and row[7] in entries[0]["reason"]
+    assert len(report["skipped"]) == sum(r[7] != "kept" for r in OUTLINED)
+
+
+def test_annocerv_case_disagreement_names_both_scores(outlined):
+    _, _, report = outlined
+    reasons = [s["reason"] for s in report["skipped"] if "disagree" in s["reason"]]
+    assert len(reasons) == 2
+    assert all("case c5" in r and "3 at line(s) 16" in r and "4 at line(s) 17" in r
+               for r in reasons)
+
+
+def _block_fractions(region: np.ndarray, restored: bool) -> np.ndarray:
+    """The oracle, by block means of the stored 32 x 32 region: restored to 2:1 and letterboxed,
+    input patch row p (input rows 8p..8p+7) is stored rows 16(p-1)..16(p-1)+15 for p = 1, 2 and
+    letterbox (0) for p = 0, 3; without the restore, patches are stored 8 x 8 blocks."""
+    if not restored:
+        return region.reshape(GRID, PATCH, GRID, PATCH).mean(axis=(1, 3))
+    out = np.zeros((GRID, GRID))
+    out[1:3] = region.reshape(2, 2 * PATCH, GRID, PATCH).mean(axis=(1, 3))
+    return out
+
+
+def test_annocerv_regions_land_in_the_right_patches(outlined):
+    """The closed square (stored rows/cols 8-23) at the restored 2:1 aspect: input rows 12-19,
+    cols 8-23, about half of each of patches (1, 1), (1, 2), (2, 1), (2, 2) (less the corners
+    the closing rounds); the U open at the bottom: input rows 13-23."""
+    _, records, _ = outlined
+    assert records.truth_region.shape == (5, GRID, GRID)
+    assert records.truth_region.dtype == np.float32
+    for i, kind in ((0, _OUTLINE_SQUARE), (4, _OUTLINE_SQUARE), (3, _OUTLINE_U)):
+        region = regions.outline_to_region(_outline(kind)).mask
+        np.testing.assert_allclose(records.truth_region[i], _block_fractions(region, True),
+                                   atol=1e-5)
+    square = np.zeros((GRID, GRID))
+    square[1:3, 1:3] = 0.5
+    np.testing.assert_allclose(records.truth_region[0], square, atol=0.05)
+    u = np.zeros((GRID, GRID))
+    u[1, 1:3], u[2, 1:3] = 3 / 8, 1.0
+    np.testing.assert_allclose(records.truth_region[3], u, atol=0.05)
+    assert not records.truth_region[[1, 2]].any()  # empty and unclosable: no region
+
+
+def test_annocerv_region_status_and_usable(outlined):
+    _, records, report = outlined
+    assert list(records.region_status) == ["closed", "empty", "unclosable", "closed", "closed"]
+    np.testing.assert_array_equal(records.region_usable, [True, True, False, True, True])
+    assert records.region_usable.dtype == bool
+    assert report["masks"] == {"closed": 3, "empty": 1, "unclosable": 1}
+    assert report["unclosable"] == [
+        {"file": "masks/b1_m.png", "reason": "encloses nothing: the strokes close no region"}
+    ]
+
+
+def test_annocerv_summary_counts_masks_and_skips(built, outlined):
+    _, _, report = outlined
+    summary = built["cli"]["annocerv"]["stdout"]
+    assert "(1 = Swede score >= 5: an expert's visual score, not histology)" in summary
+    assert "masks: 3 closed into a region, 1 empty (no acetowhite marked), 1 unclosable" in summary
+    assert "usable for explanation metrics: 4 (region AUC / pointing game: the 3 closed)" in summary
+    assert "unclosable, encloses nothing: 1" in summary
+    assert f"skipped: {len(report['skipped'])}" in summary
+    for entry in report["skipped"]:
+        assert f"{entry['file']}: {entry['reason']}" in summary
+
+
+def test_annocerv_without_restore_aspect_places_the_stored_square(built):
+    """--no-restore_aspect: the 32 x 32 stored pixels fill the input; the square's patches are
+    whole. --swede_threshold 7: only case c3 (score 7) is positive."""
+    source, records, report = _open(
+        "annocerv", built["data_dir"], grid_size=GRID, patch_size=PATCH, resize="pad",
+        manual_dir=built["outlined_dir"], restore_aspect=False, swede_threshold=7,
+    )
+    region = regions.outline_to_region(_outline(_OUTLINE_SQUARE)).mask
+    np.testing.assert_allclose(records.truth_region[0], _block_fractions(region, False),
+                               atol=1e-5)
+    square = np.zeros((GRID, GRID))
+    square[1:3, 1:3] = 1.0
+    np.testing.assert_allclose(records.truth_region[0], square, atol=0.1)
+    np.testing.assert_array_equal(records.labels, [0, 0, 0, 0, 1])
+    assert records.label_note == builders.label_note(7)
+    stored = np.asarray(Image.open(built["outlined_dir"] / "images" / "a1.png"))
+    np.testing.assert_array_equal(source[0]["image"], stored)  # 32 px in, 32 px out: unchanged
+
+
+def test_annocerv_restored_image_is_letterboxed(outlined):
+    source, _, _ = outlined
+    image = source[0]["image"]
+    assert not image[:8].any() and not image[24:].any()  # the 2:1 photograph in rows 8-23
+    assert image[8:24].mean() > 50
+
+
+def _annocerv_cli(capsys, tmp_path, header: str, *lines: str) -> tuple[int, str]:
+    (tmp_path / "metadata.csv").write_text("\n".join([header, *lines]) + ("\n" if header else ""))
+    rc = cli.main(["build", "annocerv", "--manual_dir", str(tmp_path), "--data_dir",
+                   str(tmp_path / "tfds"), "--grid_size", "2", "--patch_size", "8"])
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_annocerv_empty_metadata_is_one_line(tmp_path, capsys):
+    rc, err = _annocerv_cli(capsys, tmp_path, "")
+    assert rc == 1 and len(err.splitlines()) == 1 and "metadata.csv: empty CSV" in err
+
+
+def test_annocerv_header_only_metadata_is_one_line(tmp_path, capsys):
+    rc, err = _annocerv_cli(capsys, tmp_path, "image,mask,case_id,swede_score")
+    assert rc == 1 and len(err.splitlines()) == 1 and "no images listed" in err
+
+
+@pytest.mark.parametrize("missing", ["image", "mask", "case_id", "swede_score"])
+def test_annocerv_missing_column_is_one_line_naming_it(tmp_path, capsys, missing):
+    header = ",".join(c for c in ("image", "mask", "case_id", "swede_score") if c != missing)
+    rc, err = _annocerv_cli(capsys, tmp_path, header, "a,b,c")
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "metadata.csv" in err and f"missing required column '{missing}'" in err
+
+
+def test_annocerv_missing_metadata_is_one_line(tmp_path, capsys):
+    rc = cli.main(["build", "annocerv", "--manual_dir", str(tmp_path), "--data_dir",
+                   str(tmp_path / "tfds"), "--grid_size", "2", "--patch_size", "8"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "metadata.csv" in err
+
+
+def test_annocerv_bad_threshold_is_one_line(tmp_path):
+    with pytest.raises(builders.DatasetError, match="swede_threshold must be a whole number"):
+        builders.make_builder("annocerv", data_dir=tmp_path, grid_size=2, patch_size=8,
+                              manual_dir=tmp_path, swede_threshold=0)
+
+
+@pytest.fixture(scope="module")
+def annocerv_real(built):
+    if "annocerv_real" not in built["cli"]:
+        pytest.skip(f"AnnoCerv not found at {ANNOCERV} (CI clones ../shared beside the repo)")
+    return _open("annocerv", built["data_dir"], grid_size=2, patch_size=PATCH, resize="pad",
+                 manual_dir=ANNOCERV)
+
+
+def test_annocerv_real_counts_match_its_readme(annocerv_real):
+    """README: 242 images, 80 cases, 155 with an outline, 30 of the 80 cases score >= 5."""
+    _, records, report = annocerv_real
+    with open(ANNOCERV / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    outlined_images = sum(int(r["acetowhite_pixels"]) > 0 for r in rows)
+    assert len(records) == len(rows) == 242 and report["skipped"] == []
+    assert report["num_sessions"] == 80 and report["sessions_per_label"]["1"] == 30
+    masks = report["masks"]
+    assert masks["empty"] == 242 - outlined_images == 87
+    assert masks["closed"] + masks["unclosable"] == 155
+    assert len(report["unclosable"]) == masks["unclosable"]
+    np.testing.assert_array_equal(records.region_usable, records.region_status != "unclosable")

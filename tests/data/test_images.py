@@ -7,6 +7,7 @@ import pytest
 from conftest import png_header
 from PIL import Image, ImageFile
 
+from jaxcerv.data import images
 from jaxcerv.data.images import ImageError, load_image, read_image
 
 S, P = 32, 8  # image side and patch size used throughout
@@ -183,3 +184,101 @@ def test_unknown_resize_policy_is_an_error(tmp_path):
     _solid("RGB", (20, 20), (1, 2, 3)).save(path)
     with pytest.raises(ValueError, match="resize"):
         read_image(path, image_size=S, patch_size=P, resize="crop")
+
+
+# ------------------------------------------------------------------------- masks and geometry
+
+
+def _rect_mask(width: int, height: int, rows: slice, cols: slice) -> np.ndarray:
+    mask = np.zeros((height, width), bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def test_region_fractions_stretch_hand_case():
+    """A 64 x 64 mask, rectangle rows 16-31, cols 32-47 -> 4 x 4 patches of 8 px (32 px): half
+    scale, rows 8-15, cols 16-23: exactly patch (1, 2)."""
+    mask = _rect_mask(64, 64, slice(16, 32), slice(32, 48))
+    expected = np.zeros((4, 4), np.float32)
+    expected[1, 2] = 1
+    got = images.region_fractions(mask, grid=4, patch_size=8, resize="stretch")
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert got.dtype == np.float32 and got.shape == (4, 4)
+
+
+def test_region_fractions_letterbox_hand_case():
+    """A 64 x 32 mask letterboxed into 32 px: 32 x 16 at y0 = 8. Rows 8-15, cols 32-47 -> rows
+    12-15, cols 16-23: the lower half of patch (1, 2)."""
+    assert images.letterbox_box(64, 32, 32) == (0, 8, 32, 16)
+    mask = _rect_mask(64, 32, slice(8, 16), slice(32, 48))
+    expected = np.zeros((4, 4), np.float32)
+    expected[1, 2] = 0.5
+    got = images.region_fractions(mask, grid=4, patch_size=8, resize="pad")
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_region_fractions_area_average_a_partial_patch():
+    """Rows 0-5 of a 16 px mask -> 8 px: 3 of the 4 output rows of one patch of 4 px."""
+    mask = _rect_mask(16, 16, slice(0, 6), slice(0, 16))
+    got = images.region_fractions(mask, grid=2, patch_size=4, resize="stretch")
+    np.testing.assert_allclose(got, [[0.75, 0.75], [0, 0]], atol=1e-6)
+
+
+def test_restored_aspect_matches_the_unsquashed_photograph(tmp_path):
+    """A 3:2 photograph squashed to a square, read with its true aspect, lands where the original
+    does under "pad", for the pixels and for the mask."""
+    w, h, size = 120, 80, 48
+    original = np.zeros((h, w, 3), np.uint8)
+    original[20:60, 30:90] = (200, 120, 40)
+    Image.fromarray(original).save(tmp_path / "original.png")
+    Image.fromarray(original).resize((96, 96), Image.Resampling.BICUBIC).save(tmp_path / "sq.png")
+    truth = read_image(tmp_path / "original.png", image_size=size, patch_size=8, resize="pad")
+    restored = read_image(tmp_path / "sq.png", image_size=size, patch_size=8, resize="pad",
+                          aspect=(w, h))
+    squashed = read_image(tmp_path / "sq.png", image_size=size, patch_size=8, resize="pad")
+    error = np.abs(restored.pixels.astype(int) - truth.pixels).mean()
+    assert error < 2
+    assert np.abs(squashed.pixels.astype(int) - truth.pixels).mean() > 4 * error  # not restored
+    mask = _rect_mask(w, h, slice(20, 60), slice(30, 90))
+    sq_mask = np.asarray(Image.fromarray(mask).resize((96, 96), Image.Resampling.NEAREST))
+    want = images.region_fractions(mask, grid=6, patch_size=8, resize="pad")
+    got = images.region_fractions(sq_mask, grid=6, patch_size=8, resize="pad", aspect=(w, h))
+    np.testing.assert_allclose(got, want, atol=0.02)
+    # the hand values: 48 px wide letterbox 48 x 32 at y0 = 8; the rectangle -> rows 16-31,
+    # cols 12-35: patch rows 2-3 full, patch cols 1 and 4 half, 2-3 full
+    expected = np.zeros((6, 6))
+    expected[2:4, 2:4] = 1
+    expected[2:4, [1, 4]] = 0.5
+    np.testing.assert_allclose(got, expected, atol=0.02)
+    # stretch: the aspect changes nothing (one resample to the full square either way)
+    a = read_image(tmp_path / "sq.png", image_size=size, patch_size=8, aspect=(w, h)).pixels
+    b = read_image(tmp_path / "sq.png", image_size=size, patch_size=8).pixels
+    np.testing.assert_array_equal(a, b)
+
+
+def test_read_mask_accepts_0_255_and_bilevel(tmp_path):
+    values = np.zeros((6, 8), np.uint8)
+    values[2:4, 3:5] = 255
+    Image.fromarray(values).save(tmp_path / "m.png")
+    Image.fromarray(values).convert("1").save(tmp_path / "b.png")
+    for name in ("m.png", "b.png"):
+        np.testing.assert_array_equal(images.read_mask(tmp_path / name, size=(8, 6)), values > 0)
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda p: None, "mask file not found"),
+        (lambda p: p.write_bytes(b"not a png"), "not a readable image"),
+        (lambda p: Image.new("L", (8, 8)).save(p), "mask is 8x8 px but its image is 8x6"),
+        (lambda p: Image.fromarray(np.full((6, 8), 128, np.uint8)).save(p), "not 0/255"),
+        (lambda p: Image.new("RGB", (8, 6)).save(p), "mask mode RGB"),
+    ],
+    ids=["missing", "garbage", "size", "values", "mode"],
+)
+def test_read_mask_refuses_bad_masks_naming_the_file(tmp_path, make, problem):
+    path = tmp_path / "mask.png"
+    make(path)
+    with pytest.raises(ImageError, match=problem) as info:
+        images.read_mask(path, size=(8, 6))
+    assert str(path) in str(info.value)
