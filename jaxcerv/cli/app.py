@@ -272,6 +272,11 @@ COMMANDS: dict[str, Command] = {
         "jaxcerv bench --config=NAME|FILE",
         _delegate("jaxcerv.cli.bench", "bench"),
     ),
+    "serve": Command(
+        "a local web page: drop photographs, see probability, decision and heatmap",
+        "jaxcerv serve (--model=FILE | --workdir=DIR) [--host=127.0.0.1] [--port=8000]",
+        _delegate("jaxcerv.cli.serve", "serve"),
+    ),
     "experiments": Command(
         "run an experiment suite (Tables 1-2, regulator, small data) into tables + figures",
         "jaxcerv experiments --suite=table1|table2|regulator|small_data --config=NAME|FILE "
