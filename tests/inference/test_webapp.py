@@ -67,7 +67,7 @@ def test_model_panel_says_threshold_provenance_and_synthetic_warning(client, smo
     assert info["model"]["test_roc_auc"] == results["test"]["roc_auc"]
     assert info["model"]["test_n"] == results["test"]["n"]
     assert info["warning"] == served.SYNTHETIC_WARNING
-    assert info["demo"] is False and client.get("/demo-photo").status_code == 404
+    assert info["demo"] == [] and client.get("/demo-photo/0").status_code == 404
     assert len(info["colormap"]) == 256
     page = client.get("/").text
     assert "/static/app.js" in page and "http" not in page.replace("http-equiv", "")

@@ -15,15 +15,18 @@ them (with their heatmaps, weights and a ``predictions.jsonl``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import io
 import json
 import os
 import re
+import socket
 import tempfile
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -265,15 +268,15 @@ def create_app(
     limits: Limits = Limits(),
     *,
     keep: str | None = None,
-    demo: str | None = None,
+    demo: Sequence[str] = (),
 ) -> Starlette:
-    """The application. ``keep``: a folder that keeps every upload and its outputs. ``demo``: a
-    photograph the page loads itself with ``/?demo=1`` (the browser test, the docs screenshot);
-    without it there is no ``/demo-photo``."""
+    """The application. ``keep``: a folder that keeps every upload and its outputs. ``demo``:
+    photographs the page uploads itself when opened as ``/?demo`` (the browser test, the docs
+    screenshot); without them there is no ``/demo-photo/K``."""
     if keep is not None and not os.path.isdir(keep):
         raise ValueError(f"--keep {keep}: not a folder")
     info = model_info(scorer.card, limits)
-    info["demo"] = demo is not None
+    info["demo"] = [os.path.basename(p) for p in demo]
     async def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC, "index.html"))
 
@@ -287,7 +290,10 @@ def create_app(
         return JSONResponse({"results": results}, status_code=200 if ok else 422)
 
     async def demo_photo(request: Request) -> Response:
-        return FileResponse(demo)
+        k = request.path_params["k"]
+        if k >= len(demo):
+            raise HTTPException(404, "no such demo photograph")
+        return FileResponse(demo[k])
 
     async def error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -299,9 +305,33 @@ def create_app(
         Route("/api/predict", predict, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
-    if demo is not None:
-        routes.append(Route("/demo-photo", demo_photo))
+    if demo:
+        routes.append(Route("/demo-photo/{k:int}", demo_photo))
     return Starlette(routes=routes, exception_handlers={HTTPException: error})
+
+
+@contextlib.contextmanager
+def running(app: Starlette, host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` from a thread on a free port of ``host`` (loopback by default) and yield
+    its URL; for tests, the docs screenshot and benchmarks/serve_latency.py."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server on {host} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
 
 
 def serve(

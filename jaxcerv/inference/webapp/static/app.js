@@ -23,7 +23,8 @@ async function loadModel() {
   const m = INFO.model, test = INFO.test_metrics || {};
   $("#dataset").textContent = m.dataset;
   $("#auc").textContent = test.roc_auc === undefined || test.roc_auc === null
-    ? "not tested" : `${fmt(test.roc_auc)} on ${test.n} test images`;
+    ? "not tested" : `${fmt(test.roc_auc)} on ${test.n} test images` +
+      (test.n_pos === undefined ? "" : ` (${test.n_pos} CIN2+)`);
   $("#threshold").textContent = `${fmt(INFO.threshold)} (chosen on the run's validation images)`;
   $("#source").textContent = `${m.source || "(unknown)"} · config ${m.config_digest.slice(0, 12)}`;
   if (INFO.warning) {
@@ -220,7 +221,10 @@ function table() {
       tr.append(td);
     }
     if (r.error) { tr.children[1].className = "err"; tr.children[1].colSpan = 2; tr.lastChild.remove(); }
-    else tr.dataset.probability = String(r.line.probability);
+    else {
+      tr.dataset.probability = String(r.line.probability);
+      if (r.line.label) tr.lastChild.className = "pos";
+    }
     tr.addEventListener("click", () => r.card.scrollIntoView({ behavior: "smooth" }));
     return tr;
   }));
@@ -257,9 +261,12 @@ async function main() {
     return;
   }
   // Tests and the docs screenshot: a server started with a demo photograph scores it itself.
-  if (INFO.demo && new URLSearchParams(location.search).has("demo")) {
-    const blob = await (await fetch("/demo-photo")).blob();
-    await submit([new File([blob], "demo-photo.png", { type: blob.type })]);
+  if (INFO.demo.length && new URLSearchParams(location.search).has("demo")) {
+    const files = await Promise.all(INFO.demo.map(async (name, k) => {
+      const blob = await (await fetch(`/demo-photo/${k}`)).blob();
+      return new File([blob], name, { type: blob.type });
+    }));
+    await submit(files);
   }
 }
 
