@@ -343,9 +343,19 @@ def serve(
     keep: str | None = None,
     limits: Limits = Limits(),
 ) -> None:
-    """Load the model, say where the page is, and serve until Ctrl-C."""
+    """Load the model, bind the port (in use: one line), say where the page is, and serve
+    until Ctrl-C."""
     import uvicorn
 
     app = create_app(Scorer.load(workdir=workdir, model=model), limits, keep=keep)
-    print(f"jaxcerv serve: open http://{host}:{port}/ (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({e.strerror}): try another --port") \
+            from None
+    shown = f"[{host}]" if ":" in host else host
+    print(f"jaxcerv serve: open http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
