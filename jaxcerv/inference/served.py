@@ -157,6 +157,8 @@ def predict_images(
     cmap: str = "jet",
     alpha: float = 0.45,
     save_weights: bool = False,
+    figures: bool = True,
+    titles: Sequence[str] | None = None,
     warn: TextIO | None = None,
 ) -> list[dict[str, Any]]:
     """Score image files: one result dict per path, in order, ``batch_size`` files at a time.
@@ -168,8 +170,10 @@ def predict_images(
     model (provenance), regulator when ``forward`` gives one, and ``warning`` when the model was
     trained on synthetic data (also said once on ``warn``, default stderr). ``save_weights``:
     the patch weights the heatmap draws go to ``<stem>.weights.npy`` too, and the result gains
-    ``weights_file``, ``grid`` and ``grid_box`` (``weights_record``). A file that cannot be read,
-    or whose heatmap or weights cannot be written, gets ``{"image", "error"}``.
+    ``weights_file``, ``grid`` and ``grid_box`` (``weights_record``). ``figures`` False: no
+    heatmap PNG (``heatmap`` null; the serve page draws the weights itself). ``titles``: what each
+    figure calls its photograph (default: the file's name). A file that cannot be read, or whose
+    heatmap or weights cannot be written, gets ``{"image", "error"}``.
     """
     from jaxcerv.data.images import ImageError, read_image
     from jaxcerv.reporting import viz
@@ -199,15 +203,21 @@ def predict_images(
             label = int(prob >= threshold)
             weights = pred["weights"][j] if "weights" in pred else np.zeros((0, 0))
             has_heat = weights.size > 0  # a whole-image model has no patch weights
-            photo, heat = viz.photo_view(d.pixels, weights if has_heat else np.zeros((1, 1)),
-                                         d.width, d.height, card["resize"])
-            figure = viz.clinician_figure(
-                photo, heat if has_heat else None, prob, threshold, cmap=cmap, alpha=alpha,
-                warning=warning,
-                title=os.path.basename(paths[k]),
-            )
             try:
-                heatmap = viz.save_figure(figure, os.path.join(out_dir, f"{stems[k]}.heatmap.png"))
+                heatmap = None
+                if figures:
+                    photo, heat = viz.photo_view(
+                        d.pixels, weights if has_heat else np.zeros((1, 1)), d.width, d.height,
+                        card["resize"],
+                    )
+                    figure = viz.clinician_figure(
+                        photo, heat if has_heat else None, prob, threshold, cmap=cmap,
+                        alpha=alpha, warning=warning,
+                        title=titles[k] if titles else os.path.basename(paths[k]),
+                    )
+                    heatmap = viz.save_figure(
+                        figure, os.path.join(out_dir, f"{stems[k]}.heatmap.png")
+                    )
                 if save_weights:
                     results[k].update(weights_record(
                         weights if has_heat else None, os.path.join(out_dir, stems[k]),

@@ -81,6 +81,8 @@ def test_upload_gets_predicts_json_line_and_weight_grid(client, exported, tmp_pa
     photo.write_bytes(_png(300, 200, seed=1))
     (expected,) = served.predict_files(exported, [str(photo)], str(tmp_path / "p"),
                                        save_weights=True, warn=io.StringIO())
+    with open(expected["heatmap"], "rb") as f:
+        figure = f.read()
     reply = _post(client, ("wide photo.png", photo.read_bytes(), "image/png"))
     assert reply.status_code == 200
     (r,) = reply.json()["results"]
@@ -90,7 +92,11 @@ def test_upload_gets_predicts_json_line_and_weight_grid(client, exported, tmp_pa
     saved = np.load(expected["weights_file"])
     np.testing.assert_array_equal(np.array(r["weights"], np.float32), saved)
     np.testing.assert_array_equal(np.load(io.BytesIO(base64.b64decode(r["npy"]))), saved)
-    assert base64.b64decode(r["figure"]).startswith(b"\x89PNG")
+    png = client.post("/api/figure", files={"photo": ("wide photo.png", photo.read_bytes())})
+    assert png.status_code == 200 and png.content == figure  # predict's figure, byte for byte
+    assert png.headers["content-disposition"] == 'attachment; filename="wide_photo.heatmap.png"'
+    two = [("photo", ("a.png", photo.read_bytes()))] * 2
+    assert client.post("/api/figure", files=two).status_code == 400
     shown = Image.open(io.BytesIO(base64.b64decode(r["photo"].split(",", 1)[1])))
     assert shown.size == (300, 200)  # the photograph at its own aspect
 
@@ -132,6 +138,8 @@ def test_bad_uploads_get_a_4xx_and_one_line_and_the_server_keeps_serving():
         "too many pixels": (("huge.png", png_header(200, 100), "image/png"),
                             "huge.png: 200x100 px is 0.02 megapixels, over the limit of 0.01"),
         "empty": (("none.png", b"", "image/png"), "none.png: the file is empty"),
+        "bomb": (("bomb.png", png_header(20_000, 20_000), "image/png"),  # past Pillow's own cap
+                 "bomb.png: over the limit of 0.01 megapixels"),
     }
     for what, (upload, message) in cases.items():
         reply = _post(client, upload, good)
@@ -168,7 +176,7 @@ def test_upload_names_are_never_paths_and_nothing_is_kept(tmp_path, monkeypatch)
     client = TestClient(webapp.create_app(_fake(0.3, 0.5), keep=str(keep)))
     _post(client, ("../x.png", _png(80, 60), "image/png"))
     kept = sorted(os.listdir(keep))
-    assert len(kept) == 4 and "predictions.jsonl" in kept  # upload, heatmap, weights, lines
+    assert len(kept) == 3 and "predictions.jsonl" in kept  # upload, weights, lines
     (line,) = [json.loads(t) for t in (keep / "predictions.jsonl").read_text().splitlines()]
     assert line["upload_name"] == "x.png" and os.path.dirname(line["image"]) == str(keep)
     with pytest.raises(ValueError, match="not a folder"):

@@ -26,6 +26,7 @@ import socket
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -86,11 +87,14 @@ class Scorer:
         p = Predictor.from_run(workdir)
         return cls(p.predict_arrays, p.card, p.batch_size)
 
-    def predict(self, paths: list[str], out_dir: str) -> list[dict[str, Any]]:
+    def predict(
+        self, paths: list[str], out_dir: str, titles: list[str], figures: bool
+    ) -> list[dict[str, Any]]:
         with self._lock:
             return served.predict_images(
                 self.forward, self.card, paths, out_dir, batch_size=self.batch_size,
-                save_weights=True, warn=io.StringIO(),  # the page shows the warning instead
+                save_weights=True, figures=figures, titles=titles,
+                warn=io.StringIO(),  # the page shows the warning instead
             )
 
 
@@ -117,8 +121,13 @@ def check_upload(name: str, data: bytes, limits: Limits) -> str | None:
         return (f"{name}: {len(data) / 1e6:.1f} MB, over the limit of {limits.max_file_mb:g} MB "
                 "per photograph")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        return (f"{name}: over the limit of {limits.max_megapixels:g} megapixels (refused as a "
+                "possible decompression bomb)")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
     if width * height > limits.max_megapixels * 1e6:
@@ -131,6 +140,8 @@ def display_photo(data: bytes) -> str:
     """The photograph as the page shows it: EXIF-oriented (as ``read_image`` orients it), long
     side at most ``DISPLAY_SIDE``, JPEG as a data URL."""
     with Image.open(io.BytesIO(data)) as im:
+        if im.format == "JPEG":  # let libjpeg decode at a reduced scale
+            im.draft("RGB", (DISPLAY_SIDE, DISPLAY_SIDE))
         im = ImageOps.exif_transpose(im)
         if im.mode in ("RGBA", "LA", "PA", "P"):  # transparent areas on black, as read_image does
             rgba = im.convert("RGBA")
@@ -143,17 +154,23 @@ def display_photo(data: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _b64(path: str) -> str:
+def _read(path: str) -> bytes:
     with open(path, "rb") as f:
-        return base64.b64encode(f.read()).decode()
+        return f.read()
 
 
 def score_uploads(
-    scorer: Scorer, uploads: list[tuple[str, bytes]], limits: Limits, keep: str | None = None
+    scorer: Scorer,
+    uploads: list[tuple[str, bytes]],
+    limits: Limits,
+    keep: str | None = None,
+    figures: bool = False,
 ) -> list[dict[str, Any]]:
-    """One page result per upload, in order: ``{"name", "line", "photo", "weights", "npy",
-    "figure"}`` or ``{"name", "error"}``. ``line`` is predict's JSON line for the file, with the
-    upload's name as ``image`` and the download names as ``heatmap`` and ``weights_file``."""
+    """One page result per upload, in order: ``{"name", "line", "photo", "weights", "npy"}`` or
+    ``{"name", "error"}``. ``line`` is predict's JSON line for the file, with the upload's name as
+    ``image`` and the download names as ``heatmap`` and ``weights_file``. ``figures``: also draw
+    predict's heatmap figure (``figure``: PNG bytes); it is most of predict's time, so the page
+    asks for it only when the figure is downloaded."""
     results: list[dict[str, Any]] = [{"name": name} for name, _ in uploads]
     with tempfile.TemporaryDirectory(prefix="jaxcerv-serve-") as tmp:
         folder = keep or tmp
@@ -170,7 +187,8 @@ def score_uploads(
                 f.write(data)
             todo.append(k)
             paths.append(path)
-        lines = scorer.predict(paths, folder) if paths else []
+        titles = [uploads[k][0] for k in todo]
+        lines = scorer.predict(paths, folder, titles, figures) if paths else []
         for k, path, line in zip(todo, paths, lines, strict=True):
             name, data = uploads[k]
             if "error" in line:  # read_image's message names our path: say the upload's name
@@ -180,13 +198,15 @@ def score_uploads(
             page_line = {**line, "image": name, "heatmap": f"{stem}.heatmap.png"}
             if line["weights_file"] is not None:
                 page_line["weights_file"] = f"{stem}.weights.npy"
+            npy = _read(line["weights_file"]) if line["weights_file"] else None
             results[k].update(
                 line=page_line,
                 photo=display_photo(data),
-                weights=np.load(line["weights_file"]).tolist() if line["weights_file"] else None,
-                npy=_b64(line["weights_file"]) if line["weights_file"] else None,
-                figure=_b64(line["heatmap"]),
+                weights=np.load(io.BytesIO(npy)).tolist() if npy else None,
+                npy=base64.b64encode(npy).decode() if npy else None,
             )
+            if figures:
+                results[k]["figure"] = _read(line["heatmap"])
             if keep:
                 with open(os.path.join(keep, "predictions.jsonl"), "a") as f:
                     f.write(json.dumps({**line, "upload_name": name}) + "\n")
@@ -289,6 +309,17 @@ def create_app(
         ok = all("error" not in r for r in results)
         return JSONResponse({"results": results}, status_code=200 if ok else 422)
 
+    async def figure(request: Request) -> Response:
+        uploads = await _uploads(request, limits)
+        if len(uploads) != 1:
+            raise HTTPException(400, "one photograph per heatmap figure")
+        (r,) = await run_in_threadpool(score_uploads, scorer, uploads, limits, None, True)
+        if "error" in r:
+            raise HTTPException(422, r["error"])
+        name = r["line"]["heatmap"]
+        return Response(r["figure"], media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
     async def demo_photo(request: Request) -> Response:
         k = request.path_params["k"]
         if k >= len(demo):
@@ -303,6 +334,7 @@ def create_app(
         Route("/", index),
         Route("/api/model", model),
         Route("/api/predict", predict, methods=["POST"]),
+        Route("/api/figure", figure, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
     if demo:

@@ -60,14 +60,14 @@ async function submit(files) {
   const errors = body.results.filter((r) => r.error).map((r) => r.error);
   say(errors.length ? `${errors.length} of ${body.results.length} could not be scored:\n` +
     errors.join("\n") : "");
-  await render(body.results);
+  await render(body.results, files);
   document.body.dataset.state = "done";
 }
 
-async function render(results) {
+async function render(results, files) {
   const list = $("#results");
   list.replaceChildren();
-  ROWS = results.map((r, i) => ({ ...r, index: i }));
+  ROWS = results.map((r, i) => ({ ...r, index: i, file: files[i] }));
   for (const r of ROWS) {
     r.card = card(r);
     list.append(r.card);
@@ -107,7 +107,9 @@ function card(r) {
     line.heatmap.replace(/\.heatmap\.png$/, ".json"));
   if (r.npy) link($(".dl-npy", node), bytes(r.npy, "application/octet-stream"), line.weights_file);
   else $(".dl-npy", node).remove();
-  link($(".dl-png", node), bytes(r.figure, "image/png"), line.heatmap);
+  const png = $(".dl-png", node);
+  png.href = "#";
+  png.addEventListener("click", (e) => figure(e, r, png));
   const heat = $("canvas.heat", node), ellipse = $("canvas.ellipse", node);
   const opacity = $(".opacity", node);
   heat.style.opacity = opacity.value / 100;
@@ -115,6 +117,23 @@ function card(r) {
   const show = $(".show-ellipse", node);
   show.addEventListener("change", () => { ellipse.hidden = !show.checked; });
   return node;
+}
+
+async function figure(event, r, a) {
+  // predict's heatmap figure is drawn on demand: it is most of predict's time per photograph.
+  if (a.download) return;  // drawn already: the link holds it
+  event.preventDefault();
+  a.textContent = "Drawing the heatmap figure…";
+  const form = new FormData();
+  form.append("photo", r.file, r.file.name);
+  const reply = await fetch("/api/figure", { method: "POST", body: form });
+  if (!reply.ok) {
+    a.textContent = `Heatmap figure failed: ${(await reply.json()).error}`;
+    return;
+  }
+  link(a, await reply.blob(), r.line.heatmap);
+  a.textContent = "Heatmap figure (.png)";
+  a.click();
 }
 
 function bytes(b64, type) {
