@@ -9,7 +9,9 @@ back to back; a request's latency is from sending the upload to the last byte of
 (predict's JSON line, the display photograph, the weight grid and the heatmap figure). Against:
 ``jaxcerv predict --model=EXPORT photo.jpg`` as a fresh process per photograph (what a terminal
 user waits for: start, load, compile, score) and predict's function in a warm process
-(``served.predict_images`` on a loaded model: serve's floor, without HTTP). The photograph is a
+(``served.predict_images`` on a loaded model), with and without its heatmap figure (the page
+draws the weights itself and asks for the figure only when it is downloaded, so "no figure" is
+serve's floor without HTTP). The photograph is a
 synthetic colposcopy scene at 1200 x 800 px (JPEG), never a real one. Prints p50/p95 in ms.
 """
 
@@ -131,15 +133,17 @@ def predict_latency(model: str, photo: str, out_dir: str, cold: int, warm: int,
     loaded = served.ServedModel(model)
     quiet = io.StringIO()
 
-    def once() -> float:
+    def once(figures: bool) -> float:
         start = time.perf_counter()
         served.predict_images(loaded.predict_arrays, loaded.meta, [photo], out_dir,
-                              save_weights=True, warn=quiet)
+                              save_weights=True, figures=figures, warn=quiet)
         return time.perf_counter() - start
 
-    once()  # compile
+    once(True)  # compile
     return {"predict, a process per photograph": percentiles(times),
-            "predict's function, warm process": percentiles([once() for _ in range(warm)])}
+            "predict's function, warm": percentiles([once(True) for _ in range(warm)]),
+            "predict's function, warm, no figure": percentiles(
+                [once(False) for _ in range(warm)])}
 
 
 def main() -> None:
