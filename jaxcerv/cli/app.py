@@ -249,7 +249,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "predict": Command(
         "score image files: probability, label, heatmap",
-        "jaxcerv predict (--workdir=DIR | --checkpoint=STEP_DIR | --model=FILE) IMAGE...",
+        "jaxcerv predict (--workdir=DIR | --checkpoint=STEP_DIR | --model=FILE) [--save_weights] "
+        "IMAGE...",
         _define_predict,
     ),
     "report": Command(

@@ -38,7 +38,8 @@ def main(argv: list[str]) -> int:
     if _HOST.value not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {_HOST.value}: anyone who can reach this address can upload "
               "photographs and read the model's answers", file=sys.stderr)
-    limits = webapp_app.Limits(_MAX_MB.value, _MAX_MPX.value, _MAX_FILES.value)
+    limits = webapp_app.Limits(max_file_mb=_MAX_MB.value, max_megapixels=_MAX_MPX.value,
+                               max_files=_MAX_FILES.value)
     try:
         webapp_app.serve(workdir=_WORKDIR.value, model=_MODEL.value, host=_HOST.value,
                          port=_PORT.value, keep=_KEEP.value, limits=limits)

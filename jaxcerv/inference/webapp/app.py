@@ -54,6 +54,7 @@ class Limits:
     max_file_mb: float = 25.0
     max_megapixels: float = 50.0
     max_files: int = 32
+    max_upload_mb: float = 200.0  # one request, all files: it is held in memory
 
     @property
     def max_file_bytes(self) -> int:
@@ -61,7 +62,8 @@ class Limits:
 
     @property
     def max_request_bytes(self) -> int:  # the files plus room for the multipart framing
-        return self.max_files * self.max_file_bytes + 64 * 1024
+        files = min(self.max_files * self.max_file_bytes, int(self.max_upload_mb * 1e6))
+        return files + 64 * 1024
 
 
 class Scorer:

@@ -33,7 +33,8 @@ async function loadModel() {
   }
   const l = INFO.limits;
   $("#limits").textContent = `At most ${l.max_files} photographs at once, ${l.max_file_mb} MB ` +
-    `and ${l.max_megapixels} megapixels each. Photographs are not kept by the server.`;
+    `and ${l.max_megapixels} megapixels each, ${l.max_upload_mb} MB in all. ` +
+    "Photographs are not kept by the server.";
   document.body.dataset.state = "ready";
 }
 
