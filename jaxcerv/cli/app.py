@@ -68,6 +68,9 @@ def _define_predict() -> Callable[[list[str]], int]:
     out = flags.DEFINE_string("out", None, "Folder for the heatmap PNGs.")
     cmap = flags.DEFINE_string("cmap", "jet", "Matplotlib colour map of the heatmap.")
     alpha = flags.DEFINE_float("alpha", 0.45, "Heatmap opacity in [0, 1].")
+    save_weights = flags.DEFINE_bool(
+        "save_weights", False, "Also write <stem>.weights.npy: the patch-weight grid, float32."
+    )
 
     def main(argv: list[str]) -> int:
         import json
@@ -78,7 +81,7 @@ def _define_predict() -> Callable[[list[str]], int]:
             raise app.UsageError("pass --workdir, --checkpoint or --model, then IMAGE...")
         if model.value is not None and (workdir.value or checkpoint.value):
             raise app.UsageError("--model serves an exported file: drop --workdir/--checkpoint")
-        options = dict(cmap=cmap.value, alpha=alpha.value)
+        options = dict(cmap=cmap.value, alpha=alpha.value, save_weights=save_weights.value)
         try:
             if model.value is not None:
                 from jaxcerv.inference import served
@@ -243,7 +246,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "predict": Command(
         "score image files: probability, label, heatmap",
-        "jaxcerv predict (--workdir=DIR | --checkpoint=STEP_DIR | --model=FILE) IMAGE...",
+        "jaxcerv predict (--workdir=DIR | --checkpoint=STEP_DIR | --model=FILE) [--save_weights] "
+        "IMAGE...",
         _define_predict,
     ),
     "report": Command(
@@ -265,6 +269,11 @@ COMMANDS: dict[str, Command] = {
         "time the train step and inference",
         "jaxcerv bench --config=NAME|FILE",
         _delegate("jaxcerv.cli.bench", "bench"),
+    ),
+    "serve": Command(
+        "a local web page: drop photographs, see probability, decision and heatmap",
+        "jaxcerv serve (--model=FILE | --workdir=DIR) [--host=127.0.0.1] [--port=8000]",
+        _delegate("jaxcerv.cli.serve", "serve"),
     ),
     "experiments": Command(
         "run an experiment suite (Tables 1-2, regulator, small data) into tables + figures",

@@ -17,7 +17,10 @@ default ``W/predictions``: the photograph at its own aspect ratio with the patch
 bar, probability and threshold), ``model`` (provenance: data set, config digest, checkpoint, test
 ROC AUC), ``regulator`` (the Gaussian fitted to this image's patch weights,
 ``[mu_h, mu_v, s_hh, s_hv, s_vv]`` in patch units, null entries if the map is all zero) and, for a
-model trained on synthetic data, ``warning`` (said once on stderr too). A file that cannot be
+model trained on synthetic data, ``warning`` (said once on stderr too). ``--save_weights`` also
+writes ``<stem>.weights.npy`` (the patch weights the heatmap draws, float32 (rows, cols), row 0 at
+the top of the photograph) and adds ``weights_file``, ``grid``, ``photo_size`` and ``grid_box``
+(the grid's extent in the photograph's pixels, ``served.grid_box``). A file that cannot be
 used gets ``{"image", "error"}`` instead and the rest still run. The exit status is 1 only when
 every image failed (2 for a usage or run-folder problem), so a batch with a few bad files still
 counts as done. ``jaxcerv predict`` is the same with absl flags.
@@ -128,14 +131,12 @@ class Predictor:
                 chunks.setdefault(k, []).append(np.asarray(v)[:n])
         return {k: np.concatenate(v) for k, v in chunks.items()}
 
-    def predict(
-        self, paths: Sequence[str], out_dir: str, *, cmap: str = "jet", alpha: float = 0.45
-    ) -> list[dict[str, Any]]:
+    def predict(self, paths: Sequence[str], out_dir: str, **options: Any) -> list[dict[str, Any]]:
         """One result dict per path, in order (see the module); unusable files get
-        ``{"image", "error"}``. Streams ``batch_size`` files at a time."""
+        ``{"image", "error"}``. Streams ``batch_size`` files at a time; ``options``: cmap,
+        alpha, save_weights of ``served.predict_images``."""
         return served.predict_images(
-            self.predict_arrays, self.card, paths, out_dir, batch_size=self.batch_size,
-            cmap=cmap, alpha=alpha,
+            self.predict_arrays, self.card, paths, out_dir, batch_size=self.batch_size, **options
         )
 
 
@@ -175,6 +176,8 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", help="folder for the heatmap PNGs (default: <workdir>/predictions)")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap name")
     p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity in [0, 1]")
+    p.add_argument("--save_weights", action="store_true",
+                   help="also write <stem>.weights.npy, the patch-weight grid (float32)")
     args = p.parse_args(argv)
     if args.workdir is None and args.checkpoint is None:
         p.error("pass --workdir or --checkpoint")
@@ -191,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             checkpoint=args.checkpoint,
             cmap=args.cmap,
             alpha=args.alpha,
+            save_weights=args.save_weights,
         )
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -156,6 +156,9 @@ def predict_images(
     batch_size: int = 8,
     cmap: str = "jet",
     alpha: float = 0.45,
+    save_weights: bool = False,
+    figures: bool = True,
+    titles: Sequence[str] | None = None,
     warn: TextIO | None = None,
 ) -> list[dict[str, Any]]:
     """Score image files: one result dict per path, in order, ``batch_size`` files at a time.
@@ -165,8 +168,12 @@ def predict_images(
     probability, label (1 = CIN2+), class, threshold, heatmap (a PNG in ``out_dir``: the
     photograph at its own aspect with the weights, a colour bar, probability and threshold),
     model (provenance), regulator when ``forward`` gives one, and ``warning`` when the model was
-    trained on synthetic data (also said once on ``warn``, default stderr). A file that cannot be
-    read, or whose heatmap cannot be written, gets ``{"image", "error"}``.
+    trained on synthetic data (also said once on ``warn``, default stderr). ``save_weights``:
+    the patch weights the heatmap draws go to ``<stem>.weights.npy`` too, and the result gains
+    ``weights_file``, ``grid`` and ``grid_box`` (``weights_record``). ``figures`` False: no
+    heatmap PNG (``heatmap`` null; the serve page draws the weights itself). ``titles``: what each
+    figure calls its photograph (default: the file's name). A file that cannot be read, or whose
+    heatmap or weights cannot be written, gets ``{"image", "error"}``.
     """
     from jaxcerv.data.images import ImageError, read_image
     from jaxcerv.reporting import viz
@@ -177,7 +184,7 @@ def predict_images(
     if warning:
         print(f"warning: {warning}", file=sys.stderr if warn is None else warn, flush=True)
     results: list[dict[str, Any]] = [{"image": os.fspath(p)} for p in paths]
-    names = heatmap_names(paths)
+    stems = output_stems(paths)
     for start in range(0, len(paths), batch_size):
         decoded = {}
         for k in range(start, min(start + batch_size, len(paths))):
@@ -196,17 +203,29 @@ def predict_images(
             label = int(prob >= threshold)
             weights = pred["weights"][j] if "weights" in pred else np.zeros((0, 0))
             has_heat = weights.size > 0  # a whole-image model has no patch weights
-            photo, heat = viz.photo_view(d.pixels, weights if has_heat else np.zeros((1, 1)),
-                                         d.width, d.height, card["resize"])
-            figure = viz.clinician_figure(
-                photo, heat if has_heat else None, prob, threshold, cmap=cmap, alpha=alpha,
-                warning=warning,
-                title=os.path.basename(paths[k]),
-            )
             try:
-                heatmap = viz.save_figure(figure, os.path.join(out_dir, names[k]))
+                heatmap = None
+                if figures:
+                    photo, heat = viz.photo_view(
+                        d.pixels, weights if has_heat else np.zeros((1, 1)), d.width, d.height,
+                        card["resize"],
+                    )
+                    figure = viz.clinician_figure(
+                        photo, heat if has_heat else None, prob, threshold, cmap=cmap,
+                        alpha=alpha, warning=warning,
+                        title=titles[k] if titles else os.path.basename(paths[k]),
+                    )
+                    heatmap = viz.save_figure(
+                        figure, os.path.join(out_dir, f"{stems[k]}.heatmap.png")
+                    )
+                if save_weights:
+                    results[k].update(weights_record(
+                        weights if has_heat else None, os.path.join(out_dir, stems[k]),
+                        d.width, d.height, card["image_size"], card["resize"],
+                    ))
             except (OSError, ValueError) as e:  # e.g. a name too long: the others still run
-                results[k]["error"] = f"cannot write the heatmap: {' '.join(str(e).split())}"
+                results[k] = {"image": results[k]["image"],
+                              "error": f"cannot write the heatmap: {' '.join(str(e).split())}"}
                 continue
             results[k].update(
                 probability=prob, label=label, **{"class": CLASS_NAMES[label]},
@@ -224,16 +243,50 @@ def _json_number(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def heatmap_names(paths: Sequence[str]) -> list[str]:
-    """``<stem>.heatmap.png`` per input, ``<stem>-2.heatmap.png``... when a name is taken."""
+def grid_box(width: int, height: int, image_size: int, resize: str) -> list[float]:
+    """Where the model's patch grid lies on a width x height photograph, in the photograph's
+    pixels (after EXIF orientation): [left, top, right, bottom]. "stretch" squashes the whole
+    photograph onto the grid: [0, 0, width, height]. "pad" letterboxes it
+    (``data.images.letterbox_box``), so the grid overhangs the photograph by the padding, scaled
+    to photograph pixels (negative left/top). Patch (row r, column c) of a (rows, cols) grid covers
+    x in left + [c, c+1] * (right-left) / cols and y in top + [r, r+1] * (bottom-top) / rows."""
+    if resize != "pad":
+        return [0.0, 0.0, float(width), float(height)]
+    from jaxcerv.data.images import letterbox_box
+
+    x0, y0, w, h = letterbox_box(width, height, image_size)
+    sx, sy = width / w, height / h
+    return [-x0 * sx, -y0 * sy, (image_size - x0) * sx, (image_size - y0) * sy]
+
+
+def weights_record(
+    weights: np.ndarray | None, stem: str, width: int, height: int, image_size: int, resize: str
+) -> dict[str, Any]:
+    """Write ``stem + '.weights.npy'`` (float32 (rows, cols), row 0 at the top of the photograph)
+    and say how it maps onto the photograph: ``weights_file``, ``grid`` [rows, cols],
+    ``photo_size`` [width, height] and ``grid_box`` (``grid_box``). A whole-image model has no
+    patch weights: ``weights_file`` and ``grid`` are null."""
+    record: dict[str, Any] = {"weights_file": None, "grid": None, "photo_size": [width, height],
+                              "grid_box": grid_box(width, height, image_size, resize)}
+    if weights is not None:
+        path = stem + ".weights.npy"
+        grid = np.asarray(weights, np.float32)
+        np.save(path, grid)
+        record.update(weights_file=path, grid=list(grid.shape))
+    return record
+
+
+def output_stems(paths: Sequence[str]) -> list[str]:
+    """One output stem per input, ``<stem>``, ``<stem>-2``... when a name is taken:
+    ``<stem>.heatmap.png`` and ``<stem>.weights.npy`` belong to the same input."""
     used: set[str] = set()
-    names = []
+    stems = []
     for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0] or "image"
-        name, n = f"{stem}.heatmap.png", 1
-        while name in used:
+        base = os.path.splitext(os.path.basename(path))[0] or "image"
+        stem, n = base, 1
+        while stem in used:
             n += 1
-            name = f"{stem}-{n}.heatmap.png"
-        used.add(name)
-        names.append(name)
-    return names
+            stem = f"{base}-{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems

@@ -134,3 +134,88 @@ def test_over_long_names_get_their_own_error_and_the_rest_are_scored(
     assert "File name too long" in lines[0]["error"]
     assert "cannot write the heatmap" in lines[1]["error"]
     assert "probability" in lines[2] and os.path.isfile(lines[2]["heatmap"])
+
+
+def test_save_weights_writes_the_grid_the_heatmap_draws(tmp_path, monkeypatch):
+    """A 256 x 128 photograph letterboxed onto a 4 x 4 grid of 16 px patches, whose weights peak
+    in the top-right patch: the .npy is the model's grid as is (row 0 at the top), and mapping
+    every photograph pixel through ``grid_box`` onto it gives the heatmap predict draws, pixel for
+    pixel (the sizes divide exactly, so nearest resizing has no rounding to forgive)."""
+    from jaxcerv.reporting import viz
+
+    weights = np.arange(16, dtype=np.float32).reshape(4, 4)[::-1] / 16  # max at row 0, col 3
+    drawn = []
+    figure = viz.clinician_figure
+
+    def spy(photo, heat, *args, **kwargs):
+        drawn.append(heat)
+        return figure(photo, heat, *args, **kwargs)
+
+    monkeypatch.setattr(viz, "clinician_figure", spy)
+    photo = tmp_path / "wide.png"
+    Image.fromarray(np.full((128, 256, 3), 90, np.uint8)).save(photo)
+    card = {"threshold": 0.5, "image_size": 64, "patch_size": 16, "resize": "pad",
+            "dataset": "synthetic_cervix", "config_digest": "x"}
+
+    def forward(x):
+        return {"probabilities": np.full(len(x), 0.3), "weights": np.tile(weights, (len(x), 1, 1))}
+
+    (r,) = served.predict_images(forward, card, [str(photo)], str(tmp_path / "o"),
+                                 save_weights=True)
+    assert r["weights_file"] == str(tmp_path / "o" / "wide.weights.npy")
+    saved = np.load(r["weights_file"])
+    assert saved.dtype == np.float32 and saved.shape == (4, 4) and r["grid"] == [4, 4]
+    np.testing.assert_array_equal(saved, weights)
+    assert np.unravel_index(np.argmax(saved), saved.shape) == (0, 3)  # top right
+    assert r["photo_size"] == [256, 128]
+    # Letterbox: 256 x 128 -> 64 x 32 at y0 = 16: the grid overhangs by 16 input = 64 photo px.
+    assert r["grid_box"] == [0.0, -64.0, 256.0, 192.0]
+    left, top, right, bottom = r["grid_box"]
+    ys, xs = np.mgrid[0:128, 0:256] + 0.5
+    rows = np.floor((ys - top) / (bottom - top) * 4).astype(int)
+    cols = np.floor((xs - left) / (right - left) * 4).astype(int)
+    (heat,) = drawn
+    assert heat.shape == (128, 256)
+    np.testing.assert_array_equal(saved[rows, cols], heat)
+
+
+def test_grid_box_maps_the_grid_onto_a_non_square_photograph():
+    """Hand-computed letterboxes (data.images.letterbox_box): 300 x 200 into 112 px is 112 x 75
+    at y0 = 18; 100 x 250 into 64 px is 26 x 64 at x0 = 19. The letterbox's edges map onto the
+    photograph's edges; "stretch" is the photograph itself."""
+    assert served.grid_box(300, 200, 112, "stretch") == [0.0, 0.0, 300.0, 200.0]
+    np.testing.assert_allclose(served.grid_box(300, 200, 112, "pad"),
+                               [0.0, -48.0, 300.0, 94 * 200 / 75])
+    left, top, right, bottom = served.grid_box(100, 250, 64, "pad")
+    np.testing.assert_allclose([left, top, right, bottom],
+                               [-19 * 100 / 26, 0.0, 45 * 100 / 26, 250.0])
+    sx = (right - left) / 64  # photograph pixels per input pixel
+    np.testing.assert_allclose([left + 19 * sx, left + (19 + 26) * sx], [0.0, 100.0], atol=1e-9)
+
+
+def test_save_weights_from_a_run_and_an_export(smoke_workdir, inputs, tmp_path):
+    """predict --save_weights on the smoke run (and --model on its export): the .npy is the
+    model's weight grid for that file, beside its heatmap; the corrupt file still gets one line."""
+    from jaxcerv.inference import export
+
+    paths = inputs[0]
+    assert predict.main(["--workdir", smoke_workdir, "--out", str(tmp_path / "run"),
+                         "--save_weights", *paths]) == 0
+    predictor = predict.Predictor.from_run(smoke_workdir)
+    expected = predictor.predict_arrays(predictor.load(paths[0])[None])["weights"][0]
+    model = str(tmp_path / "model.jaxexport")
+    export.export_run(smoke_workdir, model)
+    for out in ("run", "export"):
+        if out == "export":
+            results = served.predict_files(model, paths, str(tmp_path / out), save_weights=True)
+        else:
+            results = predict.predict_files(smoke_workdir, paths, str(tmp_path / out),
+                                            save_weights=True)
+        good, bad = results[0], results[1]
+        assert set(bad) == {"image", "error"}
+        assert good["weights_file"] == str(tmp_path / out / "wide.weights.npy")
+        assert good["heatmap"] == str(tmp_path / out / "wide.heatmap.png")
+        assert good["grid"] == [4, 4] and good["photo_size"] == [300, 200]
+        assert good["grid_box"] == [0.0, 0.0, 300.0, 200.0]  # the smoke config stretches
+        np.testing.assert_allclose(np.load(good["weights_file"]), expected, atol=1e-5)
+        json.dumps(results, allow_nan=False)
