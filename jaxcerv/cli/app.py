@@ -212,8 +212,8 @@ def _define_export() -> Callable[[list[str]], int]:
 
 
 def _define_experiments() -> Callable[[list[str]], None]:
-    from jaxcerv.experiments import suites as experiments
-    return experiments.define_flags()
+    from jaxcerv.cli import experiments
+    return experiments.define()
 
 
 def _delegate(module: str, what: str) -> Callable[[], Callable[[list[str]], Any]]:

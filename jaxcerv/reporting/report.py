@@ -178,7 +178,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _figure(src: str, caption: str, width: int | None = None) -> str:
+def _figure_html(src: str, caption: str, width: int | None = None) -> str:
     style = f' style="width:{width}px"' if width else ""
     return (
         f'<figure{style}><a href="{_esc(src)}"><img src="{_esc(src)}" alt="{_esc(caption)}"></a>'
@@ -291,7 +291,7 @@ def _figures(
 
     def add(name: str, caption: str, written: str | None) -> None:
         if written is not None:
-            parts.append(_figure(f"figures/{name}", caption, 520))
+            parts.append(_figure_html(f"figures/{name}", caption, 520))
 
     name = os.path.basename(os.path.abspath(run_dir))
     curves = {f"{name} (this run)": (labels, probs), **roc_baselines}
@@ -350,7 +350,7 @@ def _gallery(
             patch_size=config.patch_size,
             title=f"{image_id}: p = {prob:.2f}",
         )
-        parts.append(_figure(f"gallery/{name}", caption, 560))
+        parts.append(_figure_html(f"gallery/{name}", caption, 560))
     return parts
 
 
@@ -391,7 +391,7 @@ def _evolution(
             config.patch_size,
             title=f"{image_id}: spatial regulator during training (2-sigma ellipse)",
         )
-        parts.append(_figure(f"evolution/{name}", f"Training image {image_id}"))
+        parts.append(_figure_html(f"evolution/{name}", f"Training image {image_id}"))
     return parts, note
 
 
@@ -514,7 +514,7 @@ def _cv_index(
         _table(header, rows),
         f"<p>Per-fold reports: {links}</p>",
         "<h2>ROC curves</h2>",
-        _figure("figures/roc.png", "Each fold's test ROC curve (Fig. 4b)", 520),
+        _figure_html("figures/roc.png", "Each fold's test ROC curve (Fig. 4b)", 520),
     ]
     copied = _copy(RunDir(workdir).results, out_dir)
     if copied:
