@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jaxcerv.model.tolerances import FLAT_ABS, FLAT_REL
+
 THRESHOLD_CRITERIA = ("youden", "balanced_accuracy", "eer")
 
 # Metric names whose bootstrap interval is meaningful (threshold/n/n_pos are not statistics).
@@ -306,11 +308,6 @@ def _check_maps(weights, name: str = "weights") -> np.ndarray:
     if not np.all(np.isfinite(w)):
         raise MetricsError(f"{name} contain NaN or infinite values")
     return w
-
-
-# A map whose range is within FLAT_REL of its magnitude (plus FLAT_ABS) is flat: float32 rounding,
-# not contrast. Shared with ``regulator.min_max``, which normalises such a map to 0.
-FLAT_REL, FLAT_ABS = 1e-6, 1e-12
 
 
 def flat_map_fraction(weights) -> float:

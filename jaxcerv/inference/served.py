@@ -166,12 +166,17 @@ def predict_images(
     photograph at its own aspect with the weights, a colour bar, probability and threshold),
     model (provenance), regulator when ``forward`` gives one, and ``warning`` when the model was
     trained on synthetic data (also said once on ``warn``, default stderr). A file that cannot be
-    read, or whose heatmap cannot be written, gets ``{"image", "error"}``.
+    read gets ``{"image", "error"}``; one whose heatmap cannot be written (a read-only folder, a
+    name too long) keeps its score and gets ``heatmap_error`` instead of ``heatmap``.
     """
     from jaxcerv.data.images import ImageError, read_image
     from jaxcerv.reporting import viz
 
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        out_problem = ""
+    except OSError as e:  # e.g. a read-only run folder: the scores still come
+        out_problem = _heatmap_error(e)
     threshold = float(card["threshold"])
     warning = SYNTHETIC_WARNING if card.get("trained_on_synthetic_data") else ""
     if warning:
@@ -194,29 +199,35 @@ def predict_images(
         for j, (k, d) in enumerate(decoded.items()):
             prob = float(pred["probabilities"][j])
             label = int(prob >= threshold)
-            weights = pred["weights"][j] if "weights" in pred else np.zeros((0, 0))
-            has_heat = weights.size > 0  # a whole-image model has no patch weights
-            photo, heat = viz.photo_view(d.pixels, weights if has_heat else np.zeros((1, 1)),
-                                         d.width, d.height, card["resize"])
-            figure = viz.clinician_figure(
-                photo, heat if has_heat else None, prob, threshold, cmap=cmap, alpha=alpha,
-                warning=warning,
-                title=os.path.basename(paths[k]),
-            )
-            try:
-                heatmap = viz.save_figure(figure, os.path.join(out_dir, names[k]))
-            except (OSError, ValueError) as e:  # e.g. a name too long: the others still run
-                results[k]["error"] = f"cannot write the heatmap: {' '.join(str(e).split())}"
-                continue
             results[k].update(
                 probability=prob, label=label, **{"class": CLASS_NAMES[label]},
-                threshold=threshold, heatmap=heatmap, model=provenance(card),
+                threshold=threshold, model=provenance(card),
             )
+            if out_problem:
+                results[k]["heatmap_error"] = out_problem
+            else:
+                weights = pred["weights"][j] if "weights" in pred else np.zeros((0, 0))
+                has_heat = weights.size > 0  # a whole-image model has no patch weights
+                photo, heat = viz.photo_view(d.pixels, weights if has_heat else np.zeros((1, 1)),
+                                             d.width, d.height, card["resize"])
+                figure = viz.clinician_figure(
+                    photo, heat if has_heat else None, prob, threshold, cmap=cmap, alpha=alpha,
+                    warning=warning, title=os.path.basename(paths[k]),
+                )
+                try:
+                    results[k]["heatmap"] = viz.save_figure(figure,
+                                                            os.path.join(out_dir, names[k]))
+                except (OSError, ValueError) as e:  # e.g. a name too long: the score stays
+                    results[k]["heatmap_error"] = _heatmap_error(e)
             if "regulators" in pred:
                 results[k]["regulator"] = [_json_number(v) for v in pred["regulators"][j]]
             if warning:
                 results[k]["warning"] = warning
     return results
+
+
+def _heatmap_error(e: Exception) -> str:
+    return f"cannot write the heatmap: {' '.join(str(e).split())}; pass --out=DIR"
 
 
 def _json_number(x: Any) -> float | None:

@@ -18,7 +18,7 @@ import pytest
 from conftest import png_header
 from PIL import Image
 
-from jaxcerv.data import __main__ as cli
+from jaxcerv.cli import data as cli
 from jaxcerv.data import builders, pipeline, synthetic
 
 REPO = Path(__file__).parents[2]
@@ -36,12 +36,12 @@ except ImportError:
     pass
 else:
     raise SystemExit("tensorflow was importable")
-from jaxcerv.data import __main__ as cli
+from jaxcerv.cli import data as cli
 out = {}
 for job in json.loads(sys.argv[1]):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = cli.main(job["argv"])
+        rc = cli.main(["jaxcerv data", *job["argv"]])
     out[job["key"]] = {"rc": rc, "stdout": stdout.getvalue()}
 out["tensorflow_loaded"] = "tensorflow" in sys.modules
 print("RESULT " + json.dumps(out))
@@ -271,7 +271,7 @@ def test_records_need_no_image_decoding(folder, built):
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:
-    rc = cli.main(["build", *argv])
+    rc = cli.main(["jaxcerv data", "build", *argv])
     return rc, capsys.readouterr().err.strip()
 
 
