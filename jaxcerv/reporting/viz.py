@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,13 @@ def save_figure(fig: Figure, path: PathLike) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def _finish(fig: Figure, ax, path: PathLike, **labels: Any) -> str:
+    """The tail of a one-axes plot: its labels and limits, the legend, the file."""
+    ax.set(**labels)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)
 
 
 def _colormap(name: str):
@@ -100,14 +107,13 @@ def score_distribution(
         )
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"Threshold {threshold:.2f}")
-    ax.set(
+    return _finish(
+        fig, ax, path,
         xlim=(0, 1),
         xlabel="Predicted probability of CIN2+",
         ylabel="Number of images",
         title="Predicted score distribution by true class",
     )
-    ax.legend(fontsize="small")
-    return save_figure(fig, path)
 
 
 def tsne(
@@ -148,13 +154,12 @@ def tsne(
             color=CLASS_COLOURS[cls],
             label=f"{CLASS_NAMES[cls]}, n={int(sel.sum())}",
         )
-    ax.set(
+    return _finish(
+        fig, ax, path,
         xlabel="t-SNE dimension 1",
         ylabel="t-SNE dimension 2",
         title="t-SNE of image-level features",
     )
-    ax.legend(fontsize="small")
-    return save_figure(fig, path)
 
 
 def probability_by_grade(grades, probs, path: PathLike) -> str | None:
@@ -220,14 +225,13 @@ def probability_by_quarter(days_to_diagnosis, probs, path: PathLike, *, labels=N
         bars = ax.bar(x, means, width, yerr=sems, capsize=3, color=colour, alpha=0.8, label=name)
         ax.bar_label(bars, labels=[f"n={c}" for c in counts], fontsize="x-small", padding=2)
     ax.set_xticks(range(4), [f"Q{q + 1}\n{q * 91}-{(q + 1) * 91 + (q == 3)} d" for q in range(4)])
-    ax.set(
+    return _finish(
+        fig, ax, path,
         ylim=(0, 1.05),
         xlabel="Time from image to diagnosis (quarter of the 1-year window)",
         ylabel="Mean predicted probability of CIN2+",
         title="Average predicted probability per quarter",
     )
-    ax.legend(fontsize="small")
-    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
