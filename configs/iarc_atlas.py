@@ -2,19 +2,19 @@
 subset in ../shared/data/iarc-colposcopy-atlas (VIA images only; see its README).
 
     python -m jaxcerv.main --config=configs/iarc_atlas.py --workdir=runs/atlas
-    python -m jaxcerv.experiments.handcrafted --config=configs/iarc_atlas.py \
+    jaxcerv handcrafted --config=configs/iarc_atlas.py \
         --workdir=runs/atlas_handcrafted
-    python -m jaxcerv.training.pretrain --config=configs/iarc_atlas.py --workdir=runs/atlas_pretrain
+    jaxcerv pretrain --config=configs/iarc_atlas.py --workdir=runs/atlas_pretrain
 
 The best recipe found starts each fold from an encoder pretrained without that fold's test cases;
 the experiment runner pretrains, trains it and its alternatives and tabulates them in one command:
 
-    python -m jaxcerv.experiments.suites --suite=small_data --config=configs/iarc_atlas.py \
+    jaxcerv experiments --suite=small_data --config=configs/iarc_atlas.py \
         --workdir=runs/atlas_small
 
 or by hand:
 
-    python -m jaxcerv.training.pretrain --config=configs/iarc_atlas.py --workdir=runs/atlas_pf \
+    jaxcerv pretrain --config=configs/iarc_atlas.py --workdir=runs/atlas_pf \
         --config.pretrain.per_fold=True
     python -m jaxcerv.main --config=configs/iarc_atlas.py --workdir=runs/atlas_from_pf \
         '--config.model.init_from=runs/atlas_pf/fold_{fold}/encoder.npz' \

@@ -77,3 +77,13 @@ def session_folder_config(tmp_path):
     config.pretrain.batch_patches = 8
     config.pretrain.projection = (16, 8)
     return config
+
+
+def scored_sessions(n=120, seed=0, quality=1.0):
+    """Labels 0/1 alternating, scores separating them by ``quality`` (plus unit noise), and two
+    images per session: what a suite row's pooled test predictions look like."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    probs = 1 / (1 + np.exp(-(quality * (2 * labels - 1) + rng.normal(size=n))))
+    sessions = np.array([f"s{i // 2}" for i in range(n)])
+    return labels, probs, sessions

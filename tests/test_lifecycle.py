@@ -243,7 +243,7 @@ def test_corrupt_best_is_one_line_for_predict(smoke_workdir, tmp_path):
 
     Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(image)
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxcerv.inference.predict", "--workdir", str(workdir), str(image)],
+        [sys.executable, "-m", "jaxcerv.cli.app", "predict", f"--workdir={workdir}", str(image)],
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from jaxcerv import configs
+from jaxcerv.cli import common
 
 FLAGS = flags.FLAGS
 
@@ -35,200 +35,13 @@ def _own_flags(module: str, prog: str) -> None:
         FLAGS.register_key_flag_for_module(prog, flag)
 
 
-def _quiet_logs() -> None:
-    """WARNING unless --verbosity was given: orbax and TFDS log every step at INFO."""
-    from absl import logging
-
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-
-
-# --------------------------------------------------------------------------------- subcommands
-
-
-def _define_train() -> Callable[[list[str]], None]:
-    from jaxcerv import main as train_main
-    return train_main.main
-
-
-def _define_pretrain() -> Callable[[list[str]], None]:
-    from jaxcerv import main as train_main  # noqa: F401  (defines --config and --workdir)
-    from jaxcerv.training import pretrain
-    return pretrain.main
-
-
-def _define_predict() -> Callable[[list[str]], int]:
-    workdir = flags.DEFINE_string("workdir", None, "Run folder: best checkpoint, threshold.")
-    checkpoint = flags.DEFINE_string(
-        "checkpoint", None, "An orbax step directory, e.g. W/checkpoints/latest/7."
-    )
-    model = flags.DEFINE_string(
-        "model", None, "An exported model (jaxcerv export): runs with jax and numpy only."
-    )
-    out = flags.DEFINE_string("out", None, "Folder for the heatmap PNGs.")
-    cmap = flags.DEFINE_string("cmap", "jet", "Matplotlib colour map of the heatmap.")
-    alpha = flags.DEFINE_float("alpha", 0.45, "Heatmap opacity in [0, 1].")
-    save_weights = flags.DEFINE_bool(
-        "save_weights", False, "Also write <stem>.weights.npy: the patch-weight grid, float32."
-    )
-
-    def main(argv: list[str]) -> int:
-        import json
-
-        images = argv[1:]
-        sources = [workdir.value, checkpoint.value, model.value]
-        if not images or sum(s is not None for s in sources) == 0:
-            raise app.UsageError("pass --workdir, --checkpoint or --model, then IMAGE...")
-        if model.value is not None and (workdir.value or checkpoint.value):
-            raise app.UsageError("--model serves an exported file: drop --workdir/--checkpoint")
-        options = dict(cmap=cmap.value, alpha=alpha.value, save_weights=save_weights.value)
-        try:
-            if model.value is not None:
-                from jaxcerv.inference import served
-                results = served.predict_files(model.value, images, out.value, **options)
-            else:
-                from jaxcerv.inference import predict
-                results = predict.predict_files(
-                    workdir.value, images, out.value, checkpoint=checkpoint.value, **options
-                )
-        except (OSError, RuntimeError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        for r in results:
-            print(json.dumps(r), flush=True)
-        return 1 if all("error" in r for r in results) else 0
-
-    return main
-
-
-def _define_report() -> Callable[[list[str]], int]:
-    workdir = flags.DEFINE_string("workdir", None, "The run folder.", required=True)
-    compare = flags.DEFINE_list("compare", [], "Other finished runs drawn on the ROC plot.")
-    gallery = flags.DEFINE_integer("gallery", 8, "Number of test images in the gallery.")
-    evolution = flags.DEFINE_integer("evolution_images", 3, "Images in the regulator evolution.")
-    epochs = flags.DEFINE_list("epochs", None, "Regulator-evolution epochs (default 1,32,48).")
-    normalisation = flags.DEFINE_enum(
-        "normalisation", "minmax", ["minmax", "percentile"], "Heatmap colour scaling."
-    )
-    percentiles = flags.DEFINE_list("percentiles", ["2", "98"], "LO,HI for percentile scaling.")
-    cmap = flags.DEFINE_string("cmap", "jet", "Matplotlib colour map of the heatmaps.")
-    alpha = flags.DEFINE_float("alpha", 0.45, "Heatmap opacity in [0, 1].")
-    smooth = flags.DEFINE_float("smooth", 0.0, "Heatmap blur sigma, in patches.")
-
-    def main(argv: list[str]) -> int:
-        import os
-
-        from jaxcerv.reporting import report
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        lo, hi = (float(p) for p in percentiles.value)
-        try:
-            baselines = {
-                os.path.basename(os.path.abspath(w)): report.load_test_curve(w)
-                for w in compare.value
-            }
-            path = report.write_report(
-                workdir.value,
-                roc_baselines=baselines,
-                style=report.HeatmapStyle(
-                    normalisation.value, (lo, hi), cmap.value, alpha.value, smooth.value
-                ),
-                epochs=[int(e) for e in epochs.value] if epochs.value else None,
-                num_gallery=gallery.value,
-                num_evolution=evolution.value,
-            )
-        except (OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(path)
-        return 0
-
-    return main
-
-
-def _define_data() -> Callable[[list[str]], int]:
-    config = config_flags.DEFINE_config_file(
-        "config", configs.resolve("default"), "Config: a built-in name or a file."
-    )
-    data_dir = flags.DEFINE_string(
-        "data_dir", None, "Where the dataset is written (default: --config.data.data_dir)."
-    )
-    traceback = flags.DEFINE_bool("traceback", False, "Show the full trace on errors.")
-
-    def main(argv: list[str]) -> int:
-        from jaxcerv.data import builders, pipeline
-
-        if argv[1:] != ["build"]:
-            raise app.UsageError("usage: jaxcerv data build --config=NAME|FILE --data_dir=DIR")
-        c = config.value.copy_and_resolve_references()
-        target = data_dir.value or c.data.data_dir
-        if not target:
-            raise app.UsageError("pass --data_dir (or --config.data.data_dir)")
-        c.data.data_dir = target
-        try:
-            # the builder training opens: every data setting (synthetic knobs, annocerv's)
-            builder = pipeline.dataset_builder(c, target)
-            announced: list[str] = []  # a fresh build announces itself and its summary
-
-            def announce(line: str) -> None:
-                announced.append(line)
-                print(line, flush=True)
-
-            summary = builders.prepare(builder, c.data.manual_dir, announce=announce)
-        except Exception as e:  # one line naming the file and problem, unless --traceback
-            if traceback.value:
-                raise
-            print(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                  file=sys.stderr)
-            return 1
-        if not announced:
-            print(builders.format_summary(summary))
-        return 0
-
-    return main
-
-
-def _define_export() -> Callable[[list[str]], int]:
-    workdir = flags.DEFINE_string("workdir", None, "Run folder: its best checkpoint is exported.")
-    checkpoint = flags.DEFINE_string("checkpoint", None, "Or one orbax step directory.")
-    out = flags.DEFINE_string("out", None, "File to write, e.g. model.jaxexport.", required=True)
-
-    def main(argv: list[str]) -> int:
-        from jaxcerv.inference import export
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        if workdir.value is None and checkpoint.value is None:
-            raise app.UsageError("pass --workdir or --checkpoint")
-        try:
-            meta = export.export_run(workdir.value, out.value, checkpoint.value)
-        except (OSError, RuntimeError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"wrote {out.value} and {out.value}.json (image {meta['image_size']} px, "
-              f"threshold {meta['threshold']:.3f}, data set {meta['dataset']})")
-        return 0
-
-    return main
-
-
-def _define_experiments() -> Callable[[list[str]], None]:
-    from jaxcerv.experiments import suites as experiments
-    return experiments.define_flags()
-
-
-def _delegate(module: str, what: str) -> Callable[[], Callable[[list[str]], Any]]:
-    """A subcommand served by ``module``, which defines its flags on import and has ``main(argv)``.
-    Until that module exists the subcommand says so and exits 2."""
+def _module(name: str) -> Callable[[], Callable[[list[str]], Any]]:
+    """The subcommand in ``jaxcerv.cli.<name>``: its ``define()`` defines the flags and returns
+    its main; a module without ``define`` parses its own (``main``, ``parse_flags``)."""
 
     def define() -> Callable[[list[str]], Any]:
-        try:
-            return importlib.import_module(module).main
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            print(f"jaxcerv: {what} is not in this version ({module} does not exist yet)",
-                  file=sys.stderr)
-            sys.exit(2)
+        module = importlib.import_module(f"jaxcerv.cli.{name}")
+        return module.define() if hasattr(module, "define") else module.main
 
     return define
 
@@ -237,49 +50,54 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         "train and evaluate; rerun to resume",
         "jaxcerv train --config=NAME|FILE --workdir=DIR [--config.a.b=value ...]",
-        _define_train,
+        _module("train"),
     ),
     "pretrain": Command(
         "self-supervised pretraining of the patch encoder on a folder of photographs",
         "jaxcerv pretrain --config=NAME|FILE --workdir=DIR [--config.pretrain.images_dir=DIR]",
-        _define_pretrain,
+        _module("pretrain"),
     ),
     "predict": Command(
         "score image files: probability, label, heatmap",
         "jaxcerv predict (--workdir=DIR | --checkpoint=STEP_DIR | --model=FILE) [--save_weights] "
         "IMAGE...",
-        _define_predict,
+        _module("predict"),
     ),
     "report": Command(
         "write the HTML report of a finished run",
-        "jaxcerv report --workdir=DIR [--compare=W2,W3] [--gallery=8]",
-        _define_report,
+        "jaxcerv report --workdir=DIR [--out=DIR] [--compare=W2,W3] [--gallery=8]",
+        _module("report"),
     ),
     "data": Command(
         "build a config's dataset and print its summary",
-        "jaxcerv data build --config=NAME|FILE --data_dir=DIR [--config.data.manual_dir=DIR]",
-        _define_data,
+        "jaxcerv data build [NAME] --config=NAME|FILE --data_dir=DIR [--manual_dir=DIR]",
+        _module("data"),
     ),
     "export": Command(
         "serialise the inference function (jax.export) with a JSON sidecar",
         "jaxcerv export --workdir=DIR --out=model.jaxexport",
-        _define_export,
+        _module("export"),
     ),
     "bench": Command(
         "time the train step and inference",
         "jaxcerv bench --config=NAME|FILE",
-        _delegate("jaxcerv.cli.bench", "bench"),
+        _module("bench"),
+    ),
+    "handcrafted": Command(
+        "the hand-crafted colour/texture + logistic regression baseline on the config's folds",
+        "jaxcerv handcrafted --config=NAME|FILE --workdir=DIR",
+        _module("handcrafted"),
     ),
     "serve": Command(
         "a local web page: drop photographs, see probability, decision and heatmap",
         "jaxcerv serve (--model=FILE | --workdir=DIR) [--host=127.0.0.1] [--port=8000]",
-        _delegate("jaxcerv.cli.serve", "serve"),
+        _module("serve"),
     ),
     "experiments": Command(
         "run an experiment suite (Tables 1-2, regulator, small data) into tables + figures",
         "jaxcerv experiments --suite=table1|table2|regulator|small_data --config=NAME|FILE "
         "--workdir=DIR [--variants=a,b]",
-        _define_experiments,
+        _module("experiments"),
     ),
 }
 
@@ -310,13 +128,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = [prog, *configs.resolve_args(argv[2:])]
     sys.modules["__main__"].__doc__ = f"{command.summary}\n\nusage: {command.usage}\n"
     run = command.define()
-    _own_flags(run.__module__, prog)
-    _own_flags(__name__, prog)
-    # A module may bring its own flag parser (main.parse_flags: a bad override in one line).
-    parser = getattr(sys.modules[run.__module__], "parse_flags", app.parse_flags_with_usage)
+    for module in (run.__module__, common.__name__, __name__):
+        _own_flags(module, prog)
+    # A bad flag or --config override is one line, exit 2; a module may parse its own flags.
+    parser = getattr(sys.modules[run.__module__], "parse_flags", common.parse_flags)
 
     def run_quietly(args: list[str]) -> int | None:
-        _quiet_logs()
+        common.quiet_logs()
         return run(args)
 
     app.run(run_quietly, argv=sys.argv, flags_parser=parser)

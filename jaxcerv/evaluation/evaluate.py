@@ -159,24 +159,3 @@ def save_predictions(run: RunDir, split: str, pred: dict[str, np.ndarray]) -> No
     dataset's records.npz)."""
     keep = {k: v for k, v in pred.items() if k not in ("logits", *_MAPS)}
     np.savez_compressed(run.eval_npz(split), **keep)
-
-
-def draw_heatmaps(config, run: RunDir, source, test: dict[str, np.ndarray], idx) -> None:
-    """Overlays of the first ``config.eval.num_heatmaps`` test images, with their fitted ellipse
-    (none where the map is flat and no Gaussian can be fitted); none for a model without
-    patch weights."""
-    from jaxcerv.reporting import viz
-    if "weights" not in test:
-        return
-    for k in range(min(config.eval.num_heatmaps, len(idx))):
-        i = int(idx[k])
-        image_id = str(test["ids"][k])
-        fit = test["regulators"][k]
-        viz.heatmap_overlay(
-            np.asarray(source[i]["image"]),
-            test["weights"][k],
-            run.path("heatmaps", f"{image_id}.png"),
-            regulator=fit if viz.regulator_is_drawable(fit) else None,
-            patch_size=config.patch_size,
-            title=f"{image_id}: label {test['labels'][k]}, p={test['probabilities'][k]:.2f}",
-        )

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jaxcerv.model.tolerances import FLAT_ABS, FLAT_REL
+
 THRESHOLD_CRITERIA = ("youden", "balanced_accuracy", "eer")
 
 # Metric names whose bootstrap interval is meaningful (threshold/n/n_pos are not statistics).
@@ -176,6 +178,68 @@ def choose_threshold(labels, probs, criterion: str = "youden") -> float:
     return float(cuts[k])
 
 
+class SessionResampler:
+    """The one session bootstrap: resamples of whole sessions (``groups``) with replacement.
+
+    Images from one screening session are correlated, so the session is the resampling unit.
+    Every interval in the package (a run's metrics, the explanation metrics, a suite's pooled
+    rows and paired tests) draws here, so one seed gives one stream everywhere."""
+
+    def __init__(self, groups) -> None:
+        _, self.unit = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)
+        self.n_units = int(self.unit.max()) + 1 if self.unit.size else 0
+        self.members = np.split(np.argsort(self.unit, kind="stable"),
+                                np.cumsum(np.bincount(self.unit))[:-1])
+        self.redrawn = 0
+
+    def draws(self, n_boot: int, seed: int = 0, *, labels=None, max_redraws: int | None = None):
+        """Yield ``n_boot`` arrays of session indices. With ``labels``, a resample lacking a
+        class is redrawn (the metrics are undefined there), counted in ``redrawn`` and capped at
+        ``max_redraws`` (default ``10 * n_boot``) to fail loudly on hopeless data."""
+        rng = np.random.default_rng(seed)
+        if labels is not None:
+            y = np.asarray(labels).reshape(-1)
+            unit_pos = np.bincount(self.unit, weights=y, minlength=self.n_units)
+            unit_size = np.bincount(self.unit, minlength=self.n_units)
+        cap = 10 * n_boot if max_redraws is None else max_redraws
+        b = 0
+        while b < n_boot:
+            draw = rng.integers(0, self.n_units, size=self.n_units)
+            if labels is not None:
+                n_pos = unit_pos[draw].sum()
+                if n_pos == 0 or n_pos == unit_size[draw].sum():
+                    self.redrawn += 1
+                    if self.redrawn > cap:
+                        raise MetricsError(
+                            f"more than {cap} bootstrap resamples lacked a class; too few "
+                            f"sessions contain both labels ({self.n_units} sessions, "
+                            f"{int(y.sum())} positive images)"
+                        )
+                    continue
+            b += 1
+            yield draw
+
+    def images(self, draw: np.ndarray) -> np.ndarray:
+        """The image indices of a resample of sessions."""
+        return np.concatenate([self.members[u] for u in draw])
+
+    def image_draws(self, n_boot: int, seed: int = 0, *, labels=None,
+                    max_redraws: int | None = None):
+        """As ``draws``, yielding image indices."""
+        for draw in self.draws(n_boot, seed, labels=labels, max_redraws=max_redraws):
+            yield self.images(draw)
+
+
+def percentile_interval(samples, alpha: float = 0.05) -> tuple[float, float]:
+    lo, hi = np.quantile(samples, (alpha / 2.0, 1.0 - alpha / 2.0))
+    return float(lo), float(hi)
+
+
+def _check_bootstrap(n_boot: int, alpha: float) -> None:
+    if n_boot < 1 or not 0.0 < alpha < 1.0:
+        raise MetricsError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+
+
 def bootstrap_ci(
     labels,
     probs,
@@ -187,11 +251,8 @@ def bootstrap_ci(
     alpha: float = 0.05,
     max_redraws: int | None = None,
 ) -> dict:
-    """Percentile bootstrap intervals, resampling whole sessions (``groups``) with replacement.
-
-    Images from one screening session are correlated, so the session is the resampling unit.
-    A resample lacking one class is redrawn (the metrics are undefined there); redraws are counted
-    and capped at ``max_redraws`` (default ``10 * n_boot``) to fail loudly on hopeless data.
+    """Percentile bootstrap intervals of ``binary_metrics``, resampling whole sessions
+    (``groups``, see :class:`SessionResampler`).
 
     Returns ``{"ci": {metric: (lo, hi)}, "n_units": sessions, "n_boot", "n_redrawn", "alpha"}``.
     """
@@ -199,40 +260,19 @@ def bootstrap_ci(
     g = np.asarray(groups).reshape(-1)
     if g.shape != y.shape:
         raise MetricsError(f"groups ({g.size}) and labels ({y.size}) differ in length")
-    if n_boot < 1 or not 0.0 < alpha < 1.0:
-        raise MetricsError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
-    _, unit = np.unique(g, return_inverse=True)
-    n_units = int(unit.max()) + 1
-    if n_units < 2:
+    _check_bootstrap(n_boot, alpha)
+    resampler = SessionResampler(g)
+    if resampler.n_units < 2:
         raise MetricsError("bootstrap over sessions needs at least 2 sessions, got 1")
-    members = np.split(np.argsort(unit, kind="stable"), np.cumsum(np.bincount(unit))[:-1])
-    unit_pos = np.bincount(unit, weights=y, minlength=n_units)
-    unit_size = np.bincount(unit, minlength=n_units)
-    cap = 10 * n_boot if max_redraws is None else max_redraws
-
-    rng = np.random.default_rng(seed)
     samples = {name: np.empty(n_boot) for name in CI_METRICS}
-    redrawn = 0
-    b = 0
-    while b < n_boot:
-        draw = rng.integers(0, n_units, size=n_units)
-        n_pos = unit_pos[draw].sum()
-        if n_pos == 0 or n_pos == unit_size[draw].sum():
-            redrawn += 1
-            if redrawn > cap:
-                raise MetricsError(
-                    f"more than {cap} bootstrap resamples lacked a class; too few sessions "
-                    f"contain both labels ({n_units} sessions, {int(y.sum())} positive images)"
-                )
-            continue
-        idx = np.concatenate([members[u] for u in draw])
+    for b, idx in enumerate(resampler.image_draws(n_boot, seed, labels=y,
+                                                  max_redraws=max_redraws)):
         m = binary_metrics(y[idx], p[idx], threshold)
         for name in CI_METRICS:
             samples[name][b] = m[name]
-        b += 1
-    q = (alpha / 2.0, 1.0 - alpha / 2.0)
-    ci = {name: tuple(float(v) for v in np.quantile(samples[name], q)) for name in CI_METRICS}
-    return {"ci": ci, "n_units": n_units, "n_boot": n_boot, "n_redrawn": redrawn, "alpha": alpha}
+    ci = {name: percentile_interval(samples[name], alpha) for name in CI_METRICS}
+    return {"ci": ci, "n_units": resampler.n_units, "n_boot": n_boot,
+            "n_redrawn": resampler.redrawn, "alpha": alpha}
 
 
 def summarize_folds(fold_metrics: Sequence[Mapping[str, float]]) -> dict:
@@ -268,11 +308,6 @@ def _check_maps(weights, name: str = "weights") -> np.ndarray:
     if not np.all(np.isfinite(w)):
         raise MetricsError(f"{name} contain NaN or infinite values")
     return w
-
-
-# A map whose range is within FLAT_REL of its magnitude (plus FLAT_ABS) is flat: float32 rounding,
-# not contrast. Shared with ``regulator.min_max``, which normalises such a map to 0.
-FLAT_REL, FLAT_ABS = 1e-6, 1e-12
 
 
 def flat_map_fraction(weights) -> float:
@@ -440,7 +475,7 @@ def session_bootstrap_mean(
     values, sessions, *, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> dict:
     """Mean of the non-NaN per-image ``values`` and its percentile interval, resampling the
-    sessions that hold them (images of one session are correlated).
+    sessions that hold them (:class:`SessionResampler`).
 
     Returns ``{"value", "ci95": [lo, hi], "n_images", "n_sessions"}``; value and interval are
     None when no image has a value."""
@@ -448,20 +483,18 @@ def session_bootstrap_mean(
     g = np.asarray(sessions).reshape(-1)
     if g.shape != v.shape:
         raise MetricsError(f"sessions ({g.size}) and values ({v.size}) differ in length")
-    if n_boot < 1 or not 0.0 < alpha < 1.0:
-        raise MetricsError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    _check_bootstrap(n_boot, alpha)
     used = ~np.isnan(v)
     if not used.any():
         return {"value": None, "ci95": None, "n_images": 0, "n_sessions": 0}
-    _, unit = np.unique(g[used], return_inverse=True)
-    sums = np.bincount(unit, weights=v[used])
-    counts = np.bincount(unit).astype(np.float64)
-    draw = np.random.default_rng(seed).integers(0, sums.size, size=(n_boot, sums.size))
+    resampler = SessionResampler(g[used])
+    sums = np.bincount(resampler.unit, weights=v[used])
+    counts = np.bincount(resampler.unit).astype(np.float64)
+    draw = np.stack(list(resampler.draws(n_boot, seed)))
     means = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
-    lo, hi = np.quantile(means, (alpha / 2.0, 1.0 - alpha / 2.0))
     return {
         "value": float(v[used].mean()),
-        "ci95": [float(lo), float(hi)],
+        "ci95": list(percentile_interval(means, alpha)),
         "n_images": int(used.sum()),
         "n_sessions": int(sums.size),
     }

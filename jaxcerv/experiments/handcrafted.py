@@ -2,7 +2,7 @@
 cervix region, then a regularised logistic regression (scikit-learn), on the same grouped splits,
 metrics and run-folder layout as the patch model.
 
-`python -m jaxcerv.experiments.handcrafted --config=configs/iarc_atlas.py --workdir=W` writes
+`jaxcerv handcrafted --config=configs/iarc_atlas.py --workdir=W` writes
 `W/splits.json`,
 `W/fold_K/{results.json, eval/val.npz, eval/test.npz}` (one fold: straight into W) and
 `W/results.json` with the per-fold mean +- sd and the pooled out-of-fold ROC AUC with its session
@@ -18,7 +18,6 @@ letterbox and shadows and the specular highlights, which carry no tissue colour.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -208,29 +207,3 @@ def run_baseline(config: Any, workdir: str) -> dict[str, Any]:
     print(f"{len(folds)}-fold test ROC AUC {t['mean']['roc_auc']:.3f} +- {t['sd']['roc_auc']:.3f};"
           f" pooled {p['roc_auc']:.3f} (95% CI {lo:.3f}-{hi:.3f})", flush=True)
     return summary
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    from absl import flags
-
-    from jaxcerv.runtime.rundir import RunError
-    from jaxcerv.training import configcheck
-
-    config = flags.FLAGS["config"].value
-    try:
-        configcheck.check_config(config)
-        run_baseline(config, flags.FLAGS["workdir"].value)
-    except (configcheck.ConfigError, ValueError, RunError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        sys.exit(2 if isinstance(e, configcheck.ConfigError) else 1)
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from jaxcerv import configs
-    from jaxcerv import main as main_lib  # defines --config and --workdir, one flag style
-
-    sys.argv = [sys.argv[0], *configs.resolve_args(sys.argv[1:])]
-    app.run(main, flags_parser=main_lib.parse_flags)

@@ -1,7 +1,7 @@
 """Predict CIN2+ for image files with a trained run: probability, label, heatmap and regulator.
 
-    python -m jaxcerv.inference.predict --workdir W [--out DIR] IMAGE...
-    python -m jaxcerv.inference.predict --checkpoint W/checkpoints/best/12 IMAGE...
+    jaxcerv predict --workdir=W [--out=DIR] IMAGE...
+    jaxcerv predict --checkpoint=W/checkpoints/best/12 IMAGE...
 
 ``--workdir`` serves the run's selected checkpoint (``best_epoch`` of results.json: the tested one)
 with the decision threshold chosen on validation (``W/results.json``) and the config
@@ -23,15 +23,13 @@ the top of the photograph) and adds ``weights_file``, ``grid``, ``photo_size`` a
 (the grid's extent in the photograph's pixels, ``served.grid_box``). A file that cannot be
 used gets ``{"image", "error"}`` instead and the rest still run. The exit status is 1 only when
 every image failed (2 for a usage or run-folder problem), so a batch with a few bad files still
-counts as done. ``jaxcerv predict`` is the same with absl flags.
+counts as done. A heatmap that cannot be written (a read-only run folder) keeps the score and
+says why in ``heatmap_error``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,63 +144,16 @@ def save_png(pixels: np.ndarray, path: str) -> None:
     Image.fromarray(pixels).save(path, compress_level=1)
 
 
-def predict_files(
-    workdir: str | None,
+def predict_run(
     paths: Sequence[str],
     out_dir: str | None = None,
     *,
+    workdir: str | None = None,
     checkpoint: str | None = None,
     **heatmap_options: Any,
 ) -> list[dict[str, Any]]:
-    """Restore the run and predict ``paths`` (``out_dir`` default ``<workdir>/predictions``)."""
+    """Restore the run and score ``paths`` (heatmaps default to ``<run>/predictions``); an
+    exported model is ``served.predict_files``."""
     predictor = Predictor.from_run(workdir, checkpoint)
     out_dir = out_dir or os.path.join(run_folder(workdir, checkpoint), "predictions")
     return predictor.predict(paths, out_dir, **heatmap_options)
-
-
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m jaxcerv.inference.predict",
-        description="Score image files (JPEG/PNG, any size) with a trained jaxcerv run; one JSON "
-        "line per image on stdout. Exit status 1 only if every image failed.",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--workdir", help="run folder (best checkpoint, threshold, config)")
-    p.add_argument(
-        "--checkpoint",
-        help="orbax step directory, e.g. W/checkpoints/latest/7 (run folder: three levels up, "
-        "unless --workdir)",
-    )
-    p.add_argument("--out", help="folder for the heatmap PNGs (default: <workdir>/predictions)")
-    p.add_argument("--cmap", default="jet", help="matplotlib colormap name")
-    p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity in [0, 1]")
-    p.add_argument("--save_weights", action="store_true",
-                   help="also write <stem>.weights.npy, the patch-weight grid (float32)")
-    args = p.parse_args(argv)
-    if args.workdir is None and args.checkpoint is None:
-        p.error("pass --workdir or --checkpoint")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        results = predict_files(
-            args.workdir,
-            args.images,
-            args.out,
-            checkpoint=args.checkpoint,
-            cmap=args.cmap,
-            alpha=args.alpha,
-            save_weights=args.save_weights,
-        )
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for r in results:
-        print(json.dumps(r), flush=True)
-    return 1 if all("error" in r for r in results) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -172,13 +172,18 @@ def predict_images(
     the patch weights the heatmap draws go to ``<stem>.weights.npy`` too, and the result gains
     ``weights_file``, ``grid`` and ``grid_box`` (``weights_record``). ``figures`` False: no
     heatmap PNG (``heatmap`` null; the serve page draws the weights itself). ``titles``: what each
-    figure calls its photograph (default: the file's name). A file that cannot be read, or whose
-    heatmap or weights cannot be written, gets ``{"image", "error"}``.
+    figure calls its photograph (default: the file's name). A file that cannot be read gets
+    ``{"image", "error"}``; one whose heatmap or weights cannot be written (a read-only folder, a
+    name too long) keeps its score and says why in ``heatmap_error``.
     """
     from jaxcerv.data.images import ImageError, read_image
     from jaxcerv.reporting import viz
 
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        out_problem = ""
+    except OSError as e:  # e.g. a read-only run folder: the scores still come
+        out_problem = _heatmap_error(e)
     threshold = float(card["threshold"])
     warning = SYNTHETIC_WARNING if card.get("trained_on_synthetic_data") else ""
     if warning:
@@ -201,9 +206,15 @@ def predict_images(
         for j, (k, d) in enumerate(decoded.items()):
             prob = float(pred["probabilities"][j])
             label = int(prob >= threshold)
+            results[k].update(
+                probability=prob, label=label, **{"class": CLASS_NAMES[label]},
+                threshold=threshold, model=provenance(card),
+            )
             weights = pred["weights"][j] if "weights" in pred else np.zeros((0, 0))
             has_heat = weights.size > 0  # a whole-image model has no patch weights
             try:
+                if out_problem:
+                    raise OSError(out_problem)
                 heatmap = None
                 if figures:
                     photo, heat = viz.photo_view(
@@ -218,24 +229,23 @@ def predict_images(
                     heatmap = viz.save_figure(
                         figure, os.path.join(out_dir, f"{stems[k]}.heatmap.png")
                     )
+                results[k]["heatmap"] = heatmap
                 if save_weights:
                     results[k].update(weights_record(
                         weights if has_heat else None, os.path.join(out_dir, stems[k]),
                         d.width, d.height, card["image_size"], card["resize"],
                     ))
-            except (OSError, ValueError) as e:  # e.g. a name too long: the others still run
-                results[k] = {"image": results[k]["image"],
-                              "error": f"cannot write the heatmap: {' '.join(str(e).split())}"}
-                continue
-            results[k].update(
-                probability=prob, label=label, **{"class": CLASS_NAMES[label]},
-                threshold=threshold, heatmap=heatmap, model=provenance(card),
-            )
+            except (OSError, ValueError) as e:  # e.g. a name too long: the score stays
+                results[k]["heatmap_error"] = out_problem or _heatmap_error(e)
             if "regulators" in pred:
                 results[k]["regulator"] = [_json_number(v) for v in pred["regulators"][j]]
             if warning:
                 results[k]["warning"] = warning
     return results
+
+
+def _heatmap_error(e: Exception) -> str:
+    return f"cannot write the heatmap: {' '.join(str(e).split())}; pass --out=DIR"
 
 
 def _json_number(x: Any) -> float | None:

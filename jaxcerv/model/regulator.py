@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxcerv.evaluation.metrics import FLAT_ABS, FLAT_REL
+from jaxcerv.model.tolerances import FLAT_ABS, FLAT_REL
 
 # Alg. 1 variants: "iterative" re-fits every image's regulator (the paper), "fixed" keeps G0 for
 # every image, "none" drops the spatial loss (the ablation of Fig. 5c).

@@ -18,7 +18,6 @@ mean +- sd table, per-fold values and links.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import html
@@ -26,14 +25,13 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxcerv.reporting import viz
-from jaxcerv.runtime.rundir import RunDir, read_json
+from jaxcerv.runtime.rundir import RunDir, RunError, read_json
 
 Curve = tuple[np.ndarray, np.ndarray]  # (labels, probabilities)
 
@@ -72,6 +70,10 @@ figure{display:inline-block;margin:.5em;vertical-align:top}figcaption{font-size:
 img{max-width:100%;border:1px solid #ddd}.note{color:#666;font-size:.9em}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}
 """
+
+
+class ReportError(RunError):
+    """The report cannot be written (or a file it reads cannot be read): one line naming it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +180,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _figure(src: str, caption: str, width: int | None = None) -> str:
+def _figure_html(src: str, caption: str, width: int | None = None) -> str:
     style = f' style="width:{width}px"' if width else ""
     return (
         f'<figure{style}><a href="{_esc(src)}"><img src="{_esc(src)}" alt="{_esc(caption)}"></a>'
@@ -291,7 +293,7 @@ def _figures(
 
     def add(name: str, caption: str, written: str | None) -> None:
         if written is not None:
-            parts.append(_figure(f"figures/{name}", caption, 520))
+            parts.append(_figure_html(f"figures/{name}", caption, 520))
 
     name = os.path.basename(os.path.abspath(run_dir))
     curves = {f"{name} (this run)": (labels, probs), **roc_baselines}
@@ -350,7 +352,7 @@ def _gallery(
             patch_size=config.patch_size,
             title=f"{image_id}: p = {prob:.2f}",
         )
-        parts.append(_figure(f"gallery/{name}", caption, 560))
+        parts.append(_figure_html(f"gallery/{name}", caption, 560))
     return parts
 
 
@@ -391,7 +393,7 @@ def _evolution(
             config.patch_size,
             title=f"{image_id}: spatial regulator during training (2-sigma ellipse)",
         )
-        parts.append(_figure(f"evolution/{name}", f"Training image {image_id}"))
+        parts.append(_figure_html(f"evolution/{name}", f"Training image {image_id}"))
     return parts, note
 
 
@@ -514,7 +516,7 @@ def _cv_index(
         _table(header, rows),
         f"<p>Per-fold reports: {links}</p>",
         "<h2>ROC curves</h2>",
-        _figure("figures/roc.png", "Each fold's test ROC curve (Fig. 4b)", 520),
+        _figure_html("figures/roc.png", "Each fold's test ROC curve (Fig. 4b)", 520),
     ]
     copied = _copy(RunDir(workdir).results, out_dir)
     if copied:
@@ -535,13 +537,15 @@ def write_report(
     num_gallery: int = 8,
     num_evolution: int = 3,
     data: tuple[Any, Any] | None = None,
+    out_dir: str | None = None,
 ) -> str:
-    """Write ``workdir/report/`` and return the path of its ``index.html``.
+    """Write ``workdir/report/`` (or ``out_dir``) and return the path of its ``index.html``.
 
     ``roc_baselines``: extra named (labels, probabilities) curves for the ROC plot (see
     ``load_test_curve``). ``epochs``: regulator-evolution epochs (default 1, 32, 48 when run;
     the final epoch is always added). ``data``: the (source, records) of ``pipeline.load`` when
-    the caller already has them; otherwise they are loaded from the run's config.
+    the caller already has them; otherwise they are loaded from the run's config. A folder
+    that cannot be written is a ``ReportError`` naming it (the run folder may be read-only).
     """
     style = style or HeatmapStyle()
     roc_baselines = dict(roc_baselines or {})
@@ -550,10 +554,28 @@ def write_report(
     config = run.read_config()
     if data is None:
         data = _load_data(config, os.path.dirname(config_file))
-    out_dir = run.report
-    if os.path.isdir(out_dir):
-        shutil.rmtree(out_dir)  # no stale figures from an earlier report
+    out_dir = out_dir or run.report
+    try:
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)  # no stale figures from an earlier report
+        os.makedirs(out_dir)
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {out_dir} ({e.strerror or e}): pass "
+                          "--out=DIR") from None
     results = read_json(run.results)
+    try:
+        return _write_pages(workdir, run, out_dir, results, config, config_file, data, style,
+                            roc_baselines, epochs, num_gallery, num_evolution)
+    except OSError as e:
+        name = os.fspath(e.filename) if e.filename else ""
+        if name and not os.path.abspath(name).startswith(os.path.abspath(out_dir)):
+            raise ReportError(f"cannot read {name} ({e.strerror or e})") from None
+        raise ReportError(f"cannot write the report: {name or out_dir} ({e.strerror or e}): "
+                          "pass --out=DIR") from None
+
+
+def _write_pages(workdir, run, out_dir, results, config, config_file, data, style,
+                 roc_baselines, epochs, num_gallery, num_evolution) -> str:
     common = dict(config=config, config_file=config_file, data=data, style=style, epochs=epochs,
                   num_gallery=num_gallery, num_evolution=num_evolution)
     name = os.path.basename(os.path.abspath(workdir))
@@ -569,44 +591,3 @@ def write_report(
         )
         pages.append(f"fold_{k}/index.html")
     return _cv_index(workdir, out_dir, results, pages, config, config_file, roc_baselines)
-
-
-def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m jaxcerv.reporting.report",
-        description="Write WORKDIR/report/index.html (self-contained folder) for a finished run.",
-    )
-    p.add_argument("--workdir", required=True, help="the run folder (train.py's workdir)")
-    p.add_argument("--compare", nargs="*", default=[], metavar="W2",
-                   help="other finished runs drawn on the ROC plot (named by folder)")
-    p.add_argument("--gallery", type=int, default=8, help="number of test images in the gallery")
-    p.add_argument("--evolution_images", type=int, default=3,
-                   help="training images shown in the regulator evolution")
-    p.add_argument("--epochs", type=int, nargs="*", default=None,
-                   help="regulator-evolution epochs (default: 1 32 48; final always added)")
-    p.add_argument("--normalisation", choices=("minmax", "percentile"), default="minmax")
-    p.add_argument("--percentiles", type=float, nargs=2, default=(2.0, 98.0), metavar=("LO", "HI"))
-    p.add_argument("--cmap", default="jet", help="matplotlib colormap for the heatmaps")
-    p.add_argument("--alpha", type=float, default=0.45, help="heatmap opacity in [0, 1]")
-    p.add_argument("--smooth", type=float, default=0.0, help="heatmap blur sigma, in patches")
-    return p.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(sys.argv[1:] if argv is None else argv)
-    baselines = {os.path.basename(os.path.abspath(w)): load_test_curve(w) for w in args.compare}
-    path = write_report(
-        args.workdir,
-        roc_baselines=baselines,
-        style=HeatmapStyle(args.normalisation, tuple(args.percentiles), args.cmap, args.alpha,
-                           args.smooth),
-        epochs=args.epochs,
-        num_gallery=args.gallery,
-        num_evolution=args.evolution_images,
-    )
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,17 +30,26 @@ EVOLUTION_EPOCHS = (1, 32, 48)  # Fig. 5 d-f; the final epoch is appended by evo
 DPI = 120
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches at the package's DPI, without pyplot state."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig: Figure, path: PathLike) -> str:
+def save_figure(fig: Figure, path: PathLike) -> str:
+    """Write ``fig`` to ``path`` (its folder made as needed); returns the path."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def _finish(fig: Figure, ax, path: PathLike, **labels: Any) -> str:
+    """The tail of a one-axes plot: its labels and limits, the legend, the file."""
+    ax.set(**labels)
+    ax.legend(fontsize="small")
+    return save_figure(fig, path)
 
 
 def _colormap(name: str):
@@ -57,7 +66,7 @@ def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: PathLi
     """Several runs or baselines on one ROC plot (Fig. 4b), AUC in the legend."""
     if not curves:
         raise ValueError("roc_curves needs at least one (labels, probs) pair")
-    fig = _figure(5.5, 5.0)
+    fig = new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     for name, (labels, probs) in curves.items():
         fpr, tpr, _ = metrics.roc_points(labels, probs)
@@ -74,7 +83,7 @@ def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: PathLi
     )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize="small")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def score_distribution(
@@ -83,7 +92,7 @@ def score_distribution(
     """Histogram of predicted probability per true class (Fig. 4c)."""
     y = np.asarray(labels).reshape(-1)
     p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    fig = _figure(6.0, 4.2)
+    fig = new_figure(6.0, 4.2)
     ax = fig.add_subplot()
     edges = np.linspace(0.0, 1.0, bins + 1)
     for cls in (0, 1):
@@ -98,14 +107,13 @@ def score_distribution(
         )
     if threshold is not None:
         ax.axvline(threshold, color="black", ls="--", lw=1, label=f"Threshold {threshold:.2f}")
-    ax.set(
+    return _finish(
+        fig, ax, path,
         xlim=(0, 1),
         xlabel="Predicted probability of CIN2+",
         ylabel="Number of images",
         title="Predicted score distribution by true class",
     )
-    ax.legend(fontsize="small")
-    return _save(fig, path)
 
 
 def tsne(
@@ -134,7 +142,7 @@ def tsne(
             init="pca",
             random_state=seed,
         ).fit_transform(x)
-    fig = _figure(5.5, 5.0)
+    fig = new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     for cls in (0, 1):
         sel = y == cls
@@ -146,13 +154,12 @@ def tsne(
             color=CLASS_COLOURS[cls],
             label=f"{CLASS_NAMES[cls]}, n={int(sel.sum())}",
         )
-    ax.set(
+    return _finish(
+        fig, ax, path,
         xlabel="t-SNE dimension 1",
         ylabel="t-SNE dimension 2",
         title="t-SNE of image-level features",
     )
-    ax.legend(fontsize="small")
-    return _save(fig, path)
 
 
 def probability_by_grade(grades, probs, path: PathLike) -> str | None:
@@ -166,7 +173,7 @@ def probability_by_grade(grades, probs, path: PathLike) -> str | None:
     if not present:
         return None
     data = [p[g == k] for k in present]
-    fig = _figure(6.0, 4.2)
+    fig = new_figure(6.0, 4.2)
     ax = fig.add_subplot()
     ax.boxplot(
         data,
@@ -183,7 +190,7 @@ def probability_by_grade(grades, probs, path: PathLike) -> str | None:
         title="Predicted probability by CIN grade (red line: median)",
     )
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def probability_by_quarter(days_to_diagnosis, probs, path: PathLike, *, labels=None) -> str | None:
@@ -204,7 +211,7 @@ def probability_by_quarter(days_to_diagnosis, probs, path: PathLike, *, labels=N
     if labels is not None:
         y = np.asarray(labels).reshape(-1)[ok]
         groups = [(CLASS_NAMES[c], y == c, CLASS_COLOURS[c]) for c in (0, 1)]
-    fig = _figure(6.0, 4.2)
+    fig = new_figure(6.0, 4.2)
     ax = fig.add_subplot()
     width = 0.8 / len(groups)
     for gi, (name, sel, colour) in enumerate(groups):
@@ -218,14 +225,13 @@ def probability_by_quarter(days_to_diagnosis, probs, path: PathLike, *, labels=N
         bars = ax.bar(x, means, width, yerr=sems, capsize=3, color=colour, alpha=0.8, label=name)
         ax.bar_label(bars, labels=[f"n={c}" for c in counts], fontsize="x-small", padding=2)
     ax.set_xticks(range(4), [f"Q{q + 1}\n{q * 91}-{(q + 1) * 91 + (q == 3)} d" for q in range(4)])
-    ax.set(
+    return _finish(
+        fig, ax, path,
         ylim=(0, 1.05),
         xlabel="Time from image to diagnosis (quarter of the 1-year window)",
         ylabel="Mean predicted probability of CIN2+",
         title="Average predicted probability per quarter",
     )
-    ax.legend(fontsize="small")
-    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +439,7 @@ def heatmap_overlay(
         regulator=regulator,
         patch_size=patch_size,
     )
-    fig = _figure(9.5, 4.8)
+    fig = new_figure(9.5, 4.8)
     left, right = fig.subplots(1, 2)
     left.imshow(image)
     left.set_title("Input image")
@@ -451,7 +457,7 @@ def heatmap_overlay(
     bar.set_ticks([0, 0.5, 1], labels=["low", "", "high"])
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def photo_view(
@@ -505,7 +511,7 @@ def clinician_figure(
     from matplotlib.colors import Normalize
 
     rows, cols = photo.shape[:2]
-    fig = _figure(7.0, 7.0 * rows / cols + 1.6)
+    fig = new_figure(7.0, 7.0 * rows / cols + 1.6)
     ax = fig.subplots()
     ax.imshow(photo)
     shown = None
@@ -529,10 +535,6 @@ def clinician_figure(
         ax.set_xlabel("\n".join(t for t in (note, warning) if t),
                       color="tab:red" if warning else "black", wrap=True)
     return fig
-
-
-def save_figure(fig: Figure, path: PathLike) -> str:
-    return _save(fig, path)
 
 
 def evolution_epochs(available: Sequence[int]) -> list[int]:
@@ -560,7 +562,7 @@ def regulator_evolution(
         raise ValueError("params_by_epoch is empty")
     epochs = sorted(params_by_epoch)
     img = np.asarray(image)
-    fig = _figure(3.0 * len(epochs) + 0.4, 3.6)
+    fig = new_figure(3.0 * len(epochs) + 0.4, 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(epochs)))
     for ax, epoch in zip(axes, epochs, strict=True):
         ax.imshow(draw_regulator(img, params_by_epoch[epoch], patch_size, colour=colour))
@@ -568,7 +570,7 @@ def regulator_evolution(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or "Spatial regulator during training (2-sigma ellipse, + = centre)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(metrics_jsonl_path: PathLike, path: PathLike) -> str:
@@ -577,7 +579,7 @@ def training_curves(metrics_jsonl_path: PathLike, path: PathLike) -> str:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
         raise ValueError(f"{os.fspath(metrics_jsonl_path)} has no epochs")
-    return _save(training_curves_figure(rows), path)
+    return save_figure(training_curves_figure(rows), path)
 
 
 def training_curves_figure(rows: Sequence[Mapping[str, float]]) -> Figure:
@@ -588,7 +590,7 @@ def training_curves_figure(rows: Sequence[Mapping[str, float]]) -> Figure:
         pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         return (np.array([e for e, _ in pts]), np.array([v for _, v in pts])) if pts else None
 
-    fig = _figure(13.5, 4.0)
+    fig = new_figure(13.5, 4.0)
     bce_ax, spatial_ax, score_ax = fig.subplots(1, 3)
     panels = (
         (bce_ax, (("train_bce", "Train BCE"), ("val_loss", "Validation BCE")), "BCE",

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -371,38 +370,3 @@ def _epoch(config, setup: Pretraining, step_fn, state: PretrainState, epoch: int
         "patches_per_s": 2 * pc.batch_patches * pc.steps_per_epoch / seconds,
         "epoch_time_s": seconds,
     }
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """``jaxcerv.main``'s flag parser: a bad ``--config.`` override is one line, exit 2."""
-    from jaxcerv import main as main_lib
-    return main_lib.parse_flags(argv)
-
-
-def main(argv: list[str]) -> None:
-    del argv
-    from absl import flags, logging
-
-    from jaxcerv.training import configcheck
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-    config = flags.FLAGS["config"].value
-    try:
-        configcheck.check_config(config)
-        pretrain(config, flags.FLAGS["workdir"].value)
-    except configcheck.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except (RunError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    from absl import app
-
-    from jaxcerv import configs
-    from jaxcerv import main as main_lib  # noqa: F401  (defines --config and --workdir)
-
-    sys.argv = [sys.argv[0], *configs.resolve_args(sys.argv[1:])]
-    app.run(main, flags_parser=parse_flags)

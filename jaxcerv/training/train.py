@@ -9,6 +9,7 @@ run folder's layout in ``rundir.py``; metrics in ``evaluate.py``. It never write
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -39,6 +40,15 @@ class DivergenceError(RunError):
     """A non-finite loss, gradient, parameter or regulator: the run stops before saving it."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) during a run, with where it stopped (``epoch 3``, ``epoch 2 of fold 1``):
+    the epoch in progress is not saved and a rerun resumes from the last saved one."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
+
+
 @dataclasses.dataclass
 class Selection:
     """Model selection and early stopping: the best epoch so far and the epochs since.
@@ -67,7 +77,7 @@ class Selection:
 
 
 @dataclasses.dataclass
-class Progress:
+class LoopState:
     """What the loop checkpoints beside the train state (JSON in each checkpoint's meta)."""
 
     epoch: int = 0
@@ -78,7 +88,7 @@ class Progress:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Progress:
+    def from_meta(cls, meta: dict[str, Any]) -> LoopState:
         return cls(meta["epoch"], Selection(**meta["selection"]), meta["stopped"])
 
 
@@ -143,7 +153,7 @@ def _drop_steps_after(ckpt: Checkpoints, epoch: int) -> None:
                 manager.delete(step)
 
 
-def _ensure_best(ckpt: Checkpoints, state: steps.TrainState, progress: Progress) -> None:
+def _ensure_best(ckpt: Checkpoints, state: steps.TrainState, progress: LoopState) -> None:
     """The selected epoch must be in ``checkpoints/best``, intact. A run killed (or out of disk)
     between the ``latest`` and ``best`` commits lacks it: re-save it from ``latest``."""
     best = progress.selection.best_epoch
@@ -169,16 +179,16 @@ def _ensure_best(ckpt: Checkpoints, state: steps.TrainState, progress: Progress)
     ckpt.save("best", best, source, {**progress.to_meta(), "epoch": best})
 
 
-def _resume(ckpt: Checkpoints, fold: Fold) -> tuple[steps.TrainState, Progress]:
+def _resume(ckpt: Checkpoints, fold: Fold) -> tuple[steps.TrainState, LoopState]:
     """The newest usable ``latest`` checkpoint (falling back past a corrupt one), or a fresh
     state; a fresh run forgets any metrics an earlier, checkpoint-less attempt logged."""
     restored = ckpt.restore_newest("latest", fold.initial_state)
     if restored is None:
         if parallel.is_writer():
             fold.run.truncate_metrics(0)
-        return fold.initial_state, Progress()
+        return fold.initial_state, LoopState()
     state, meta = restored
-    progress = Progress.from_meta(meta)
+    progress = LoopState.from_meta(meta)
     print(f"Resuming from epoch {progress.epoch} (checkpoint in {fold.run.checkpoints})",
           flush=True)
     _drop_steps_after(ckpt, progress.epoch)
@@ -309,7 +319,8 @@ def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.n
     )
 
 
-def _checkpoint(ckpt: Checkpoints, epoch: int, state, progress: Progress, is_best: bool) -> None:
+def _checkpoint(ckpt: Checkpoints, epoch: int, state, progress: LoopState,
+                is_best: bool) -> None:
     """Commit ``latest`` then, if selected, ``best``; a kill between the two is repaired on
     resume (``_ensure_best``)."""
     meta = progress.to_meta()
@@ -331,7 +342,7 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
     try:
         state, progress = _resume(ckpt, fold)
         truth = _truth(fold) if model_lib.has_weights(config) else None  # no regulator else
-        first_epoch = progress.epoch + 1
+        first_epoch = epoch = progress.epoch + 1
         while progress.epoch < config.train.epochs and not progress.stopped:
             epoch = progress.epoch + 1
             t0 = time.perf_counter()
@@ -361,6 +372,8 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
               flush=True)
         best_epoch = progress.selection.best_epoch
         best_state, _ = ckpt.restore("best", best_epoch, state)
+    except KeyboardInterrupt:
+        raise Interrupted(f"epoch {epoch}") from None
     finally:
         writer.close()
         ckpt.close()
@@ -396,8 +409,7 @@ def _evaluate(fold: Fold, params) -> dict[str, Any]:
             evaluate.save_predictions(fold.run, name, preds[name])
     results = evaluate.test_metrics(fold.config, preds["val"], preds["test"])
     if parallel.is_writer():
-        evaluate.draw_heatmaps(fold.config, fold.run, fold.source, preds["test"],
-                               fold.split["test"])
+        _draw_heatmaps(fold.config, fold.run, fold.source, preds["test"], fold.split["test"])
     t = results["test"]
     print(
         f"test: ROC AUC {t['roc_auc']:.3f}, balanced accuracy {t['balanced_accuracy']:.3f}, "
@@ -407,6 +419,27 @@ def _evaluate(fold: Fold, params) -> dict[str, Any]:
     if fold.records.label_note:
         print(f"label 1 = {fold.records.label_note}")
     return results
+
+
+def _draw_heatmaps(config, run: RunDir, source, test: dict[str, np.ndarray], idx) -> None:
+    """Overlays of the first ``config.eval.num_heatmaps`` test images, with their fitted ellipse
+    (none where the map is flat and no Gaussian can be fitted); none for a model without
+    patch weights."""
+    from jaxcerv.reporting import viz
+    if "weights" not in test:
+        return
+    for k in range(min(config.eval.num_heatmaps, len(idx))):
+        i = int(idx[k])
+        image_id = str(test["ids"][k])
+        fit = test["regulators"][k]
+        viz.heatmap_overlay(
+            np.asarray(source[i]["image"]),
+            test["weights"][k],
+            run.path("heatmaps", f"{image_id}.png"),
+            regulator=fit if viz.regulator_is_drawable(fit) else None,
+            patch_size=config.patch_size,
+            title=f"{image_id}: label {test['labels'][k]}, p={test['probabilities'][k]:.2f}",
+        )
 
 
 def _regulator_summary(fold: Fold, final_regs: np.ndarray) -> dict[str, Any]:
@@ -451,13 +484,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.train.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+    fresh = not os.path.isdir(workdir) or not os.listdir(workdir)
     if parallel.is_writer():
         acquire_lock(run)
+    failed = True
     try:
-        return _train_and_evaluate(config, run, mesh)
+        results = _train_and_evaluate(config, run, mesh)
+        failed = False
+        return results
+    except KeyboardInterrupt:
+        raise Interrupted("setup or evaluation (no epoch running)") from None
     finally:
         if parallel.is_writer():
             release_lock(run)
+            if failed and fresh:
+                discard_unstarted(run)
+
+
+def discard_unstarted(run: RunDir) -> None:
+    """A fresh workdir whose run failed before its first checkpoint (bad data, a batch larger
+    than the split) keeps nothing of it: its config.json and empty folders go, so the folder
+    is as it was. A dataset built into it stays; an empty build lock goes."""
+    for folder, subfolders, _ in os.walk(run.root):
+        if os.path.basename(folder) == "checkpoints" and subfolders:  # W/ or W/fold_K/
+            return
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(run.config)
+    for folder, _, files in sorted(os.walk(run.root), key=lambda t: -len(t[0])):
+        for name in files:  # the dataset builders' empty flock files (builders.prepare)
+            path = os.path.join(folder, name)
+            if name.startswith(".") and name.endswith(".lock") and not os.path.getsize(path):
+                os.remove(path)
+        with contextlib.suppress(OSError):  # not empty: kept
+            os.rmdir(folder)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, run: RunDir, mesh) -> dict[str, Any]:
@@ -473,8 +532,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, run: RunDir, mesh) ->
     per_fold = []
     for k, split in enumerate(folds):
         print(f"=== fold {k + 1}/{len(folds)} ===")
-        per_fold.append(
-            _train_fold(fold_config(config, k), run.fold(k), source, records, split, mesh))
+        try:
+            per_fold.append(
+                _train_fold(fold_config(config, k), run.fold(k), source, records, split, mesh))
+        except Interrupted as e:
+            raise Interrupted(f"{e.where} of fold {k}") from None
     results = {
         "folds": per_fold,
         "test": metrics_lib.summarize_folds([r["test"] for r in per_fold]),

@@ -102,7 +102,7 @@ def test_data_build_passes_the_annocerv_settings(tmp_path):
 
 
 def test_help_lists_the_subcommands_own_flags(tmp_path):
-    out = _jaxcerv(tmp_path, "export", "--help", ok=False)
+    out = _jaxcerv(tmp_path, "export", "--help")
     flags = [line.split(":")[0].strip() for line in out.stdout.splitlines()
              if line.startswith("  --")]
     assert flags == ["--checkpoint", "--out", "--workdir"]
@@ -121,8 +121,39 @@ def test_help_lists_the_subcommands_own_flags(tmp_path):
 )
 def test_bad_usage_exits_with_one_clear_line(tmp_path, args, message):
     out = _jaxcerv(tmp_path, *args, ok=False)
-    assert out.returncode in (1, 2) and message in out.stderr
+    assert out.returncode == 2 and message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# Each subcommand with a required flag or argument missing (or a bad one): README's usage exit 2.
+USAGE_ERRORS = {
+    "train": ("--config.train.lr=1", "config.train.lr is not a setting"),
+    "pretrain": ("stray", "unexpected arguments: stray"),
+    "predict": ("--workdir=W", "pass --workdir, --checkpoint or --model, then IMAGE"),
+    "report": ("--gallery=2", "--workdir must have a value"),
+    "data": ("--data_dir=D", "usage: jaxcerv data build"),
+    "export": ("--workdir=W", "--out must have a value"),
+    "experiments": ("--suite=table9", "--suite=table9"),
+    "handcrafted": ("--nope=1", "Unknown command line flag 'nope'"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(USAGE_ERRORS))
+def test_every_subcommands_usage_error_exits_2_in_one_line(tmp_path, command):
+    flag, message = USAGE_ERRORS[command]
+    out = _jaxcerv(tmp_path, command, flag, ok=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: ") and message in lines[0], lines
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "W").exists() and not (tmp_path / "D").exists()
+
+
+@pytest.mark.parametrize("command", sorted(USAGE_ERRORS))
+def test_every_subcommands_help_exits_0(tmp_path, command):
+    out = _jaxcerv(tmp_path, command, "--help", ok=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"jaxcerv {command}" in out.stdout
 
 
 def test_bench_runs_the_checkouts_benchmark(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from conftest import png_header
 from PIL import Image
 
-from jaxcerv.data import __main__ as cli
+from jaxcerv.cli import data as cli
 from jaxcerv.data import builders, pipeline, regions, synthetic
 
 REPO = Path(__file__).parents[2]
@@ -37,12 +37,12 @@ except ImportError:
     pass
 else:
     raise SystemExit("tensorflow was importable")
-from jaxcerv.data import __main__ as cli
+from jaxcerv.cli import data as cli
 out = {}
 for job in json.loads(sys.argv[1]):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        rc = cli.main(job["argv"])
+        rc = cli.main(["jaxcerv data", *job["argv"]])
     out[job["key"]] = {"rc": rc, "stdout": stdout.getvalue()}
 out["tensorflow_loaded"] = "tensorflow" in sys.modules
 print("RESULT " + json.dumps(out))
@@ -131,7 +131,7 @@ def built(tmp_path_factory):
         {"key": "annocerv", "argv": ["build", "annocerv", "--manual_dir", str(outlined), *common,
                                      "--resize", "pad"]},
         {"key": "annocerv_square", "argv": ["build", "annocerv", "--manual_dir", str(outlined),
-                                            *common, "--resize", "pad", "--no-restore_aspect",
+                                            *common, "--resize", "pad", "--norestore_aspect",
                                             "--swede_threshold", "7"]},
     ]
     if ATLAS.is_dir():
@@ -284,7 +284,7 @@ def test_records_need_no_image_decoding(folder, built):
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:
-    rc = cli.main(["build", *argv])
+    rc = cli.main(["jaxcerv data", "build", *argv])
     return rc, capsys.readouterr().err.strip()
 
 
@@ -650,7 +650,7 @@ def test_annocerv_summary_counts_masks_and_skips(built, outlined):
 
 
 def test_annocerv_without_restore_aspect_places_the_stored_square(built):
-    """--no-restore_aspect: the 32 x 32 stored pixels fill the input; the square's patches are
+    """--norestore_aspect: the 32 x 32 stored pixels fill the input; the square's patches are
     whole. --swede_threshold 7: only case c3 (score 7) is positive."""
     source, records, report = _open(
         "annocerv", built["data_dir"], grid_size=GRID, patch_size=PATCH, resize="pad",
@@ -677,7 +677,7 @@ def test_annocerv_restored_image_is_letterboxed(outlined):
 
 def _annocerv_cli(capsys, tmp_path, header: str, *lines: str) -> tuple[int, str]:
     (tmp_path / "metadata.csv").write_text("\n".join([header, *lines]) + ("\n" if header else ""))
-    rc = cli.main(["build", "annocerv", "--manual_dir", str(tmp_path), "--data_dir",
+    rc = cli.main(["jaxcerv data", "build", "annocerv", "--manual_dir", str(tmp_path), "--data_dir",
                    str(tmp_path / "tfds"), "--grid_size", "2", "--patch_size", "8"])
     return rc, capsys.readouterr().err.strip()
 
@@ -701,7 +701,7 @@ def test_annocerv_missing_column_is_one_line_naming_it(tmp_path, capsys, missing
 
 
 def test_annocerv_missing_metadata_is_one_line(tmp_path, capsys):
-    rc = cli.main(["build", "annocerv", "--manual_dir", str(tmp_path), "--data_dir",
+    rc = cli.main(["jaxcerv data", "build", "annocerv", "--manual_dir", str(tmp_path), "--data_dir",
                    str(tmp_path / "tfds"), "--grid_size", "2", "--patch_size", "8"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1 and "metadata.csv" in err

@@ -1,244 +1,38 @@
-"""The experiment runner, its statistics against scikit-learn, the paper-protocol options and the
-regulator variants, on tiny configs."""
+"""The suite definitions (every row a valid config, Table 2's patches tile the image), the
+paper-protocol options and the regulator variants, on tiny configs."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import session_folder_config, session_folders
 from jaxcerv.configs import smoke
 from sklearn import metrics as skm
 
-from jaxcerv.experiments import suites as experiments
-from jaxcerv.model import networks as model_lib
+from jaxcerv.experiments import suites
 from jaxcerv.model import regulator
-from jaxcerv.runtime.rundir import RunDir, write_json
-from jaxcerv.training import configcheck, pretrain
-
-
-def _rng_data(n=120, seed=0, quality=1.0):
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    probs = 1 / (1 + np.exp(-(quality * (2 * labels - 1) + rng.normal(size=n))))
-    sessions = np.array([f"s{i // 2}" for i in range(n)])
-    return labels, probs, sessions
-
-
-def _row(name, labels, probs, sessions, threshold=0.5):
-    return experiments.Row(
-        variant=experiments.Variant(name, name), folds=[], ids=np.array([f"i{k}" for k in
-                                                                        range(len(labels))]),
-        labels=labels, probs=probs, decisions=(probs >= threshold).astype(int), sessions=sessions,
-        weights=None)
-
-
-def test_decision_metrics_match_scikit_learn():
-    y, p, _ = _rng_data()
-    d = (p >= 0.4).astype(int)
-    got = experiments.decision_metrics(y, p, d)
-    assert got["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, d))
-    assert got["f1"] == pytest.approx(skm.f1_score(y, d))
-    assert got["precision"] == pytest.approx(skm.precision_score(y, d))
-    assert got["recall"] == pytest.approx(skm.recall_score(y, d))
-    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
-    fpr, tpr, _ = skm.roc_curve(y, p)
-    k = np.argmin(np.abs(fpr - (1 - tpr)))
-    assert got["one_minus_eer"] == pytest.approx(1 - (fpr[k] + 1 - tpr[k]) / 2, abs=0.02)
-
-
-def test_paired_auc_test_finds_a_real_difference_and_not_a_null_one():
-    y, good, s = _rng_data(quality=3.0)
-    _, bad, _ = _rng_data(seed=1, quality=0.0)
-    ref = _row("ref", y, good, s)
-    worse = experiments.paired_auc_test(ref, _row("worse", y, bad, s), n_boot=300)
-    expected = skm.roc_auc_score(y, bad) - skm.roc_auc_score(y, good)
-    assert worse["delta_auc"] == pytest.approx(expected)
-    assert worse["p_value"] < 0.01 and worse["ci95"][1] < 0
-    # A row scored by a monotone transform of the reference ranks identically: difference 0.
-    same = experiments.paired_auc_test(ref, _row("same", y, good ** 3, s), n_boot=100)
-    assert same["delta_auc"] == 0.0 and same["p_value"] == 1.0
-
-
-def test_pooled_ci_resamples_whole_sessions():
-    """Two sessions, each all one class: every resample that keeps both classes is the data
-    itself (or a duplicate of it), so the interval collapses to the pooled value."""
-    y = np.array([0, 0, 1, 1])
-    p = np.array([0.1, 0.6, 0.4, 0.9])
-    row = _row("r", y, p, np.array(["a", "a", "b", "b"]))
-    ci = experiments.pooled_ci(row, n_boot=50)
-    value = experiments.decision_metrics(y, p, row.decisions)
-    for k, _ in experiments.METRICS:
-        assert ci[k] == pytest.approx((value[k], value[k]))
-
-
-def test_normalised_scores_divide_by_the_best_row():
-    recs = [{f"{k}_pooled": v for k, _ in experiments.METRICS} for v in (0.5, 0.8)]
-    np.testing.assert_allclose(experiments.normalised_scores(recs)[:, 0], [0.5 / 0.8, 1.0])
+from jaxcerv.training import configcheck
 
 
 def test_suites_start_with_the_proposed_model_and_table2_patches_tile_the_image():
     config = smoke.get_config()  # 4 x 28 = 112 px
-    for suite in experiments.SUITES:
-        variants = experiments.suite_variants(suite, config)
-        assert variants[0].name == experiments.PROPOSED
+    for suite in suites.SUITES:
+        variants = suites.suite_variants(suite, config)
+        assert variants[0].name == suites.PROPOSED
         assert len({v.name for v in variants}) == len(variants)
         for v in variants:
-            c = experiments.variant_config(config, v)
-            if c.model.init_from == experiments.PRETRAINED:  # the suite's encoders, made first
+            c = suites.variant_config(config, v)
+            if c.model.init_from == suites.PRETRAINED:  # the suite's encoders, made first
                 c.model.init_from = ""
             configcheck.check_config(c)
-    for v in experiments.suite_variants("table2", config)[1:5]:
-        c = experiments.variant_config(config, v)
+    for v in suites.suite_variants("table2", config)[1:5]:
+        c = suites.variant_config(config, v)
         assert c.grid_size * c.patch_size == 112
-    assert [experiments.variant_config(config, v).patch_size
-            for v in experiments.suite_variants("table2", config)[1:5]] == [14, 28, 56, 112]
-
-
-def _fake_train(calls):
-    """A stand-in for train_and_evaluate that writes what a 2-fold run writes: per fold
-    results.json and eval/test.npz (probabilities from the config's seed and family)."""
-
-    def train(config, workdir):
-        calls.append((config, workdir))
-        run = RunDir(workdir)
-        run.makedirs()
-        write_json(run.config, config.to_dict())
-        if not config.data.splits_file:
-            write_json(run.splits, {"folds": []})
-        folds = []
-        for k in range(2):
-            fold = run.fold(k)
-            fold.makedirs()
-            y, p, s = _rng_data(n=40, seed=k, quality=2.0 if config.model.family == "patchwise"
-                                else 0.5)
-            ids = np.array([f"f{k}_{i}" for i in range(40)])
-            np.savez(fold.eval_npz("test"), ids=ids, labels=y, probabilities=p,
-                     sessions=np.char.add(f"f{k}", s))
-            res = {"threshold": 0.5, "test": experiments.decision_metrics(y, p, p >= 0.5),
-                   "runtime": {"devices": 1, "device_kind": "cpu"}}
-            write_json(fold.results, res)
-            for epoch, seconds in ((1, 10.0 + k), (2, 20.0)):
-                fold.append_metrics({"epoch": epoch, "epoch_time_s": seconds})
-            folds.append(res)
-        write_json(run.results, {"folds": folds})
-
-    return train
-
-
-def test_runner_shares_splits_skips_finished_variants_and_tabulates_the_pooled_folds(tmp_path):
-    config = smoke.get_config()
-    config.data.num_folds = 2
-    w = str(tmp_path / "w")
-    calls = []
-    variants = experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
-    assert [v.name for v in variants] == ["proposed", "lenet"]
-    assert calls[0][0].data.splits_file == ""
-    assert calls[1][0].data.splits_file == os.path.abspath(os.path.join(w, "proposed",
-                                                                        "splits.json"))
-    assert calls[0][0].data.data_dir == calls[1][0].data.data_dir == os.path.abspath(
-        os.path.join(w, "tfds"))
-    experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
-    assert len(calls) == 2  # both finished: skipped
-    out = experiments.write_outputs("table1", w, variants, n_boot=50, seed=0)
-    with open(out["csv"]) as f:
-        rows = list(csv.DictReader(f))
-    lenet = rows[1]
-    y = np.concatenate([_rng_data(40, k, 0.5)[0] for k in range(2)])
-    p = np.concatenate([_rng_data(40, k, 0.5)[1] for k in range(2)])
-    assert float(lenet["roc_auc_pooled"]) == pytest.approx(skm.roc_auc_score(y, p))
-    per_fold = [skm.roc_auc_score(*_rng_data(40, k, 0.5)[:2]) for k in range(2)]
-    assert float(lenet["roc_auc_mean"]) == pytest.approx(np.mean(per_fold))
-    assert float(lenet["roc_auc_sd"]) == pytest.approx(np.std(per_fold, ddof=1))
-    assert rows[0]["delta_auc"] == "" and float(lenet["delta_auc"]) < 0
-    for key in ("md", "fig4a", "fig4b", "index"):
-        assert os.path.getsize(out[key]) > 0
-    assert "n/a" in open(out["md"]).read()  # no heatmap metrics from these runs
-    # Train min: the epochs' times of both folds (10 + 20 and 11 + 20 s); the caption sums rows.
-    assert float(lenet["train_min"]) == pytest.approx(61 / 60)
-    assert "2 min for all rows on 1 x cpu." in open(out["md"]).read()
-
-
-def test_runner_refuses_a_variant_folder_from_another_config(tmp_path):
-    config = smoke.get_config()
-    w = str(tmp_path / "w")
-    calls = []
-    experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
-    config.model.width = 0.5  # read by lenet only: the proposed run stays valid
-    with pytest.raises(experiments.RunError, match="lenet.*another config|another config.*lenet"):
-        experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
-    config.model.width = 1.0
-    config.train.epochs = 3
-    with pytest.raises(experiments.RunError, match="proposed"):
-        experiments.run_suite("table1", config, w, ["lenet"], train_fn=_fake_train(calls))
-
-
-def test_a_setting_added_since_a_row_ran_does_not_invalidate_it_at_its_default(tmp_path):
-    config = smoke.get_config()
-    w = tmp_path / "w"
-    calls = []
-    experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
-    recorded = json.loads((w / "proposed" / "config.json").read_text())
-    del recorded["pretrain"]["per_fold"]  # as written before the setting existed
-    (w / "proposed" / "config.json").write_text(json.dumps(recorded))
-    experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
-    assert len(calls) == 2  # still finished
-    config.pretrain.per_fold = True  # not the default: the old row did not run like this
-    with pytest.raises(experiments.RunError, match="proposed"):
-        experiments.run_suite("table1", config, str(w), ["lenet"], train_fn=_fake_train(calls))
-
-
-@pytest.mark.slow
-def test_small_data_suite_pretrains_per_fold_first_and_every_row_tests_on_its_folds(
-        tmp_path, monkeypatch):
-    session_folders(tmp_path)
-    config = session_folder_config(tmp_path)
-    config.train.epochs = 1
-    config.train.batch_size = config.eval.batch_size = 2
-    config.eval.num_heatmaps = 0
-    config.eval.bootstrap = 20
-    w = tmp_path / "w"
-    pretrained, loaded = [], []
-    real_pretrain, real_load = pretrain.pretrain, model_lib.load_init
-    monkeypatch.setattr(pretrain, "pretrain",
-                        lambda c, d: pretrained.append(d) or real_pretrain(c, d))
-    monkeypatch.setattr(model_lib, "load_init",
-                        lambda params, path: loaded.append(path) or real_load(params, path))
-    out = experiments.run("small_data", config, str(w), ["handcrafted"])
-    assert pretrained == [str(w / "pretrain")]
-    # The proposed row's folds start from their own encoders, in fold order.
-    assert loaded == [str(w / "pretrain" / f"fold_{k}" / "encoder.npz") for k in range(3)]
-    folds = json.loads((w / "pretrain" / "splits.json").read_text())["folds"]
-    held_out = json.loads((w / "pretrain" / "results.json").read_text())["folds"]
-    for k, fold in enumerate(folds):  # each encoder held out exactly its fold's test cases
-        assert set(held_out[k]["held_out_sessions"]) == {
-            i.split("/")[0].removeprefix("case_") for i in fold["test"]}
-        for name in ("proposed", "handcrafted"):  # and every row tests on those folds
-            with np.load(w / name / f"fold_{k}" / "eval" / "test.npz") as z:
-                assert sorted(z["ids"].astype(str)) == sorted(fold["test"])
-    with open(out["csv"]) as f:
-        rows = {r["variant"]: r for r in csv.DictReader(f)}
-    parts = [np.load(w / "handcrafted" / f"fold_{k}" / "eval" / "test.npz") for k in range(3)]
-    y = np.concatenate([p["labels"] for p in parts])
-    p = np.concatenate([p["probabilities"] for p in parts])
-    assert float(rows["handcrafted"]["roc_auc_pooled"]) == pytest.approx(
-        skm.roc_auc_score(y, p))
-    assert rows["handcrafted"]["train_min"] == ""  # no epochs, and not counted as 0
-    minutes = sum(f["train_s_total"] for f in held_out) / 60
-    assert f"pretraining took {minutes:.1f} min" in open(out["md"]).read()
-    assert os.path.exists(w / "handcrafted" / "report" / "index.html")
-    experiments.run("small_data", config, str(w), ["handcrafted"])  # finished: nothing reruns
-    assert len(pretrained) == 1 and len(loaded) == 3
-
-
-def test_unknown_variant_is_one_line():
-    with pytest.raises(ValueError, match="not in suite"):
-        experiments.run_suite("table1", smoke.get_config(), "/nonexistent", ["vgg99"],
-                              train_fn=lambda c, w: None)
+    assert [suites.variant_config(config, v).patch_size
+            for v in suites.suite_variants("table2", config)[1:5]] == [14, 28, 56, 112]
 
 
 # ------------------------------------------------------------------------- protocol and checks
@@ -346,18 +140,3 @@ def test_min_max_of_a_map_constant_but_for_an_ulp_is_zero_not_huge():
     # The spatial loss of Eq. 6 is then bounded by the patch count, never negative.
     w = jnp.asarray(np.random.default_rng(0).random((1, 2, 2)))
     assert 0 <= float(regulator.spatial_loss(w, jnp.asarray(x))[0]) <= 4
-
-
-def test_caption_names_each_width_once_with_all_its_input_sizes():
-    """Four whole-image families at their published sizes, one width: one sentence, not four."""
-    rows = []
-    for family in ("patchwise", "lenet", "alexnet", "vgg16", "inception"):
-        config = smoke.get_config()
-        config.model.family, config.model.input_size, config.model.width = family, 0, 1.0
-        rows.append(experiments.Row(
-            variant=experiments.Variant(family, family), folds=[{}], ids=np.arange(4),
-            labels=np.array([0, 1, 0, 1]), probs=np.full(4, 0.5), decisions=np.zeros(4),
-            sessions=np.arange(4), weights=None, config=config.to_dict()))
-    text = experiments.caption("table1", rows, n_boot=10)
-    assert text.count("Whole-image CNNs") == 1
-    assert "input 32/224/227/299 px, channels x1 of the published net." in text

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxcerv.cli import predict as predict_command
 from jaxcerv.data import pipeline
 from jaxcerv.inference import predict, served
 from jaxcerv.runtime.rundir import RunDir
@@ -40,7 +41,7 @@ def inputs(smoke_workdir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictions(smoke_workdir, inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    return predict.predict_files(smoke_workdir, inputs[0], str(out)), str(out)
+    return predict.predict_run(inputs[0], str(out), workdir=smoke_workdir), str(out)
 
 
 def test_good_images_get_probability_heatmap_and_regulator(predictions, inputs, smoke_workdir):
@@ -88,8 +89,8 @@ def test_cli_prints_one_json_line_per_input_and_exit_status(
     given twice gets two heatmap files."""
     paths = inputs[0]
     step = predict.best_checkpoint_dir(smoke_workdir)
-    argv = ["--checkpoint", step, "--out", str(tmp_path), paths[2], paths[1], paths[2]]
-    assert predict.main(argv) == 0
+    assert predict_command.run([paths[2], paths[1], paths[2]], checkpoint=step,
+                               out=str(tmp_path)) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in lines] == [paths[2], paths[1], paths[2]]
     assert "error" in lines[1]
@@ -97,7 +98,8 @@ def test_cli_prints_one_json_line_per_input_and_exit_status(
         assert r["probability"] == predictions[0][2]["probability"]
         assert os.path.isfile(r["heatmap"])
     assert lines[0]["heatmap"] != lines[2]["heatmap"]
-    assert predict.main(["--workdir", smoke_workdir, paths[1], str(tmp_path / "missing.png")]) == 1
+    assert predict_command.run([paths[1], str(tmp_path / "missing.png")],
+                               workdir=smoke_workdir) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [("error" in r) for r in lines] == [True, True]
 
@@ -126,13 +128,13 @@ def test_over_long_names_get_their_own_error_and_the_rest_are_scored(
     long_input = str(tmp_path / ("x" * 300 + ".png"))  # cannot even be opened
     long_output = tmp_path / ("y" * 248 + ".png")  # opens, but its heatmap name is too long
     long_output.write_bytes(open(paths[2], "rb").read())
-    argv = ["--workdir", smoke_workdir, "--out", str(tmp_path / "out"), long_input,
-            str(long_output), paths[2]]
-    assert predict.main(argv) == 0
+    images = [long_input, str(long_output), paths[2]]
+    assert predict_command.run(images, workdir=smoke_workdir, out=str(tmp_path / "out")) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 3
     assert "File name too long" in lines[0]["error"]
-    assert "cannot write the heatmap" in lines[1]["error"]
+    assert "cannot write the heatmap" in lines[1]["heatmap_error"]
+    assert "--out=DIR" in lines[1]["heatmap_error"] and "probability" in lines[1]
     assert "probability" in lines[2] and os.path.isfile(lines[2]["heatmap"])
 
 
@@ -199,8 +201,10 @@ def test_save_weights_from_a_run_and_an_export(smoke_workdir, inputs, tmp_path):
     from jaxcerv.inference import export
 
     paths = inputs[0]
-    assert predict.main(["--workdir", smoke_workdir, "--out", str(tmp_path / "run"),
-                         "--save_weights", *paths]) == 0
+    from jaxcerv.cli import predict as predict_command
+
+    assert predict_command.run(paths, workdir=smoke_workdir, out=str(tmp_path / "run"),
+                               save_weights=True) == 0
     predictor = predict.Predictor.from_run(smoke_workdir)
     expected = predictor.predict_arrays(predictor.load(paths[0])[None])["weights"][0]
     model = str(tmp_path / "model.jaxexport")
@@ -209,8 +213,8 @@ def test_save_weights_from_a_run_and_an_export(smoke_workdir, inputs, tmp_path):
         if out == "export":
             results = served.predict_files(model, paths, str(tmp_path / out), save_weights=True)
         else:
-            results = predict.predict_files(smoke_workdir, paths, str(tmp_path / out),
-                                            save_weights=True)
+            results = predict.predict_run(paths, str(tmp_path / out), workdir=smoke_workdir,
+                                          save_weights=True)
         good, bad = results[0], results[1]
         assert set(bad) == {"image", "error"}
         assert good["weights_file"] == str(tmp_path / out / "wide.weights.npy")

@@ -104,8 +104,8 @@ def test_upload_gets_predicts_json_line_and_weight_grid(client, exported, tmp_pa
 def test_workdir_scorer_gives_predicts_regulator(smoke_workdir, tmp_path):
     photo = tmp_path / "p.png"
     photo.write_bytes(_png(120, 160, seed=2))
-    (expected,) = predict.predict_files(smoke_workdir, [str(photo)], str(tmp_path / "o"),
-                                        save_weights=True)
+    (expected,) = predict.predict_run([str(photo)], str(tmp_path / "o"), workdir=smoke_workdir,
+                                      save_weights=True)
     client = TestClient(webapp.create_app(webapp.Scorer.load(workdir=smoke_workdir)))
     (r,) = _post(client, ("p.png", photo.read_bytes(), "image/png")).json()["results"]
     assert r["line"]["regulator"] == expected["regulator"]

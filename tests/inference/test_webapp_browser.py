@@ -65,7 +65,7 @@ def test_page_shows_predicts_numbers_for_an_uploaded_photograph(smoke_workdir, t
         pixels = np.random.default_rng(k).integers(0, 256, (h, w, 3), np.uint8)
         Image.fromarray(pixels).save(path)
         photos.append(str(path))
-    expected = predict.predict_files(smoke_workdir, photos, str(tmp_path / "predict"))
+    expected = predict.predict_run(photos, str(tmp_path / "predict"), workdir=smoke_workdir)
     app = webapp.create_app(webapp.Scorer.load(workdir=smoke_workdir), demo=photos)
     with webapp.running(app) as url:
         assert url.startswith("http://127.0.0.1:")
