@@ -194,6 +194,12 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def replica_digest(tree: Any) -> str:
     """sha256 of this process's own copy of a replicated pytree (leaf order, dtypes, bytes)."""
     h = hashlib.sha256()
