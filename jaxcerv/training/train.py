@@ -139,8 +139,8 @@ def _drop_steps_after(ckpt: Checkpoints, epoch: int) -> None:
     for kind, manager in ckpt.managers.items():
         for step in ckpt.steps(kind):
             if step > epoch:
-                logging.warning("removing checkpoints/%s/%d, newer than the resumed epoch", kind,
-                                step)
+                logging.info("removing checkpoints/%s/%d, newer than the resumed epoch", kind,
+                             step)
                 manager.delete(step)
 
 
@@ -491,6 +491,7 @@ def _one_config_per_folder(config: ml_collections.ConfigDict, run: RunDir) -> No
                 "add --config.train.restart=True to delete that run's checkpoints and results "
                 "and start over"
             )
+        allowed = [c for c in allowed if not c.startswith("train.restart:")]  # not the run's
         if allowed and parallel.is_writer():
             print(f"config change in {run.root}, allowed (it extends the run): "
                   + ", ".join(allowed), flush=True)
