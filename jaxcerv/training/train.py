@@ -454,6 +454,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         acquire_lock(run)
     try:
         return _train_and_evaluate(config, run, mesh)
+    except Exception as e:  # a peer process died mid-collective: one line, no hang
+        if (lost := parallel.lost_peer(e)) is not None:
+            raise lost from None
+        raise
     finally:
         if parallel.is_writer():
             release_lock(run)
