@@ -173,3 +173,21 @@ def test_a_broken_sidecar_names_its_file(exported, tmp_path, sidecar):
         served.ServedModel(str(model))
     (line,) = str(e.value).splitlines()
     assert line.startswith(f"{meta}: ")
+
+
+def test_unicode_paths_are_read_and_their_heatmaps_written(tmp_path):
+    """A photograph in a folder and under a name outside ASCII (an accent, CJK, Cyrillic)."""
+    folder = tmp_path / "Ärztin 日本"
+    folder.mkdir()
+    photo = folder / "фото 1.png"
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(photo)
+    card = {"threshold": 0.5, "image_size": 32, "patch_size": 8, "resize": "stretch",
+            "dataset": "cervix_folder", "config_digest": "x"}
+    forward = lambda x: {"probabilities": np.full(len(x), 0.7),  # noqa: E731
+                         "weights": np.ones((len(x), 4, 4))}
+    (result,) = served.predict_images(forward, card, [str(photo)], str(folder / "out 出力"))
+    assert "error" not in result, result
+    assert result["image"] == str(photo)
+    assert os.path.basename(result["heatmap"]) == "фото 1.heatmap.png"
+    with Image.open(result["heatmap"]) as im:
+        assert im.format == "PNG"
