@@ -30,11 +30,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxcerv.runtime.rundir import RunError
 
 DATA_AXIS = "data"
-# A process that dies is noticed by the others: at once by its collectives (its sockets close),
-# or, for a host that vanishes, when its heartbeats stop for this long. The shutdown barrier
-# waits no longer for a peer that will not come (JAX's defaults: 100 s and 300 s).
+# A process that dies is noticed by the others at once by their collectives (its sockets
+# close), or, for a host that vanishes, when its heartbeats stop for this long (JAX: 100 s).
+# The shutdown barrier keeps JAX's 300 s: process 0 writes the report while the others wait
+# there (20 s was too short on a loaded machine); a lost peer skips it (exit_without_shutdown).
 HEARTBEAT_TIMEOUT_S = 20
-SHUTDOWN_TIMEOUT_S = 20
 
 
 def detect_cluster() -> str | None:
@@ -91,12 +91,10 @@ def initialize_distributed(
         jax.distributed.initialize(
             coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
             heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
-            shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S,
         )
     elif (cluster := detect_cluster()) is not None:
         logging.info("initialising the JAX distributed runtime from the %s environment", cluster)
-        jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
-                                   shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
+        jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
     else:
         return False
     logging.info(
@@ -214,8 +212,7 @@ _PEER_GONE = ("Gloo", "Connection reset", "Connection refused", "heartbeat", "Ba
 
 def lost_peer(e: BaseException) -> RunError | None:
     """One line for an error that says another process of this run died (killed, out of memory,
-    its host gone), or None. Also makes this process exit without JAX's shutdown barrier, which
-    would wait for the dead peer and then abort with a C++ stack trace."""
+    its host gone), or None."""
     n = jax.process_count()
     chain, cause = [], e
     while cause is not None and len(chain) < 5:
@@ -227,11 +224,16 @@ def lost_peer(e: BaseException) -> RunError | None:
     me = jax.process_index()
     peer = f"process {1 - me}" if n == 2 else f"another of the {n} processes"
     first = " ".join(str(runtime[0]).split())[:160]
-    atexit.register(_exit_now)  # runs before jax's own atexit clean-up (last in, first out)
     return RunError(
         f"process {me}: lost {peer} of this run ({first}); it died or was stopped: rerun the "
         "same launch to resume from the last complete checkpoint"
     )
+
+
+def exit_without_shutdown() -> None:
+    """At exit, skip JAX's distributed shutdown: its barrier would wait for a dead peer and then
+    abort with a C++ stack trace. Registered after JAX's own clean-up, so it runs first."""
+    atexit.register(_exit_now)
 
 
 def _exit_now() -> None:

@@ -456,6 +456,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return _train_and_evaluate(config, run, mesh)
     except Exception as e:  # a peer process died mid-collective: one line, no hang
         if (lost := parallel.lost_peer(e)) is not None:
+            parallel.exit_without_shutdown()
             raise lost from None
         raise
     finally:
