@@ -149,6 +149,10 @@ def get_config() -> ml_collections.ConfigDict:
     # With a pretrained encoder (model.init_from=<pretrain workdir>/encoder.npz): hold it still
     # for this many steps while the new weight MLP and classifier learn on its features.
     config.train.freeze_encoder_steps = 0
+    # True: delete the workdir's earlier run (checkpoints, metrics, results) and start over. A
+    # rerun without it resumes, and refuses a config that differs in more than the settings that
+    # extend a run (jaxcerv.runtime.rundir.RERUN_MAY_CHANGE).
+    config.train.restart = False
 
     # Self-supervised pretraining of the patch encoder (jaxcerv pretrain): contrastive
     # (NT-Xent) on pairs of views of random tissue patches of every photograph under images_dir.

@@ -213,3 +213,96 @@ def test_two_process_checkpointing_never_hangs(tmp_path, shared_tfds, repeat):
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints" / "latest")) == ["1", "2"]
+
+
+# Runs jaxcerv.main; with KILL_AT_STEP=n, process 1 SIGKILLs itself at its n-th train step
+# (smoke: 3 steps an epoch, so 4 is the first step of epoch 2, after epoch 1's checkpoint).
+_KILLING_DRIVER = r'''
+import os, signal, sys
+from jaxcerv.training import steps
+_jit_steps = steps.jit_steps
+def jit_steps(*args, **kwargs):
+    train_step, eval_step = _jit_steps(*args, **kwargs)
+    calls = [0]
+    def step(state, batch):
+        calls[0] += 1
+        if calls[0] == int(os.environ.get("KILL_AT_STEP", "0")) and "--process_id=1" in sys.argv:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return train_step(state, batch)
+    return step, eval_step
+steps.jit_steps = jit_steps
+from absl import app
+from jaxcerv import configs, main
+sys.argv = [sys.argv[0], *configs.resolve_args(sys.argv[1:])]
+app.run(main.main, flags_parser=main.parse_flags)
+'''
+
+
+def _start_pair(tmp: Path, workdir: Path, kill_at: int) -> list[subprocess.Popen]:
+    """Two processes started by hand (as on two hosts: no launcher to stop the survivor)."""
+    driver = tmp / "driver.py"
+    driver.write_text(_KILLING_DRIVER)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "KILL_AT_STEP": str(kill_at),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    port = _free_port()
+    procs = []
+    for k in range(PROCESSES):  # output to files: a full pipe would stall a process
+        log = tmp / f"{workdir.name}.{kill_at}.{k}"
+        procs.append(subprocess.Popen(
+            [sys.executable, str(driver), f"--coordinator=127.0.0.1:{port}",
+             f"--num_processes={PROCESSES}", f"--process_id={k}", "--config=configs/smoke.py",
+             f"--workdir={workdir}", "--config.eval.num_heatmaps=0",
+             f"--config.data.data_dir={tmp / 'tfds'}"],
+            cwd=REPO, env=env, stdout=open(f"{log}.out", "w"), stderr=open(f"{log}.err", "w"),
+        ))
+        procs[-1].log = log
+    return procs
+
+
+def _output(proc: subprocess.Popen, stream: str = "err") -> str:
+    return Path(f"{proc.log}.{stream}").read_text()
+
+
+def _outcome(workdir: Path) -> dict:
+    rows = [{k: v for k, v in json.loads(r).items() if k not in ("epoch_time_s", "img_per_s")}
+            for r in (workdir / "metrics.jsonl").read_text().splitlines()]
+    with np.load(workdir / "eval" / "test.npz") as z:
+        test = {k: z[k] for k in z.files}
+    return {"results": json.loads((workdir / "results.json").read_text()), "metrics": rows,
+            "test": test}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_stops_its_peer_in_one_line_and_a_rerun_resumes(tmp_path):
+    """SIGKILL of process 1 in epoch 2: process 0 exits at once (not at JAX's 100 s heartbeat
+    timeout, nor aborting in its 300 s shutdown barrier) with one line naming process 1; the same
+    launch again resumes from epoch 1 to the result of a run never interrupted."""
+    import time
+
+    # The reference runs beside the killed pair (the first process to arrive builds the data).
+    reference = _start_pair(tmp_path, tmp_path / "reference", kill_at=0)
+    killed = _start_pair(tmp_path, tmp_path / "run", kill_at=4)
+    assert killed[1].wait(timeout=600) == -9
+    died = time.monotonic()
+    try:
+        killed[0].wait(timeout=60)
+    finally:
+        killed[0].kill()
+    err = _output(killed[0])
+    assert time.monotonic() - died < 60
+    assert killed[0].returncode == 1, err[-3000:]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: process 0: lost process 1 of this run ("), line
+    assert line.endswith("rerun the same launch to resume from the last complete checkpoint")
+    assert "Traceback" not in err and "Check failure" not in err, err[-3000:]
+    for p in reference:
+        assert p.wait(timeout=600) == 0, _output(p)[-3000:]
+
+    resumed = _start_pair(tmp_path, tmp_path / "run", kill_at=0)
+    for p in resumed:
+        assert p.wait(timeout=600) == 0, _output(p)[-3000:]
+    assert "Resuming from epoch 1" in _output(resumed[0], "out")
+    got, want = _outcome(tmp_path / "run"), _outcome(tmp_path / "reference")
+    assert got["results"] == want["results"] and got["metrics"] == want["metrics"]
+    for k in want["test"]:
+        np.testing.assert_array_equal(got["test"][k], want["test"][k], err_msg=k)

@@ -686,6 +686,7 @@ class CervixFolder(_PhotoBuilder):
         rows = _read_csv(csv_path, ("image", "session"), one_of=("label", "grade"))
         seen_ids: dict[str, int] = {}
         seen_paths: dict[Path, int] = {}
+        labels_at: dict[int, int] = {}  # line -> label of a kept row
         root_resolved = root.resolve()
         for line, row in rows:
             where = f"{csv_path.name}:{line}"
@@ -696,22 +697,30 @@ class CervixFolder(_PhotoBuilder):
                 scan.skip(f"{where} ({image})" if image else where, str(e))
                 continue
             if candidate.id in seen_ids:
-                scan.skip(
-                    f"{where} ({image})",
-                    f"duplicate id {candidate.id!r} (first at line {seen_ids[candidate.id]})",
-                )
+                first = seen_ids[candidate.id]
+                scan.skip(f"{where} ({image})",
+                          f"duplicate id {candidate.id!r} (first at line {first})"
+                          f"{_conflict(labels_at, first, candidate.label)}")
                 continue
             real = candidate.path.resolve()
             if real in seen_paths:
-                scan.skip(
-                    f"{where} ({image})",
-                    f"same image file as line {seen_paths[real]} (would leak across splits)",
-                )
+                first = seen_paths[real]
+                scan.skip(f"{where} ({image})", f"same image file as line {first} (would leak "
+                          f"across splits){_conflict(labels_at, first, candidate.label)}")
                 continue
             seen_ids[candidate.id] = line
             seen_paths[real] = line
+            labels_at[line] = candidate.label
             scan.candidates.append(candidate)
         return scan
+
+
+def _conflict(labels_at: dict[int, int], first: int, label: int) -> str:
+    """One image in two classes: name the conflict and the label kept (first row wins)."""
+    if labels_at[first] == label:
+        return ""
+    return f"; label conflict: label {label} here, {labels_at[first]} at line {first}, which is " \
+        "kept: fix the CSV"
 
 
 class _RowError(ValueError):

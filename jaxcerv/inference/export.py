@@ -12,6 +12,7 @@ size, resized as in training -> float32 probabilities (B,) and patch weights (B,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -74,7 +75,8 @@ def export_run(workdir: str | None, out: str, checkpoint: str | None = None) -> 
         raise RunError(f"--out {out}: folder {folder} does not exist")
     predictor = Predictor.from_run(workdir, checkpoint)
     blob = export_model(predictor.config, predictor.params).serialize()
-    meta = sidecar(predictor.card, predictor.config)
+    # Checked by the loader: flipped bytes in the file are refused, never served.
+    meta = {**sidecar(predictor.card, predictor.config), "sha256": hashlib.sha256(blob).hexdigest()}
     with open(out, "wb") as f:
         f.write(blob)
     with open(served.sidecar_path(out), "w") as f:

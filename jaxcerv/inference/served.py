@@ -40,17 +40,30 @@ class ServedModel:
         for p in (path, meta_path):
             if not os.path.isfile(p):
                 raise ExportError(f"{p}: not found (jaxcerv export writes the model and its .json)")
-        with open(meta_path) as f:
-            self.meta: dict[str, Any] = json.load(f)
-        if self.meta.get("format") != FORMAT:
-            raise ExportError(f"{meta_path}: format {self.meta.get('format')!r}, want {FORMAT!r}")
+        try:
+            with open(meta_path) as f:
+                self.meta: dict[str, Any] = json.load(f)
+        except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+            raise ExportError(f"{meta_path}: not a valid sidecar JSON ({e}); export the model "
+                              "again (jaxcerv export)") from None
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
+            got = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise ExportError(f"{meta_path}: format {got!r}, want {FORMAT!r}")
         with open(path, "rb") as f:
-            try:
-                self.exported = jax.export.deserialize(bytearray(f.read()))
-            except ImportError:  # jax's own message names the missing package (flatbuffers)
-                raise
-            except Exception as e:  # a truncated or foreign file: one line, not a trace
-                raise ExportError(f"{path}: not a jax.export file ({type(e).__name__})") from e
+            blob = f.read()
+        if "sha256" not in self.meta:
+            raise ExportError(f"{meta_path} records no sha256 of {path}: export the model again "
+                              "(jaxcerv export)")
+        if hashlib.sha256(blob).hexdigest() != self.meta["sha256"]:
+            raise ExportError(f"{path} does not match the sha256 in {meta_path}: the file is "
+                              "damaged or not the one exported with it; export the model again "
+                              "(jaxcerv export)")
+        try:
+            self.exported = jax.export.deserialize(bytearray(blob))
+        except ImportError:  # jax's own message names the missing package (flatbuffers)
+            raise
+        except Exception as e:  # a truncated or foreign file: one line, not a trace
+            raise ExportError(f"{path}: not a jax.export file ({type(e).__name__})") from e
         cpu = jax.default_backend() == "cpu"
         options = (self.meta.get("cpu_compiler_options") or None) if cpu else None
         self._call: Callable[[np.ndarray], tuple[jax.Array, jax.Array]] = jax.jit(

@@ -12,10 +12,12 @@ process 0 writes files (``is_writer``).
 
 from __future__ import annotations
 
+import atexit
 import glob
 import hashlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +27,14 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxcerv.runtime.rundir import RunError
+
 DATA_AXIS = "data"
+# A process that dies is noticed by the others at once by their collectives (its sockets
+# close), or, for a host that vanishes, when its heartbeats stop for this long (JAX: 100 s).
+# The shutdown barrier keeps JAX's 300 s: process 0 writes the report while the others wait
+# there (20 s was too short on a loaded machine); a lost peer skips it (exit_without_shutdown).
+HEARTBEAT_TIMEOUT_S = 20
 
 
 def detect_cluster() -> str | None:
@@ -80,11 +89,12 @@ def initialize_distributed(
             return False
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
-            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id,
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
         )
     elif (cluster := detect_cluster()) is not None:
         logging.info("initialising the JAX distributed runtime from the %s environment", cluster)
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
     else:
         return False
     logging.info(
@@ -192,6 +202,50 @@ def to_host(tree: Any) -> Any:
 def is_writer() -> bool:
     """Only process 0 writes files."""
     return jax.process_index() == 0
+
+
+# What a collective or barrier says when a peer process has gone (gloo on CPU, the coordination
+# service's barriers and heartbeats everywhere).
+_PEER_GONE = ("Gloo", "Connection reset", "Connection refused", "heartbeat", "Barrier failed",
+              "UNAVAILABLE", "DEADLINE_EXCEEDED", "Socket closed")
+
+
+def lost_peer(e: BaseException) -> RunError | None:
+    """One line for an error that says another process of this run died (killed, out of memory,
+    its host gone), or None."""
+    n = jax.process_count()
+    chain, cause = [], e
+    while cause is not None and len(chain) < 5:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    runtime = [c for c in chain if isinstance(c, jax.errors.JaxRuntimeError)]
+    if n < 2 or not runtime or not any(m in str(runtime[0]) for m in _PEER_GONE):
+        return None
+    me = jax.process_index()
+    peer = f"process {1 - me}" if n == 2 else f"another of the {n} processes"
+    first = " ".join(str(runtime[0]).split())[:160]
+    return RunError(
+        f"process {me}: lost {peer} of this run ({first}); it died or was stopped: rerun the "
+        "same launch to resume from the last complete checkpoint"
+    )
+
+
+def exit_without_shutdown() -> None:
+    """At exit, skip JAX's distributed shutdown: its barrier would wait for a dead peer and then
+    abort with a C++ stack trace. Registered after JAX's own clean-up, so it runs first."""
+    atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (nothing to wait for with one)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def replica_digest(tree: Any) -> str:

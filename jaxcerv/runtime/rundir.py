@@ -192,6 +192,63 @@ class RunDir:
     def checkpoint_dir(self, kind: str, step: int) -> str:
         return self.path("checkpoints", kind, str(step))
 
+    def holds_a_run(self) -> bool:
+        """True once a run has left a checkpoint or results here (or in a fold folder): then
+        its config is the folder's. A folder with only a config (a run that failed before its
+        first epoch) holds nothing to mix."""
+        return any(os.path.exists(r.results) or r.checkpoint_steps("latest") or
+                   r.checkpoint_steps("best") for r in (self, *self.folds()))
+
+    def outputs(self) -> list[str]:
+        """Everything a training run writes here except the lock, the config and the data set
+        cache (``tfds``): what a restart deletes."""
+        fixed = [self.checkpoints, self.metrics, self.tensorboard, self.regulators,
+                 self.path("eval"), self.heatmaps, self.report, self.results, self.splits,
+                 self.predictions]
+        return [p for p in fixed + [f.root for f in self.folds()] if os.path.lexists(p)]
+
+
+# -- one config per run folder ---------------------------------------------------------------
+
+# What a rerun may change in a folder that already holds a run: settings that extend the run
+# (more epochs, more patience), change only its logging, report, speed or the data set's cache
+# folder, or are read by another command. Anything else (grid, learning rate, data, model...)
+# would resume one config's checkpoints under another and mix the two in one folder.
+RERUN_MAY_CHANGE = (
+    "train.epochs", "train.patience",  # extend (or shorten) the run
+    "train.max_bce",  # the divergence guard: it stops a run, it never changes a step
+    "train.log_every_steps", "eval.num_heatmaps", "eval.bootstrap",  # logging and report only
+    "eval.batch_size", "data.num_workers", "data.prefetch",  # speed only, same numbers
+    "data.data_dir",  # where the prepared data set is cached
+    "train.restart",  # what this command does, not what the run is
+    "pretrain.", "handcrafted.",  # read by `jaxcerv pretrain` and the hand-crafted baseline only
+)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def config_changes(recorded: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(allowed, refused): the dotted keys whose value differs between the config a run folder
+    recorded and a rerun's, split by ``RERUN_MAY_CHANGE``; each item reads ``key: old -> new``.
+    Both are compared as JSON (tuples are lists there); a key on one side only differs."""
+    old, now = _flat(json.loads(json.dumps(recorded, default=json_default))), \
+        _flat(json.loads(json.dumps(new, default=json_default)))
+    allowed, refused = [], []
+    for key in sorted(old.keys() | now.keys()):
+        a, b = old.get(key, "(absent)"), now.get(key, "(absent)")
+        if a == b:
+            continue
+        may = any(key == k or (k.endswith(".") and key.startswith(k)) for k in RERUN_MAY_CHANGE)
+        (allowed if may else refused).append(f"{key}: {a!r} -> {b!r}")
+    return allowed, refused
+
 
 def json_number(x: float) -> float | None:
     """A float for JSON, None for NaN and infinities (which JSON cannot carry)."""

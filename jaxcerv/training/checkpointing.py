@@ -13,10 +13,12 @@ waited on each other's barrier until the 300 s timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging as std_logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -90,12 +92,14 @@ class Checkpoints:
         where = self.run.checkpoint_dir(kind, step)
         _drop_closed_loop_reports()
         try:
-            out = self.managers[kind].restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
-                ),
-            )
+            with _quiet_orbax():
+                out = self.managers[kind].restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract(like)),
+                        meta=ocp.args.JsonRestore(),
+                    ),
+                )
         except Exception as e:
             raise CheckpointError(f"{where} is unreadable ({_one_line(e)})") from e
         state, meta = out.state, dict(out.meta)
@@ -116,8 +120,7 @@ class Checkpoints:
                 restored = self.restore(kind, step, like)
             except CheckpointError as e:
                 errors.append(str(e))
-                logging.warning("%s", e)
-                print(f"warning: {e}; trying an older checkpoint", flush=True)
+                print(f"warning: {e}; trying an older checkpoint", file=sys.stderr, flush=True)
                 continue
             return restored
         if errors:
@@ -152,7 +155,7 @@ def restore_params(step_dir: str, like: Any) -> Any:
         )
     }
     try:
-        with ocp.PyTreeCheckpointer() as ckptr:
+        with _quiet_orbax(), ocp.PyTreeCheckpointer() as ckptr:
             params = ckptr.restore(
                 state_dir,
                 args=ocp.args.PyTreeRestore(
@@ -169,6 +172,19 @@ def restore_params(step_dir: str, like: Any) -> Any:
         raise CheckpointError(f"{step_dir}: parameters do not match the digest saved with them; "
                               "the checkpoint is corrupt")
     return params
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """orbax logs each unreadable file it meets (at ERROR, with the file's content, once per
+    thread that reads it) before it raises; the CheckpointError says it in one line."""
+    logger = logging.get_absl_logger()  # orbax logs through absl
+    level = logger.level
+    logger.setLevel(std_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _drop_closed_loop_reports() -> None:
@@ -191,5 +207,6 @@ def _drop_closed_loop_reports() -> None:
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(f"{type(e).__name__}: {e}".split())
+    # TensorStore appends "See full TensorStore details: <bound method pybind11...>": no detail.
+    text = " ".join(f"{type(e).__name__}: {e}".split()).split(" See full TensorStore")[0]
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -128,6 +128,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("train.freeze_encoder_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ("train.max_bce", lambda v: is_num(v) and v > 0, "a number > 0"),
         ("train.log_every_steps", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("train.restart", lambda v: isinstance(v, bool), "True or False"),
         ("pretrain.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("pretrain.steps_per_epoch", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("pretrain.batch_patches", lambda v: is_int(v) and v >= 2, "an integer >= 2"),

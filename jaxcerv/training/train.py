@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import shutil
 import time
 from typing import Any
 
@@ -27,7 +28,7 @@ from jaxcerv.evaluation import evaluate
 from jaxcerv.evaluation import metrics as metrics_lib
 from jaxcerv.model import losses, regulator
 from jaxcerv.model import networks as model_lib
-from jaxcerv.runtime import parallel
+from jaxcerv.runtime import parallel, rundir
 from jaxcerv.runtime import progress as reporting
 from jaxcerv.runtime.rundir import RunDir, RunError, acquire_lock, release_lock, write_json
 from jaxcerv.training import steps
@@ -148,8 +149,8 @@ def _drop_steps_after(ckpt: Checkpoints, epoch: int) -> None:
     for kind, manager in ckpt.managers.items():
         for step in ckpt.steps(kind):
             if step > epoch:
-                logging.warning("removing checkpoints/%s/%d, newer than the resumed epoch", kind,
-                                step)
+                logging.info("removing checkpoints/%s/%d, newer than the resumed epoch", kind,
+                             step)
                 manager.delete(step)
 
 
@@ -189,6 +190,8 @@ def _resume(ckpt: Checkpoints, fold: Fold) -> tuple[steps.TrainState, LoopState]
         return fold.initial_state, LoopState()
     state, meta = restored
     progress = LoopState.from_meta(meta)
+    # The patience may have changed since (an allowed change): a stop is decided by today's.
+    progress.stopped = progress.selection.bad_epochs >= fold.config.train.patience
     print(f"Resuming from epoch {progress.epoch} (checkpoint in {fold.run.checkpoints})",
           flush=True)
     _drop_steps_after(ckpt, progress.epoch)
@@ -204,9 +207,9 @@ def _check_healthy(healthy: jax.Array, epoch: int, step: int, config) -> None:
             f"training diverged at epoch {epoch}, step {step} (learning rate "
             f"{config.train.learning_rate:g}): the loss, a gradient, a parameter or a regulator "
             f"is not finite, or the BCE exceeds config.train.max_bce="
-            f"{config.train.max_bce:g}; nothing of epoch {epoch} was saved. Lower "
-            "--config.train.learning_rate and rerun the same command to resume from the last "
-            "saved epoch"
+            f"{config.train.max_bce:g}; nothing of epoch {epoch} was saved. Rerun with a lower "
+            "--config.train.learning_rate in a new --workdir (or add --config.train.restart=True "
+            "to start this one over)"
         )
 
 
@@ -494,6 +497,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return results
     except KeyboardInterrupt:
         raise Interrupted("setup or evaluation (no epoch running)") from None
+    except Exception as e:  # a peer process died mid-collective: one line, no hang
+        if (lost := parallel.lost_peer(e)) is not None:
+            parallel.exit_without_shutdown()
+            raise lost from None
+        raise
     finally:
         if parallel.is_writer():
             release_lock(run)
@@ -519,7 +527,59 @@ def discard_unstarted(run: RunDir) -> None:
             os.rmdir(folder)
 
 
+def _with_defaults(recorded: dict) -> dict:
+    """A recorded config with the settings added since at their defaults (a run made before a
+    setting existed ran as its default does)."""
+    from jaxcerv.configs import default
+
+    def fill(node: dict, defaults: dict) -> dict:
+        out = dict(defaults)
+        for k, v in node.items():
+            out[k] = fill(v, defaults[k]) if isinstance(v, dict) and isinstance(
+                defaults.get(k), dict) else v
+        return out
+
+    return fill(recorded, default.get_config().to_dict())
+
+
+def _one_config_per_folder(config: ml_collections.ConfigDict, run: RunDir) -> None:
+    """A folder holds one run of one config. A rerun may extend it (``RERUN_MAY_CHANGE``: said in
+    one line); any other change is refused, naming the keys, unless ``train.restart`` asks to
+    delete the old run's checkpoints and results and start over. Every process checks (so all
+    refuse together); process 0 deletes, and the others wait for it."""
+    restart = bool(config.train.get("restart", False))
+    if not restart and run.holds_a_run() and os.path.isfile(run.config):
+        allowed, refused = rundir.config_changes(
+            _with_defaults(rundir.read_json(run.config)), config.to_dict())
+        if refused:
+            shown = ", ".join(refused[:4]) + (f" and {len(refused) - 4} more" if
+                                               len(refused) > 4 else "")
+            raise RunError(
+                f"{run.root} holds a run of another config ({shown}): use a new --workdir, or "
+                "add --config.train.restart=True to delete that run's checkpoints and results "
+                "and start over"
+            )
+        allowed = [c for c in allowed if not c.startswith("train.restart:")]  # not the run's
+        if allowed and parallel.is_writer():
+            print(f"config change in {run.root}, allowed (it extends the run): "
+                  + ", ".join(allowed), flush=True)
+    if restart and parallel.is_writer():
+        keep = os.path.abspath(config.data.splits_file) if config.data.splits_file else None
+        gone = [p for p in run.outputs() if os.path.abspath(p) != keep]
+        for path in gone:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        if gone:
+            print(f"train.restart=True: deleted the earlier run in {run.root} "
+                  f"({', '.join(os.path.basename(p) for p in gone)}); starting over", flush=True)
+    if restart:
+        parallel.barrier("jaxcerv_restart")
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, run: RunDir, mesh) -> dict[str, Any]:
+    _one_config_per_folder(config, run)
     if parallel.is_writer():
         run.makedirs()
         write_json(run.config, config.to_dict())

@@ -64,7 +64,7 @@ ROWS = [
     ("good3.png", "", "", "s5", "", "", "", "no label and no grade"),
     ("good3.png", "", "7", "s5", "", "", "", "grade '7' is not one of 0-4"),
     ("good3.png", "0", "3", "s5", "", "", "", "disagrees"),
-    ("good3.png", "1", "", "s5", "", "", "good1.png", "duplicate id 'good1.png'"),
+    ("good3.png", "0", "", "s5", "", "", "good1.png", "duplicate id 'good1.png'"),
     ("good1.png", "1", "", "s6", "", "", "other", "same image file as line 2"),
     ("good3.png", "1", "", "s6", "2020-13-01", "", "", "not an ISO date"),
     ("good3.png", "1", "", "", "", "", "", "empty session"),
@@ -254,8 +254,12 @@ def test_duplicate_id_keeps_the_first(folder):
     _, records, report = folder
     assert list(records.ids).count("good1.png") == 1
     assert records.labels[list(records.ids).index("good1.png")] == 1  # the first row's label
-    assert any("duplicate id 'good1.png' (first at line 2)" in s["reason"]
-               for s in report["skipped"])
+    reasons = [s["reason"] for s in report["skipped"]]
+    # Listed again in the other class: the conflict is named, with the label kept.
+    assert "duplicate id 'good1.png' (first at line 2); label conflict: label 0 here, 1 at line " \
+        "2, which is kept: fix the CSV" in reasons
+    # The same file again in the same class: a plain duplicate, no conflict claimed.
+    assert "same image file as line 2 (would leak across splits)" in reasons
 
 
 def test_report_json_and_summary_list_every_skip(built, folder):

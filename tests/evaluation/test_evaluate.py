@@ -94,3 +94,43 @@ def test_with_records_carries_the_annocerv_truth_in_split_order():
     np.testing.assert_array_equal(out["region_usable"], [True, True, False])
     np.testing.assert_array_equal(out["swede_scores"], [4, 6, 7])
     assert "truth_cervix" not in out and "truth_lesion" not in out
+
+
+def _augmenting_config(augment: bool) -> ml_collections.ConfigDict:
+    from configs import default
+
+    config = default.get_config()
+    config.eval.batch_size = 4
+    config.data.augment = augment
+    aug = config.data.augmentation  # every term strong: no image comes through unchanged
+    aug.flip, aug.colour, aug.rotation, aug.translate, aug.blur = True, 0.5, 30.0, 0.2, 1.5
+    return config
+
+
+def test_evaluation_never_augments_even_when_training_does():
+    """Validation and test predictions with data.augment=True are those of the raw images: the
+    oracle is each stored image itself, passed through an eval step that returns its pixels."""
+    import jax.numpy as jnp
+
+    from jaxcerv.runtime import parallel
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 16, 24, 3), np.uint8)  # not square: a flip shows
+    source = [{"image": im, "label": k % 2, "grade": 0} for k, im in enumerate(images)]
+    indices = np.array([7, 2, 9, 0, 4, 5, 1])  # 7 images: a padded last batch of 4
+    mesh = parallel.make_mesh()
+
+    def eval_step(params, batch):
+        return {"pixels": batch["image"].astype(jnp.float32)}
+
+    on = _augmenting_config(True)
+    # The augmentation is visible: a training batch of the same images differs from them.
+    (train_batch, *_) = evaluate.process_batches(on, source, indices, batch_size=4, epoch=1,
+                                                 train=True)
+    assert not any(np.array_equal(train_batch["image"][j], images[i]) for j in range(4)
+                   for i in indices)
+    got = evaluate.predict_split(on, eval_step, None, source, indices, mesh)
+    off = evaluate.predict_split(_augmenting_config(False), eval_step, None, source, indices,
+                                 mesh)
+    np.testing.assert_array_equal(got["pixels"], images[indices].astype(np.float32))
+    np.testing.assert_array_equal(got["pixels"], off["pixels"])

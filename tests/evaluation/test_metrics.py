@@ -136,6 +136,17 @@ def test_choose_threshold_optimal_on_validation(seed):
         metrics.choose_threshold(labels, probs, "f1")
 
 
+def test_choose_threshold_breaks_ties_towards_the_higher_cut():
+    """Cuts 0.4 and 0.2 both give J = 0.5 (by hand): the higher wins, and the threshold is the
+    midpoint down to the next score, 0.35 (a lowest-cut rule would give 0.15; a fixed 0.5 would
+    call every image negative)."""
+    labels, probs = np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4])
+    assert metrics.choose_threshold(labels, probs, "youden") == pytest.approx(0.35)
+    # Shuffling the images pairs each score with its own label still: the same cut.
+    perm = np.array([2, 0, 3, 1])
+    assert metrics.choose_threshold(labels[perm], probs[perm]) == pytest.approx(0.35)
+
+
 def _sessions(n_sessions: int, per_session: int, seed: int):
     rng = np.random.default_rng(seed)
     groups = np.repeat(np.arange(n_sessions), per_session)
@@ -174,6 +185,12 @@ def test_bootstrap_resamples_sessions_not_images():
     )
     assert two["ci"]["roc_auc"] == (0.75, 0.75)  # both sessions must be drawn: the full data
     assert two["n_redrawn"] > 0
+    # The same with the sessions' images interleaved: images pair with their session by
+    # group label, not by position (contiguous blocks would make {0, 1} a mixed session).
+    mixed = metrics.bootstrap_ci(
+        [0, 1, 0, 1], [0.2, 0.4, 0.6, 0.9], 0.5, ["a", "b", "a", "b"], n_boot=30, seed=0
+    )
+    assert mixed["ci"]["roc_auc"] == (0.75, 0.75) and mixed["n_redrawn"] > 0
 
 
 def test_bootstrap_redraw_cap():

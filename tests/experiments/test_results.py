@@ -46,6 +46,40 @@ def test_paired_auc_test_finds_a_real_difference_and_not_a_null_one():
     assert same["delta_auc"] == 0.0 and same["p_value"] == 1.0
 
 
+def _shuffled(row, perm):
+    """The same images in another id order (each fold's predictions pool in the order its
+    test split lists them, so two rows rarely agree on the order)."""
+    return results.Row(
+        variant=row.variant, folds=[], ids=row.ids[perm], labels=row.labels[perm],
+        probs=row.probs[perm], decisions=row.decisions[perm], sessions=row.sessions[perm],
+        weights=None)
+
+
+def test_paired_auc_test_pairs_images_by_id_not_by_position():
+    """Two runs of the same images in different orders: the test must pair image with image.
+    Paired by position, the shuffled copy of the reference would differ from it (its AUC
+    against the reference's labels is about 0.5)."""
+    y, good, s = scored_sessions(quality=3.0)
+    _, bad, _ = scored_sessions(seed=1, quality=0.0)
+    ref = _row("ref", y, good, s)
+    perm = np.random.default_rng(7).permutation(len(y))
+    same = results.paired_auc_test(ref, _shuffled(_row("same", y, good ** 3, s), perm),
+                                   n_boot=100)
+    assert same["delta_auc"] == 0.0 and same["p_value"] == 1.0 and same["ci95"] == (0.0, 0.0)
+    in_order = results.paired_auc_test(ref, _row("worse", y, bad, s), n_boot=200)
+    shuffled = results.paired_auc_test(ref, _shuffled(_row("worse", y, bad, s), perm),
+                                       n_boot=200)
+    assert shuffled == in_order  # the bootstrap too: the same sessions drawn, image by image
+    assert shuffled["delta_auc"] == pytest.approx(skm.roc_auc_score(y, bad) -
+                                                  skm.roc_auc_score(y, good))
+    # Only the images both rows predicted count: drop a third of the row's, shuffled.
+    keep = perm[: 2 * len(y) // 3]
+    part = results.paired_auc_test(ref, _shuffled(_row("worse", y, bad, s), keep), 100)
+    assert part["n_images"] == len(keep)
+    assert part["delta_auc"] == pytest.approx(skm.roc_auc_score(y[keep], bad[keep]) -
+                                              skm.roc_auc_score(y[keep], good[keep]))
+
+
 def test_pooled_ci_resamples_whole_sessions():
     """Two sessions, each all one class: every resample that keeps both classes is the data
     itself (or a duplicate of it), so the interval collapses to the pooled value."""

@@ -1,6 +1,7 @@
 """An exported smoke run scores images as its checkpoint does, loads without flax/orbax, and
 carries its provenance; the subprocess checks what the loader imports."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -58,7 +59,9 @@ def test_wrong_input_and_bad_files_give_one_line(exported, tmp_path):
         model(np.zeros((1, 64, 64, 3), np.uint8))
     broken = tmp_path / "broken.jaxexport"
     broken.write_bytes(b"not a model")
-    (tmp_path / "broken.jaxexport.json").write_text(open(exported[0] + ".json").read())
+    meta = json.loads(open(exported[0] + ".json").read())
+    (tmp_path / "broken.jaxexport.json").write_text(json.dumps(
+        {**meta, "sha256": hashlib.sha256(b"not a model").hexdigest()}))
     with pytest.raises(served.ExportError, match="not a jax.export file"):
         served.ServedModel(str(broken))
     with pytest.raises(served.ExportError, match="not found"):
@@ -136,3 +139,55 @@ def test_whole_image_model_exports_and_predicts_without_a_heatmap(tmp_path):
         (result,) = served.predict_images(forward, card, [str(path)], str(tmp_path / f"o{k}"))
         assert "error" not in result and result["label"] == 1
         assert os.path.getsize(result["heatmap"]) > 0
+
+
+def _copy(exported, tmp_path):
+    model = tmp_path / "copy.jaxexport"
+    model.write_bytes(open(exported[0], "rb").read())
+    (tmp_path / "copy.jaxexport.json").write_text(open(exported[0] + ".json").read())
+    return model
+
+
+def test_the_export_carries_its_sha256_and_a_damaged_file_is_refused(exported, tmp_path):
+    blob = open(exported[0], "rb").read()
+    assert exported[1]["sha256"] == hashlib.sha256(blob).hexdigest()
+    model = _copy(exported, tmp_path)
+    served.ServedModel(str(model))  # intact: loads
+    damaged = bytearray(blob)
+    middle = len(damaged) // 2
+    damaged[middle : middle + 64] = bytes(b ^ 0xFF for b in damaged[middle : middle + 64])
+    model.write_bytes(bytes(damaged))
+    with pytest.raises(served.ExportError) as e:
+        served.ServedModel(str(model))
+    (line,) = str(e.value).splitlines()
+    assert f"{model} does not match the sha256 in {model}.json" in line
+
+
+@pytest.mark.parametrize("sidecar", ['{"format": "jaxcerv.jaxexport/1", "threshold": 0.5,,}',
+                                     b"\xff\xfe{", "[1, 2]"])
+def test_a_broken_sidecar_names_its_file(exported, tmp_path, sidecar):
+    model = _copy(exported, tmp_path)
+    meta = tmp_path / "copy.jaxexport.json"
+    meta.write_bytes(sidecar if isinstance(sidecar, bytes) else sidecar.encode())
+    with pytest.raises(served.ExportError) as e:
+        served.ServedModel(str(model))
+    (line,) = str(e.value).splitlines()
+    assert line.startswith(f"{meta}: ")
+
+
+def test_unicode_paths_are_read_and_their_heatmaps_written(tmp_path):
+    """A photograph in a folder and under a name outside ASCII (an accent, CJK, Cyrillic)."""
+    folder = tmp_path / "Ärztin 日本"
+    folder.mkdir()
+    photo = folder / "фото 1.png"
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(photo)
+    card = {"threshold": 0.5, "image_size": 32, "patch_size": 8, "resize": "stretch",
+            "dataset": "cervix_folder", "config_digest": "x"}
+    forward = lambda x: {"probabilities": np.full(len(x), 0.7),  # noqa: E731
+                         "weights": np.ones((len(x), 4, 4))}
+    (result,) = served.predict_images(forward, card, [str(photo)], str(folder / "out 出力"))
+    assert "error" not in result, result
+    assert result["image"] == str(photo)
+    assert os.path.basename(result["heatmap"]) == "фото 1.heatmap.png"
+    with Image.open(result["heatmap"]) as im:
+        assert im.format == "PNG"

@@ -223,3 +223,67 @@ def test_save_weights_from_a_run_and_an_export(smoke_workdir, inputs, tmp_path):
         assert good["grid_box"] == [0.0, 0.0, 300.0, 200.0]  # the smoke config stretches
         np.testing.assert_allclose(np.load(good["weights_file"]), expected, atol=1e-5)
         json.dumps(results, allow_nan=False)
+
+
+def _spread_run(smoke_workdir, folder, images, threshold) -> list[float]:
+    """A copy of the smoke run whose best checkpoint's last layer is stretched (its logits on
+    ``images``: centred on 0, 15x apart), with ``threshold`` as the one chosen on validation;
+    returns the probabilities it gives ``images``."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    from jaxcerv.training import checkpointing, steps
+
+    shutil.copytree(smoke_workdir, folder, ignore=shutil.ignore_patterns("tfds", "predictions"))
+    run = RunDir(str(folder))
+    results = run.read_results()
+    results["threshold"] = threshold
+    (folder / "results.json").write_text(json.dumps(results))
+    predictor = predict.Predictor.from_run(str(folder))
+    p = predictor.predict_arrays(images)["probabilities"].astype(np.float64)
+    centre = float(np.median(np.log(p / (1 - p))))
+    params = _copy_tree(predictor.params)
+    last = params["classifier"]["Dense_2"]
+    last["kernel"], last["bias"] = 15.0 * last["kernel"], 15.0 * (last["bias"] - centre)
+    best = results["best_epoch"]
+    meta = json.loads(open(f"{run.checkpoint_dir('best', best)}/meta/metadata").read())
+    ckpt = checkpointing.Checkpoints(run)
+    ckpt.managers["best"].delete(best)
+    ckpt.save("best", best, steps.TrainState(step=jnp.asarray(0), params=params,
+                                             opt_state={"none": jnp.zeros(1)},
+                                             rng=jnp.zeros(2, jnp.uint32),
+                                             regulators=jnp.zeros((1, 5))), meta)
+    ckpt.close()
+    return predict.Predictor.from_run(str(folder)).predict_arrays(images)["probabilities"]
+
+
+def _copy_tree(tree):
+    return {k: _copy_tree(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+def test_served_labels_use_the_validation_threshold_not_one_half(smoke_workdir, tmp_path):
+    """A threshold far from 0.5 and probabilities on both sides of both cuts: the label of an
+    image between 0.5 and the threshold tells a fixed 0.5 cut from the run's, for a run folder
+    (predict --workdir) and for its export (predict --model)."""
+    from jaxcerv.inference import export
+
+    threshold = 0.85
+    rng = np.random.default_rng(0)
+    images = np.stack([np.clip(rng.normal(v, 40, (112, 112, 3)), 0, 255).astype(np.uint8)
+                       for v in np.linspace(20, 235, 16)])
+    probs = _spread_run(smoke_workdir, tmp_path / "run", images, threshold)
+    assert min(probs) < 0.5 and max(probs) >= threshold
+    assert np.any((probs >= 0.5) & (probs < threshold))  # where the two cuts disagree
+    paths = []
+    for k, im in enumerate(images):
+        paths.append(str(tmp_path / f"{k}.png"))
+        Image.fromarray(im).save(paths[-1])  # lossless, already the model's size
+    model = str(tmp_path / "model.jaxexport")
+    export.export_run(str(tmp_path / "run"), model)
+    for results in (predict.predict_files(str(tmp_path / "run"), paths, str(tmp_path / "a")),
+                    served.predict_files(model, paths, str(tmp_path / "b"))):
+        got = [(r["probability"], r["label"], r["threshold"]) for r in results]
+        np.testing.assert_allclose([g[0] for g in got], probs, atol=1e-5)
+        assert [g[1] for g in got] == [int(p >= threshold) for p in probs]
+        assert {g[2] for g in got} == {threshold}

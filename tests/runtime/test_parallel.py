@@ -415,3 +415,23 @@ if __name__ == "__main__":
 def test_resident_data_gives_the_host_pipelines_batches_sharded_over_devices(found, balanced):
     assert found[f"resident/equal/{balanced}"] is True
     assert found["resident/rows_per_device"] == [1]  # smoke: batch 8 over 8 devices
+
+
+def test_lost_peer_names_the_other_process_only_for_a_dead_peer(monkeypatch):
+    import jax
+
+    from jaxcerv.runtime import parallel
+    from jaxcerv.runtime.rundir import RunError
+
+    gone = jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: [pair.cc:547] Connection "
+                                      "closed by peer [127.0.0.1]:34742")
+    wrapped = RunError("saving W/checkpoints/latest/2 failed")  # e.g. orbax's save wraps it
+    wrapped.__cause__ = gone
+    other = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory")
+    assert parallel.lost_peer(gone) is None  # one process: no peer to lose
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    for e in (gone, wrapped):
+        (line,) = str(parallel.lost_peer(e)).splitlines()
+        assert line.startswith("process 1: lost process 0 of this run (UNKNOWN: Gloo all-reduce")
+    assert parallel.lost_peer(other) is None and parallel.lost_peer(ValueError("x")) is None

@@ -58,3 +58,32 @@ def test_fold_folders_in_numeric_order(tmp_path):
     assert [f.root for f in RunDir(str(tmp_path)).folds()] == [
         str(tmp_path / f"fold_{k}") for k in (0, 2, 10)
     ]
+
+
+def test_config_changes_split_extending_from_mixing_keys():
+    from jaxcerv.runtime.rundir import config_changes
+
+    recorded = {"grid_size": 4, "train": {"epochs": 2, "learning_rate": 1e-3, "patience": 4},
+                "model": {"conv_features": [4, 8]}, "pretrain": {"epochs": 1},
+                "data": {"data_dir": "", "augment": False}}
+    new = {"grid_size": 5, "train": {"epochs": 3, "learning_rate": 1e-3, "patience": 4},
+           "model": {"conv_features": (4, 8)}, "pretrain": {"epochs": 9},  # a tuple == its list
+           "data": {"data_dir": "/cache", "augment": False, "extra": 1}}
+    allowed, refused = config_changes(recorded, new)
+    assert allowed == ["data.data_dir: '' -> '/cache'", "pretrain.epochs: 1 -> 9",
+                       "train.epochs: 2 -> 3"]
+    assert refused == ["data.extra: '(absent)' -> 1", "grid_size: 4 -> 5"]
+    assert config_changes(recorded, recorded) == ([], [])
+
+
+def test_holds_a_run_and_the_outputs_a_restart_deletes(tmp_path):
+    run = RunDir(str(tmp_path))
+    run.makedirs()
+    (tmp_path / "config.json").write_text("{}")
+    assert not run.holds_a_run()  # a config alone: a run that failed before its first epoch
+    (tmp_path / "fold_1" / "checkpoints" / "best" / "3").mkdir(parents=True)
+    assert run.holds_a_run()
+    (tmp_path / "tfds").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    gone = {os.path.basename(p) for p in run.outputs()}
+    assert gone == {"regulators", "eval", "heatmaps", "fold_1"}  # never tfds, config, lock

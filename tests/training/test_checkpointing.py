@@ -67,6 +67,6 @@ def test_newest_unusable_step_falls_back_to_the_one_before(tmp_path, capsys):
     state, got = ckpt.restore_newest("latest", _state(0.0))
     assert got["epoch"] == 1
     np.testing.assert_array_equal(state.params["w"], np.full((4, 3), 1.0))
-    assert "latest/2: parameters do not match" in capsys.readouterr().out
+    assert "latest/2: parameters do not match" in capsys.readouterr().err
     assert ckpt.restore_newest("best", _state(0.0)) is None  # nothing saved there
     ckpt.close()

@@ -56,6 +56,8 @@ def test_run_tests_the_selected_checkpoint_with_a_validation_threshold(smoke_wor
     results = json.load(open(run.results))
     rows = run.read_metrics()
     assert results["best_epoch"] == _hand_rule([(r["val_roc_auc"], r["val_loss"]) for r in rows])
+    # The smoke run selects an earlier epoch than its last: testing the last instead shows here.
+    assert results["best_epoch"] < results["epochs_run"]
 
     # The saved test predictions are those of checkpoints/best/<best_epoch>, recomputed here.
     config = run.read_config()
@@ -106,3 +108,49 @@ def test_device_resident_training_matches_the_host_pipeline(smoke_workdir, tmp_p
     with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as a, \
             np.load(os.path.join(tmp_path, "eval", "test.npz")) as b:
         np.testing.assert_allclose(b["probabilities"], a["probabilities"], rtol=1e-6)
+
+
+def test_a_run_folder_never_mixes_two_configs(smoke_workdir, tmp_path, capsys):
+    """A rerun that changes the grid is refused before anything is touched, naming the key; one
+    that adds epochs continues the run (said in one line); train.restart starts over."""
+    import shutil
+
+    from configs import smoke
+    from jaxcerv.runtime.rundir import RunDir, RunError
+    from jaxcerv.training import train
+
+    workdir = tmp_path / "run"
+    shutil.copytree(smoke_workdir, workdir, ignore=shutil.ignore_patterns("tfds"))
+    run = RunDir(str(workdir))
+    before = {p: (workdir / p).read_bytes() for p in ("config.json", "results.json")}
+
+    def config(**train_settings):
+        c = smoke.get_config()
+        c.data.data_dir = os.path.join(smoke_workdir, "tfds")  # allowed: the cache's folder
+        c.train.update(train_settings)
+        return c
+
+    grid = config()
+    grid.grid_size = 5
+    with pytest.raises(RunError, match=r"another config \(grid_size: 4 -> 5\): use a new "
+                                       r"--workdir, or add --config.train.restart=True"):
+        train.train_and_evaluate(grid, str(workdir))
+    assert {p: (workdir / p).read_bytes() for p in before} == before  # nothing overwritten
+
+    capsys.readouterr()
+    train.train_and_evaluate(config(epochs=3), str(workdir))
+    out = capsys.readouterr().out
+    assert "allowed (it extends the run): data.data_dir: '' -> " in out
+    assert "train.epochs: 2 -> 3" in out and "Resuming from epoch 2" in out
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    old_digest = json.load(open(f"{run.checkpoint_dir('latest', 2)}/meta/metadata"))["digest"]
+
+    train.train_and_evaluate(config(learning_rate=0.01, restart=True), str(workdir))
+    out = capsys.readouterr().out
+    assert "train.restart=True: deleted the earlier run" in out and "Resuming" not in out
+    rows = run.read_metrics()
+    assert [(r["epoch"], r["lr"]) for r in rows] == [(1, 0.01), (2, 0.01)]
+    assert run.checkpoint_steps("latest") == [1, 2]
+    new_digest = json.load(open(f"{run.checkpoint_dir('latest', 2)}/meta/metadata"))["digest"]
+    assert new_digest != old_digest
+    assert run.read_config().train.learning_rate == 0.01
