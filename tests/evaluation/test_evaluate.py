@@ -97,7 +97,7 @@ def test_with_records_carries_the_annocerv_truth_in_split_order():
 
 
 def _augmenting_config(augment: bool) -> ml_collections.ConfigDict:
-    from configs import default
+    from jaxcerv.configs import default
 
     config = default.get_config()
     config.eval.batch_size = 4

@@ -281,7 +281,7 @@ def test_served_labels_use_the_validation_threshold_not_one_half(smoke_workdir, 
         Image.fromarray(im).save(paths[-1])  # lossless, already the model's size
     model = str(tmp_path / "model.jaxexport")
     export.export_run(str(tmp_path / "run"), model)
-    for results in (predict.predict_files(str(tmp_path / "run"), paths, str(tmp_path / "a")),
+    for results in (predict.predict_run(paths, str(tmp_path / "a"), workdir=str(tmp_path / "run")),
                     served.predict_files(model, paths, str(tmp_path / "b"))):
         got = [(r["probability"], r["label"], r["threshold"]) for r in results]
         np.testing.assert_allclose([g[0] for g in got], probs, atol=1e-5)
