@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.regulator = ml_collections.ConfigDict()
     config.regulator.mode = "iterative"  # | "fixed" (G0 for every image) | "none"
     config.regulator.lam = 0.01  # lambda of Eq. 11 (paper: 0.1, see configs/paper.py)
+    # lambda warm-up (losses.lambda_at): 0 for the first lam_hold_epochs, then a linear ramp to
+    # lam over lam_ramp_epochs, so the classifier learns before the regulator pulls.
+    config.regulator.lam_hold_epochs = 0.0
+    config.regulator.lam_ramp_epochs = 0.0
     # What each regulator is fitted to: "weights" (the paper), "normalised" or "above_median"
     # (see train.fit_weights).
     config.regulator.fit_on = "above_median"
@@ -132,6 +136,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 8  # global batch: must divide by the device count
     config.train.epochs = 10
     config.train.learning_rate = 1e-3
+    # "constant" (the paper) | "warmup_cosine": linear warm-up from 0 over warmup_epochs, then a
+    # cosine decay to final_lr_fraction of the peak at train.epochs (steps.learning_rate).
+    config.train.schedule = "constant"
+    config.train.warmup_epochs = 0.0
+    config.train.final_lr_fraction = 0.0
+    config.train.grad_clip = 0.0  # > 0: clip the global gradient norm to this before Adam
+    config.train.adam_eps = 1e-8
     config.train.patience = 4  # early stopping: epochs without a better validation AUC
     config.train.log_every_steps = 10
     # "balanced": each class's BCE weighted by n / (2 n_class) of the training split (losses.py).

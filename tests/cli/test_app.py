@@ -32,7 +32,8 @@ def _jaxcerv(cwd, *args, ok=True):
 def test_resolve_takes_builtin_names_and_keeps_paths(tmp_path, monkeypatch):
     assert {"default", "paper", "smoke", "iarc_atlas"} <= set(configs.builtin_names())
     smoke = configs.resolve("smoke")
-    assert os.path.isfile(smoke) and smoke == os.path.join(os.path.dirname(configs.__file__), "smoke.py")
+    assert os.path.isfile(smoke)
+    assert smoke == os.path.join(os.path.dirname(configs.__file__), "smoke.py")
     assert configs.resolve("paper:arg") == configs.resolve("paper") + ":arg"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smoke").write_text("")  # an existing file wins over a built-in name
