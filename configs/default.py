@@ -131,6 +131,9 @@ def get_config() -> ml_collections.ConfigDict:
     # G0's standard deviation as a fraction of the image side (every patch size starts from the
     # same Gaussian); 0: the paper's G0, variance = half the grid in patch units.
     config.regulator.g0_fraction = 0.0
+    # The regulator's kernel (regulator.KERNELS): "gaussian" (the paper), "flat_top" (generalised
+    # Gaussian, shape exponent fitted) or "mixture" (two Gaussians, fitted by weighted EM).
+    config.regulator.kernel = "gaussian"
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 8  # global batch: must divide by the device count

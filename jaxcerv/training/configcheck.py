@@ -115,6 +115,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("regulator.lam", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
          "a finite number >= 0"),
         ("regulator.fit_on", lambda v: v in regulator.FIT_ON, f"one of {regulator.FIT_ON}"),
+        ("regulator.kernel", lambda v: v in regulator.KERNELS, f"one of {regulator.KERNELS}"),
         ("regulator.normalise", lambda v: v in regulator.NORMALISE,
          f"one of {regulator.NORMALISE}"),
         ("train.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),

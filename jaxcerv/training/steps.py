@@ -32,7 +32,7 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # split every step for stochastic layers (classifier dropout)
-    regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units
+    regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units (wider: other kernels)
 
 
 # train.schedule: "constant" (the paper) | "warmup_cosine" (linear warm-up, then cosine decay).
@@ -111,8 +111,9 @@ def create_train_state(
     params = model.init(init_rng, jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
     if config.model.init_from:
         params = model_lib.load_init(params, config.model.init_from)
-    g0 = regulator.initial_params((config.grid_size, config.grid_size),
-                                  config.regulator.g0_fraction)
+    g0 = regulator.initial_state((config.grid_size, config.grid_size),
+                                 config.regulator.g0_fraction, config.regulator.get("kernel",
+                                                                                    "gaussian"))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -151,6 +152,7 @@ def make_train_step(
     cw = tuple(float(w) for w in class_weights)
     spatial_loss = regulator.spatial_loss_fn(config.regulator.loss)
     on_logits = config.regulator.normalise == "logits"
+    kernel = config.regulator.get("kernel", "gaussian")
     hold = config.regulator.get("lam_hold_epochs", 0) * steps_per_epoch
     ramp = config.regulator.get("lam_ramp_epochs", 0) * steps_per_epoch
 
@@ -158,9 +160,9 @@ def make_train_step(
         rng, dropout_rng = jax.random.split(state.rng)
         mask = batch["mask"].astype(jnp.float32)
         count = jnp.maximum(jnp.sum(mask), 1.0)
-        density = regulator.gaussian_density(
+        density = regulator.kernel_density(
             regulator.batch_regulators(state.regulators, batch["index"], mode, grid,
-                                       config.regulator.g0_fraction), grid
+                                       config.regulator.g0_fraction, kernel), grid, kernel
         )
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, ...]]:
@@ -187,7 +189,8 @@ def make_train_step(
             regulators, valid = state.regulators, jnp.zeros_like(batch["mask"], bool)
         else:
             regulators, valid = regulator.refit(
-                state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on, mode=mode
+                state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on,
+                mode=mode, kernel=kernel,
             )
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, rng=rng, regulators=regulators

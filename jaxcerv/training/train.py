@@ -358,7 +358,7 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
                    "lr": steps.lr_at(config, n_steps, int(state.step)),
                    "epoch_time_s": time.perf_counter() - t0}
             if truth is not None:
-                row["regulator_centre_error"] = metrics_lib.centre_error(regs, truth)
+                row["regulator_centre_error"] = metrics_lib.centre_error(regs[:, :5], truth)
             _log_epoch(fold, writer, row, regs)
             _checkpoint(ckpt, epoch, state, progress, is_best)
             if progress.stopped:
@@ -430,7 +430,7 @@ def _regulator_summary(fold: Fold, final_regs: np.ndarray) -> dict[str, Any]:
         grid = (config.grid_size, config.grid_size)
         g0 = np.tile(np.asarray(regulator.initial_params(grid, config.regulator.g0_fraction)),
                      (len(truth), 1))
-        reg["centre_error_patches"] = metrics_lib.centre_error(final_regs, truth)
+        reg["centre_error_patches"] = metrics_lib.centre_error(final_regs[:, :5], truth)
         reg["initial_centre_error_patches"] = metrics_lib.centre_error(g0, truth)
         print(
             f"regulator centre error: {reg['centre_error_patches']:.2f} patches "

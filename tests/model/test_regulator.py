@@ -82,3 +82,80 @@ def test_is_valid(params, ok):
 def test_zero_weights_fit_is_invalid():
     fit = regulator.fit_gaussian(np.zeros(GRID, np.float32))
     assert not bool(regulator.is_valid(fit, GRID))
+
+
+def _histogram(points: np.ndarray, grid) -> np.ndarray:
+    """Counts of (h, v) points per patch (rows = v): the weights a kernel's fit sees."""
+    rows, cols = grid
+    counts, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=(rows, cols),
+                                  range=((0, rows), (0, cols)))
+    return counts.astype(np.float32)
+
+
+def _moments(points: np.ndarray) -> np.ndarray:
+    c = np.cov(points.T)
+    return np.array([*points.mean(axis=0), c[0, 0], c[0, 1], c[1, 1]])
+
+
+# Binning points to patch centres adds 1/12 patch^2 to each variance (Sheppard).
+SHEPPARD = np.array([0, 0, 1 / 12, 0, 1 / 12])
+
+
+@pytest.mark.parametrize("beta", [1.0, 2.0, 4.0])
+def test_flat_top_fit_recovers_moments_and_shape_of_sampled_points(beta):
+    """Oracle: points drawn by rejection from exp(-0.5 m^beta) (scatter [[60, 15], [15, 40]]),
+    binned on a 64x64 grid: the fit returns their numpy mean and covariance and the beta they were
+    drawn with."""
+    rng = np.random.default_rng(0)
+    prec = np.linalg.inv(np.array([[60.0, 15.0], [15.0, 40.0]]))
+    box = rng.uniform([1, 1], [63, 63], size=(1_500_000, 2))
+    d = box - np.array([31.0, 33.0])
+    m = np.einsum("ni,ij,nj->n", d, prec, d)
+    points = box[rng.uniform(size=len(m)) < np.exp(-0.5 * m**beta)]
+    fit = np.asarray(regulator.fit_flat_top(_histogram(points, (64, 64))))
+    np.testing.assert_allclose(fit[:5], _moments(points) + SHEPPARD, atol=0.15)
+    np.testing.assert_allclose(fit[5], beta, rtol=0.08)
+    assert bool(regulator.kernel_valid(fit, (64, 64), "flat_top"))
+
+
+def test_flat_top_density_is_a_density_and_the_gaussian_at_beta_1():
+    grid = (60, 60)
+    for beta in (0.7, 1.0, 3.0):
+        p = np.array([29.0, 31.0, 30.0, 5.0, 20.0, beta], np.float32)
+        np.testing.assert_allclose(float(regulator.flat_top_density(p, grid).sum()), 1.0,
+                                   rtol=2e-3)
+    p = np.array([3.2, 2.1, 1.5, 0.3, 0.9, 1.0], np.float32)
+    want = multivariate_normal([3.2, 2.1], [[1.5, 0.3], [0.3, 0.9]]).pdf(_centres(GRID))
+    np.testing.assert_allclose(np.asarray(regulator.flat_top_density(p, GRID)).ravel(), want,
+                               rtol=1e-4)
+
+
+def test_mixture_fit_recovers_both_components_of_sampled_points():
+    """Oracle: 35% / 65% of 200k points from two numpy normals, binned on a 40x40 grid: EM
+    recovers the share, the two means and covariances; the moments in front are the points'."""
+    rng = np.random.default_rng(1)
+    mus = np.array([[12.0, 14.0], [28.0, 25.0]])
+    covs = np.array([[[6.0, 1.0], [1.0, 5.0]], [[8.0, -2.0], [-2.0, 4.0]]])
+    n1 = 70_000
+    points = np.concatenate([rng.multivariate_normal(mus[0], covs[0], n1),
+                             rng.multivariate_normal(mus[1], covs[1], 200_000 - n1)])
+    fit = np.asarray(regulator.fit_mixture(_histogram(points, (40, 40))))
+    np.testing.assert_allclose(fit[:5], _moments(points) + SHEPPARD, atol=0.1)
+    comps = sorted([(fit[5], fit[6:11]), (1 - fit[5], fit[11:16])],
+                   key=lambda c: c[1][0])
+    np.testing.assert_allclose(comps[0][0], 0.35, atol=0.01)
+    for (_, got), mu, cov in zip(comps, mus, covs, strict=True):
+        want = np.array([*mu, cov[0, 0], cov[0, 1], cov[1, 1]]) + SHEPPARD
+        np.testing.assert_allclose(got, want, atol=0.15)
+    assert bool(regulator.kernel_valid(fit, (40, 40), "mixture"))
+
+
+@pytest.mark.parametrize("kernel", regulator.KERNELS)
+def test_every_kernels_g0_is_the_papers_g0_density(kernel):
+    g0 = regulator.initial_state(GRID, 0.0, kernel)
+    assert g0.shape == (regulator.state_size(kernel),)
+    np.testing.assert_allclose(regulator.kernel_density(g0, GRID, kernel),
+                               regulator.gaussian_density(regulator.initial_params(GRID), GRID),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="regulator.kernel='disc'"):
+        regulator.state_size("disc")

@@ -271,3 +271,25 @@ def test_lambda_hold_trains_on_the_bce_alone_then_adds_the_spatial_loss():
         want = float(m["bce_sum"]) + (lam * float(m["spatial_sum"]) if k == 2 else 0.0)
         np.testing.assert_allclose(float(m["loss_sum"]), want, rtol=1e-5)
     assert lam * float(m["spatial_sum"]) > 1e-3 * float(m["bce_sum"])
+
+
+@pytest.mark.parametrize("kernel", ["flat_top", "mixture"])
+def test_other_kernels_train_and_write_their_own_fits(kernel):
+    """regulator.kernel: the state widens to the kernel's size, starts at its G0 and a step writes
+    the kernel's fit of the pre-update weights into the unmasked rows."""
+    config, model, _, _, batch = _setup()
+    config = config.copy_and_resolve_references()
+    config.regulator.kernel = kernel
+    tx = steps.make_optimizer(config)
+    state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
+    grid = (config.grid_size, config.grid_size)
+    assert state.regulators.shape == (8, regulator.state_size(kernel))
+    np.testing.assert_allclose(state.regulators[0], regulator.initial_state(grid, 0.0, kernel))
+    out = model.apply({"params": state.params}, batch["image"])
+    want = np.asarray(regulator.fit(out.weights, config.regulator.fit_on, kernel))
+    new, m = jax.jit(steps.make_train_step(config, model, tx))(state, batch)
+    valid = np.asarray(regulator.kernel_valid(want, grid, kernel)) & np.asarray(batch["mask"])
+    rows = np.asarray(batch["index"])
+    np.testing.assert_allclose(np.asarray(new.regulators)[rows[valid]], want[valid], rtol=1e-4,
+                               atol=1e-5)
+    assert np.isfinite(float(m["loss_sum"]))
