@@ -334,6 +334,34 @@ def fit(weights: jax.Array, fit_on: str, kernel: str = "gaussian") -> jax.Array:
     return fit_kernel(fit_targets(weights, fit_on), kernel)
 
 
+def gaussian_kl(p: jax.Array, q: jax.Array) -> jax.Array:
+    """KL(N_p || N_q) between the Gaussians of the moments p[..., :5] and q[..., :5] -> (...):
+    0.5 (tr(Q^-1 P) + d^T Q^-1 d - 2 + ln(det Q / det P)), closed form for 2x2 covariances."""
+    ph, pv, p_hh, p_hv, p_vv = (p[..., k] for k in range(5))
+    qh, qv, q_hh, q_hv, q_vv = (q[..., k] for k in range(5))
+    det_p, det_q = p_hh * p_vv - p_hv**2, q_hh * q_vv - q_hv**2
+    trace = (q_vv * p_hh - 2.0 * q_hv * p_hv + q_hh * p_vv) / det_q
+    dh, dv = qh - ph, qv - pv
+    maha = (q_vv * dh**2 - 2.0 * q_hv * dh * dv + q_hh * dv**2) / det_q
+    return 0.5 * (trace + maha - 2.0 + jnp.log(det_q / det_p))
+
+
+def stop_rule(
+    agree: jax.Array, kl: jax.Array, valid: jax.Array, *, stop_kl: float, stop_epochs: int,
+    thaw_kl: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """The stopping criterion for a batch of images (``regulator.stop_kl``): ``agree`` counts
+    each image's successive valid fits whose KL to the regulator they would replace is below
+    ``stop_kl``; at ``stop_epochs`` the image is frozen and its fits are no longer written. A
+    frozen image thaws (count back to 0, the fit written) when a fit moves by more than
+    ``thaw_kl`` (0: never). An invalid fit changes nothing. Returns (new counts, write)."""
+    frozen = agree >= stop_epochs
+    thaw = frozen & valid & (thaw_kl > 0) & (kl > thaw_kl)
+    counted = jnp.where(kl < stop_kl, agree + 1, 0)
+    new = jnp.where(~valid | (frozen & ~thaw), agree, jnp.where(thaw, 0, counted))
+    return new, valid & (~frozen | thaw)
+
+
 def scatter_rows(
     regulators: jax.Array, index: jax.Array, fits: jax.Array, write: jax.Array
 ) -> jax.Array:
@@ -367,13 +395,22 @@ def refit(
     fit_on: str,
     mode: str,
     kernel: str = "gaussian",
-) -> tuple[jax.Array, jax.Array]:
+    agree: jax.Array | None = None,
+    stop: dict | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """One whole Algorithm-1 update for a batch: fit each image's Gaussian to its (stopped)
     patch weights, keep the fits that are valid (and real rows, ``mask``), write them back into
-    rows ``index`` when the mode re-estimates. Returns (new regulators, which rows were valid)."""
+    rows ``index`` when the mode re-estimates. With ``stop`` (``stop_rule``'s thresholds) and the
+    per-image agreement counts ``agree`` (N_train,), frozen images keep their regulator. Returns
+    (new regulators, which rows were valid, new counts)."""
     grid = weights.shape[-2:]
     fits = fit(jax.lax.stop_gradient(weights), fit_on, kernel)
     valid = kernel_valid(fits, grid, kernel) & mask
+    write = valid
+    if stop is not None and agree is not None and mode == "iterative":
+        kl = gaussian_kl(fits, regulators[index])
+        counts, write = stop_rule(agree[index], kl, valid, **stop)
+        agree = agree.at[jnp.where(mask, index, agree.shape[0])].set(counts, mode="drop")
     if mode == "iterative":
-        regulators = scatter_rows(regulators, index, fits, valid)
-    return regulators, valid
+        regulators = scatter_rows(regulators, index, fits, write)
+    return regulators, valid, agree

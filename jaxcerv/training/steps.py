@@ -33,6 +33,8 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # split every step for stochastic layers (classifier dropout)
     regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units (wider: other kernels)
+    # (N_train,) successive agreeing fits per image (regulator.stop_kl; frozen at stop_epochs)
+    regulator_agree: jax.Array
 
 
 # train.schedule: "constant" (the paper) | "warmup_cosine" (linear warm-up, then cosine decay).
@@ -120,7 +122,17 @@ def create_train_state(
         opt_state=tx.init(params),
         rng=state_rng,
         regulators=jnp.tile(g0, (num_train, 1)),
+        regulator_agree=jnp.zeros((num_train,), jnp.int32),
     )
+
+
+def stop_thresholds(config: ml_collections.ConfigDict) -> dict | None:
+    """``regulator.stop_rule``'s thresholds from the config; None when the criterion is off
+    (``regulator.stop_kl`` = 0, the paper: every image is refitted every epoch)."""
+    r = config.regulator
+    if r.get("stop_kl", 0.0) <= 0:
+        return None
+    return {"stop_kl": r.stop_kl, "stop_epochs": r.stop_epochs, "thaw_kl": r.thaw_kl}
 
 
 def _all_finite(*trees: Any) -> jax.Array:
@@ -153,6 +165,7 @@ def make_train_step(
     spatial_loss = regulator.spatial_loss_fn(config.regulator.loss)
     on_logits = config.regulator.normalise == "logits"
     kernel = config.regulator.get("kernel", "gaussian")
+    stop = stop_thresholds(config)
     hold = config.regulator.get("lam_hold_epochs", 0) * steps_per_epoch
     ramp = config.regulator.get("lam_ramp_epochs", 0) * steps_per_epoch
 
@@ -187,13 +200,15 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         if weights is None:
             regulators, valid = state.regulators, jnp.zeros_like(batch["mask"], bool)
+            agree = state.regulator_agree
         else:
-            regulators, valid = regulator.refit(
+            regulators, valid, agree = regulator.refit(
                 state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on,
-                mode=mode, kernel=kernel,
+                mode=mode, kernel=kernel, agree=state.regulator_agree, stop=stop,
             )
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, rng=rng, regulators=regulators
+            step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+            regulators=regulators, regulator_agree=agree,
         )
         metrics = {
             "loss_sum": loss * count,

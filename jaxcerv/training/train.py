@@ -311,6 +311,8 @@ def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.n
             if "regulator_centre_error" in row
             else ""
         )
+        + (f" | {row['regulators_frozen']} of {row['regulators_total']} images frozen"
+           if "regulators_frozen" in row else "")
         + health_notes(row),
         flush=True,
     )
@@ -357,6 +359,10 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
             row = {"epoch": epoch, "step": int(state.step), **row,
                    "lr": steps.lr_at(config, n_steps, int(state.step)),
                    "epoch_time_s": time.perf_counter() - t0}
+            if steps.stop_thresholds(config) is not None:
+                agree = np.asarray(parallel.to_host(state.regulator_agree))
+                row["regulators_frozen"] = int(np.sum(agree >= config.regulator.stop_epochs))
+                row["regulators_total"] = len(agree)
             if truth is not None:
                 row["regulator_centre_error"] = metrics_lib.centre_error(regs[:, :5], truth)
             _log_epoch(fold, writer, row, regs)

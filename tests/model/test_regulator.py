@@ -1,5 +1,6 @@
 """The regulator's equations against independent oracles (numpy moments, scipy's normal pdf)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
@@ -159,3 +160,69 @@ def test_every_kernels_g0_is_the_papers_g0_density(kernel):
                                rtol=1e-5)
     with pytest.raises(ValueError, match="regulator.kernel='disc'"):
         regulator.state_size("disc")
+
+
+def test_gaussian_kl_matches_the_numpy_matrix_formula():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        a, b = rng.uniform(0.3, 1.5, (2, 2, 2))
+        cp, cq = a @ a.T + 0.1 * np.eye(2), b @ b.T + 0.1 * np.eye(2)
+        mp, mq = rng.uniform(1, 4, 2), rng.uniform(1, 4, 2)
+        qi = np.linalg.inv(cq)
+        want = 0.5 * (np.trace(qi @ cp) + (mq - mp) @ qi @ (mq - mp) - 2
+                      + np.log(np.linalg.det(cq) / np.linalg.det(cp)))
+        p = np.array([*mp, cp[0, 0], cp[0, 1], cp[1, 1]], np.float32)
+        q = np.array([*mq, cq[0, 0], cq[0, 1], cq[1, 1]], np.float32)
+        np.testing.assert_allclose(float(regulator.gaussian_kl(p, q)), want, rtol=1e-4)
+        assert abs(float(regulator.gaussian_kl(p, p))) < 1e-5
+
+
+def _run_stop_rule(kls, valid=None, thaw_kl=0.0):
+    """One image through a sequence of epochs' KLs -> (counts, writes) per epoch."""
+    agree, counts, writes = np.zeros(1, np.int32), [], []
+    for t, kl in enumerate(kls):
+        ok = np.array([True if valid is None else valid[t]])
+        agree, write = regulator.stop_rule(agree, np.array([kl], np.float32), ok, stop_kl=0.01,
+                                           stop_epochs=3, thaw_kl=thaw_kl)
+        counts.append(int(agree[0]))
+        writes.append(bool(write[0]))
+    return counts, writes
+
+
+def test_stop_rule_freezes_after_k_agreeing_fits_and_not_when_fits_move():
+    counts, writes = _run_stop_rule([1.0, 0.001, 0.002, 0.001, 0.5, 0.001])
+    assert counts == [0, 1, 2, 3, 3, 3]  # frozen after the third agreeing fit
+    assert writes == [True, True, True, True, False, False]  # frozen: never written again
+    counts, writes = _run_stop_rule([0.001, 0.001, 0.5, 0.001, 0.001, 0.3])
+    assert counts == [1, 2, 0, 1, 2, 0] and all(writes)  # a moving fit resets the count
+    counts, _ = _run_stop_rule([0.001, 0.001, 0.001], valid=[True, False, True])
+    assert counts == [1, 1, 2]  # an invalid fit changes nothing
+
+
+def test_stop_rule_thaws_a_frozen_image_when_a_fit_moves_past_thaw_kl():
+    counts, writes = _run_stop_rule([0.001] * 3 + [0.05, 0.5, 0.001], thaw_kl=0.1)
+    assert counts == [1, 2, 3, 3, 0, 1]  # 0.05 < thaw_kl stays frozen; 0.5 thaws it
+    assert writes == [True, True, True, False, True, True]
+
+
+def test_refit_with_the_stopping_criterion_keeps_a_frozen_images_regulator():
+    """Fitting the same map again and again: the first fit moves off G0 (KL large), the next
+    three agree, then the image is frozen and a different map's fit is no longer written."""
+    grid = (6, 6)
+    w = np.zeros((1, 6, 6), np.float32)
+    w[0, 1:4, 1:3] = 1.0
+    regs = jnp.tile(regulator.initial_params(grid), (2, 1))
+    agree = jnp.zeros(2, jnp.int32)
+    idx, mask = jnp.array([1]), jnp.array([True])
+    stop = {"stop_kl": 0.01, "stop_epochs": 3, "thaw_kl": 0.0}
+    for _ in range(4):
+        regs, _, agree = regulator.refit(regs, idx, w, mask, fit_on="weights", mode="iterative",
+                                         agree=agree, stop=stop)
+    assert agree.tolist() == [0, 3]
+    frozen = np.asarray(regs[1])
+    np.testing.assert_allclose(frozen, np.asarray(regulator.fit_gaussian(w[0])), rtol=1e-6)
+    moved = np.roll(w, 2, axis=-1)
+    regs, valid, agree = regulator.refit(regs, idx, moved, mask, fit_on="weights",
+                                         mode="iterative", agree=agree, stop=stop)
+    assert bool(valid[0]) and np.array_equal(np.asarray(regs[1]), frozen)
+    np.testing.assert_array_equal(regs[0], regulator.initial_params(grid))  # row 0 untouched

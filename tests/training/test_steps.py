@@ -293,3 +293,22 @@ def test_other_kernels_train_and_write_their_own_fits(kernel):
     np.testing.assert_allclose(np.asarray(new.regulators)[rows[valid]], want[valid], rtol=1e-4,
                                atol=1e-5)
     assert np.isfinite(float(m["loss_sum"]))
+
+
+def test_stopping_criterion_in_the_step_freezes_rows_and_counts_them():
+    """regulator.stop_kl huge, stop_epochs 1: the first step's fits all agree (counts 1, written),
+    so the second step writes nothing into those rows; off (stop_kl 0) nothing is counted."""
+    config, model, state, step, batch = _setup()
+    new, _ = step(jax.tree.map(jnp.copy, state), batch)
+    assert not np.asarray(new.regulator_agree).any()  # the paper: no criterion
+    config = config.copy_and_resolve_references()
+    config.regulator.stop_kl, config.regulator.stop_epochs = 1e9, 1
+    tx = steps.make_optimizer(config)
+    stop_step = jax.jit(steps.make_train_step(config, model, tx))
+    first, _ = stop_step(state, batch)
+    rows = np.asarray(batch["index"])[np.asarray(batch["mask"])]
+    agree = np.asarray(first.regulator_agree)
+    assert (agree[rows] == 1).all() and agree.sum() == len(rows)
+    second, m = stop_step(first, batch)
+    assert float(m["valid_fits"]) > 0
+    np.testing.assert_array_equal(np.asarray(second.regulators), np.asarray(first.regulators))
