@@ -16,11 +16,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.batch_size = 8
     config.eval.num_heatmaps = 2
     config.eval.bootstrap = 20
-    # The pre-recipe regulator and optimiser settings the tests' hand-computed oracles were
-    # written for (and a 3-epoch lambda hold would leave a 2-epoch run without any regulator);
-    # tests/configs/test_recipe.py checks the recipe itself.
-    config.regulator.normalise = "weights"
-    config.regulator.lam_hold_epochs = 0.0
-    config.regulator.lam_ramp_epochs = 0.0
-    config.train.learning_rate = 1e-3
     return config
