@@ -113,9 +113,9 @@ def create_train_state(
     params = model.init(init_rng, jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
     if config.model.init_from:
         params = model_lib.load_init(params, config.model.init_from)
-    g0 = regulator.initial_state((config.grid_size, config.grid_size),
-                                 config.regulator.g0_fraction, config.regulator.get("kernel",
-                                                                                    "gaussian"))
+    kernel = config.regulator.get("kernel", "gaussian")
+    grid = (config.grid_size, config.grid_size)
+    g0 = regulator.initial_state(grid, config.regulator.g0_fraction, kernel)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
