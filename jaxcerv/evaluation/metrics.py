@@ -319,6 +319,32 @@ def flat_map_fraction(weights) -> float:
     return float(np.mean(hi - lo <= FLAT_REL * np.maximum(np.abs(hi), np.abs(lo)) + FLAT_ABS))
 
 
+# An encoder is dead when at least this share of the image-feature dimensions is constant.
+DEAD_FRACTION = 0.99
+
+
+def dead_feature_fraction(features) -> float:
+    """Share of the image-feature dimensions of an (N, F) batch that are the same for every image
+    (range within FLAT_REL of the magnitude, plus FLAT_ABS), i.e. that carry no information.
+
+    Why across images and not "== 0": a dead patch encoder (every ReLU at 0 for every patch, as
+    on configs/benchmark.py at learning rate 1e-3) feeds 0 into the LayerNorm before the
+    classifier, which then outputs its bias: constant, but not 0."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise MetricsError(f"features must be (N >= 2, F), got shape {f.shape}")
+    hi, lo = f.max(axis=0), f.min(axis=0)
+    return float(np.mean(hi - lo <= FLAT_REL * np.maximum(np.abs(hi), np.abs(lo)) + FLAT_ABS))
+
+
+def is_dead_encoder(features) -> bool:
+    """The dead-encoder rule: at least DEAD_FRACTION of the image-feature dimensions are
+    constant over the images of a validation (or test) split (``dead_feature_fraction``); the
+    classifier's output is then the same for every image and its BCE stays at the class prior's
+    (ln 2 when balanced)."""
+    return dead_feature_fraction(features) >= DEAD_FRACTION
+
+
 def pointing_game(weights, lesion, tolerance: int = 1) -> float:
     """Fraction of lesion-bearing images whose top-weight patch hits a lesion patch.
 

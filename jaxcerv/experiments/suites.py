@@ -96,14 +96,29 @@ def table2(config: ml_collections.ConfigDict) -> list[Variant]:
 
 def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
     """The regulator ablations: fixed / none, what Eq. 6 fits and which spatial loss."""
+    no_warmup = {"regulator.lam_hold_epochs": 0.0, "regulator.lam_ramp_epochs": 0.0}
+    recipe = {"regulator.normalise": "logits", "train.learning_rate": 3e-4,
+              "regulator.lam_hold_epochs": 3.0, "regulator.lam_ramp_epochs": 2.0}
     return [
-        proposed(),
+        Variant(PROPOSED, "Proposed, the config's settings (paper as printed in "
+                "configs/paper.py; recommended in configs/benchmark.py)"),
+        Variant("paper_as_printed", "Paper as printed (Eq. 6 on the weights, lambda from "
+                "the first step; lr 1e-3)", {"regulator.normalise": "weights",
+                                             "train.learning_rate": 1e-3, **no_warmup}),
+        Variant("recommended", "Recommended (Eq. 6 on the logits, lr 3e-4, lambda warm-up)",
+                recipe),
+        Variant("kernel_flat_top", "Recommended, flat-top (generalised Gaussian) kernel",
+                {**recipe, "regulator.kernel": "flat_top"}),
+        Variant("kernel_mixture", "Recommended, two-Gaussian mixture kernel",
+                {**recipe, "regulator.kernel": "mixture"}),
+        Variant("stop_kl", "Recommended, refitting stops after 3 fits within KL 0.01",
+                {**recipe, "regulator.stop_kl": 0.01}),
         Variant("fixed", "Fixed regulator (G0 for every image)", {"regulator.mode": "fixed"}),
         Variant("no_regulator", "No regulator", NO_REGULATOR),
         Variant("logits", "Eq. 6 on the min-max normalised logits (no sigmoid saturation)",
-                {"regulator.normalise": "logits"}),
-        Variant("logits_lr3e-4", "Eq. 6 on the logits, learning rate 3e-4",
-                {"regulator.normalise": "logits", "train.learning_rate": 3e-4}),
+                {"regulator.normalise": "logits", "train.learning_rate": 1e-3, **no_warmup}),
+        Variant("logits_lr3e-4", "Eq. 6 on the logits, learning rate 3e-4, no lambda warm-up",
+                {"regulator.normalise": "logits", "train.learning_rate": 3e-4, **no_warmup}),
         Variant("one_sided", "One-sided spatial loss", {"regulator.loss": "one_sided"}),
         Variant("one_sided_logits", "One-sided spatial loss on the logits",
                 {"regulator.loss": "one_sided", "regulator.normalise": "logits"}),

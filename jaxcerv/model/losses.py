@@ -41,3 +41,13 @@ def weighted(per_example: jax.Array, labels: jax.Array, weights: jax.Array) -> j
 def combined_loss(bce: jax.Array, spatial: jax.Array, lam: float, mode: str) -> jax.Array:
     """Eq. 11: BCE + lambda * spatial loss; the ablation without a regulator keeps the BCE only."""
     return bce if mode == "none" else bce + lam * spatial
+
+
+def lambda_at(step: jax.Array, lam: float, hold_steps: float = 0, ramp_steps: float = 0):
+    """lambda of Eq. 11 at a train step: 0 for the first ``hold_steps`` (the classifier learns
+    before the regulator pulls), then a linear ramp to ``lam`` over ``ramp_steps``; ``lam``
+    itself when both are 0 (the paper)."""
+    if hold_steps <= 0 and ramp_steps <= 0:
+        return lam
+    t = (jnp.asarray(step, jnp.float32) - hold_steps) / max(ramp_steps, 1.0)
+    return lam * jnp.clip(t + (1.0 if ramp_steps <= 0 else 0.0), 0.0, 1.0)

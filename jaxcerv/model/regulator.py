@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import gammaln
 
 from jaxcerv.model.tolerances import FLAT_ABS, FLAT_REL
 
@@ -123,6 +124,179 @@ def fit_gaussian(weights: jax.Array) -> jax.Array:
     return jnp.stack([mu_h, mu_v, moment(dh * dh), moment(dh * dv), moment(dv * dv)], axis=-1)
 
 
+# ---------------------------------------------------------------------------------------------
+# Regulator kernels (``regulator.kernel``), the paper's future work. Every kernel's state begins
+# with the 5 weighted moments [mu_h, mu_v, c_hh, c_hv, c_vv] of what it was fitted to (mean and
+# covariance), so centre errors, ellipses and reports read any kernel's first 5 entries as they
+# read the paper's Gaussian (whose state is exactly those 5).
+#   "gaussian" (the paper, Eq. 10): 5 entries.
+#   "flat_top": a generalised Gaussian exp(-0.5 m^beta), m the Mahalanobis distance of its scatter
+#       matrix; beta 1 is the Gaussian, beta > 1 a plateau with a soft edge (a cervix seen face on
+#       is a disc, not a bump): 6 entries, beta last.
+#   "mixture": two Gaussian components (a transformation zone beside the os): 5 + 11 entries,
+#       [pi, mu_h1, mu_v1, s_hh1, s_hv1, s_vv1, mu_h2, ..., s_vv2] after the moments.
+KERNELS = ("gaussian", "flat_top", "mixture")
+BETA_RANGE = (0.25, 8.0)  # the shapes the flat-top fit can return
+EM_STEPS = 10  # EM iterations of the mixture fit (from a split of the single Gaussian)
+
+
+def state_size(kernel: str) -> int:
+    """Entries of one image's regulator state for ``kernel``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"config.regulator.kernel={kernel!r}: use one of {KERNELS}")
+    return {"gaussian": 5, "flat_top": 6, "mixture": 16}[kernel]
+
+
+def initial_state(grid_hw: tuple[int, int], fraction: float = 0.0,
+                  kernel: str = "gaussian") -> jax.Array:
+    """G0 in ``kernel``'s state: the same density as the paper's G0 (beta 1; two equal halves)."""
+    g0 = initial_params(grid_hw, fraction)
+    if state_size(kernel) == 5:
+        return g0
+    if kernel == "flat_top":
+        return jnp.concatenate([g0, jnp.ones(1, jnp.float32)])
+    return jnp.concatenate([g0, jnp.full(1, 0.5, jnp.float32), g0, g0])
+
+
+def _mean_sq_mahalanobis(beta: jax.Array) -> jax.Array:
+    """E[m] under exp(-0.5 m^beta) in 2-D, in units of the scatter matrix: 0.5 m^beta is
+    Gamma(1/beta, 1) distributed, so E[m] = 2^(1/beta) Gamma(2/beta) / Gamma(1/beta)."""
+    return jnp.exp(jnp.log(2.0) / beta + gammaln(2.0 / beta) - gammaln(1.0 / beta))
+
+
+def _moment_ratio(beta: jax.Array) -> jax.Array:
+    """E[m^2] / E[m]^2 under exp(-0.5 m^beta) in 2-D: Gamma(3/b) Gamma(1/b) / Gamma(2/b)^2; 2 for
+    the Gaussian, 4/3 for a uniform disc (beta -> inf), decreasing in beta."""
+    return jnp.exp(gammaln(3.0 / beta) + gammaln(1.0 / beta) - 2.0 * gammaln(2.0 / beta))
+
+
+def _mahalanobis(cov5: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    """d^T S^-1 d at the patch centres for [mu_h, mu_v, s_hh, s_hv, s_vv] (..., 5) -> (..., H, W),
+    and det S (..., 1, 1)."""
+    h, v = patch_centres(grid_hw)
+    p = cov5[..., None, None, :]
+    mu_h, mu_v, s_hh, s_hv, s_vv = (p[..., k] for k in range(5))
+    det = s_hh * s_vv - s_hv**2
+    dh, dv = h - mu_h, v - mu_v
+    return (s_vv * dh**2 - 2.0 * s_hv * dh * dv + s_hh * dv**2) / det, det
+
+
+def flat_top_density(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    """The flat-top density of a (..., 6) state at the patch centres -> (..., H, W). Its scatter
+    matrix is the covariance over E[m] / 2, its normaliser pi 2^(1/b) Gamma(1 + 1/b) sqrt(det)."""
+    beta = params[..., 5]
+    scale = (2.0 / _mean_sq_mahalanobis(beta))[..., None]
+    scatter = jnp.concatenate([params[..., :2], params[..., 2:5] * scale], axis=-1)
+    m, det = _mahalanobis(scatter, grid_hw)
+    b = beta[..., None, None]
+    norm = jnp.pi * jnp.exp(jnp.log(2.0) / b + gammaln(1.0 + 1.0 / b)) * jnp.sqrt(det)
+    return jnp.exp(-0.5 * jnp.maximum(m, 0.0) ** b) / norm
+
+
+def mixture_density(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    """pi N(mu_1, S_1) + (1 - pi) N(mu_2, S_2) of a (..., 16) state -> (..., H, W)."""
+    pi = params[..., 5, None, None]
+    return (pi * gaussian_density(params[..., 6:11], grid_hw)
+            + (1.0 - pi) * gaussian_density(params[..., 11:16], grid_hw))
+
+
+def kernel_density(params: jax.Array, grid_hw: tuple[int, int], kernel: str = "gaussian"
+                   ) -> jax.Array:
+    """The regulator density s of ``kernel`` at the patch centres (Eq. 10 for the Gaussian)."""
+    if kernel == "flat_top":
+        return flat_top_density(params, grid_hw)
+    if kernel == "mixture":
+        return mixture_density(params, grid_hw)
+    return gaussian_density(params, grid_hw)
+
+
+def fit_flat_top(weights: jax.Array) -> jax.Array:
+    """Weighted moment fit of the flat-top kernel -> (..., 6): the weighted mean and covariance
+    (as the Gaussian), then beta from the shape statistic E_w[m^2] / E_w[m]^2 of the weighted
+    Mahalanobis distances, which depends on beta alone (``_moment_ratio``); 40 bisection steps on
+    log beta solve it in the jitted refit. beta 1 is returned for a Gaussian's own weights."""
+    moments = fit_gaussian(weights)
+    m, _ = _mahalanobis(moments, weights.shape[-2:])
+    w = weights.astype(jnp.float32)
+    total = jnp.sum(w, axis=(-2, -1))
+    e1 = jnp.sum(w * m, axis=(-2, -1)) / total
+    e2 = jnp.sum(w * m * m, axis=(-2, -1)) / total
+    ratio = e2 / (e1 * e1)
+    lo = jnp.full_like(ratio, jnp.log(BETA_RANGE[0]))
+    hi = jnp.full_like(ratio, jnp.log(BETA_RANGE[1]))
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = _moment_ratio(jnp.exp(mid)) > ratio  # too peaked: beta must grow
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 40, bisect, (lo, hi))
+    return jnp.concatenate([moments, jnp.exp(0.5 * (lo + hi))[..., None]], axis=-1)
+
+
+def fit_mixture(weights: jax.Array, steps: int = EM_STEPS) -> jax.Array:
+    """Weighted EM for two Gaussians -> (..., 16): start from the single Gaussian split along its
+    major axis (centres at +-1 standard deviation, each with the covariance less that spread),
+    then ``steps`` EM iterations on the patch centres weighted by ``weights``. The moments in
+    front are those of the weights (EM keeps the mixture's mean and covariance equal to them)."""
+    grid = weights.shape[-2:]
+    h, v = patch_centres(grid)
+    w = weights.astype(jnp.float32)
+    moments = fit_gaussian(w)
+    mu_h, mu_v, c_hh, c_hv, c_vv = (moments[..., k] for k in range(5))
+    half_tr = 0.5 * (c_hh + c_vv)
+    lam1 = half_tr + jnp.sqrt(jnp.maximum(0.25 * (c_hh - c_vv) ** 2 + c_hv**2, 0.0))
+    # Major-axis direction of [[c_hh, c_hv], [c_hv, c_vv]] (the h axis when it is diagonal).
+    tilted, wide = jnp.abs(c_hv) > 1e-12, c_hh >= c_vv
+    eh = jnp.where(tilted, lam1 - c_vv, jnp.where(wide, 1.0, 0.0))
+    ev = jnp.where(tilted, c_hv, jnp.where(wide, 0.0, 1.0))
+    n = jnp.sqrt(eh**2 + ev**2)
+    sd = jnp.sqrt(lam1)
+    dh, dv = sd * eh / n, sd * ev / n
+    shrink = jnp.stack([c_hh - dh * dh, c_hv - dh * dv, c_vv - dv * dv], axis=-1)
+    comp1 = jnp.concatenate([jnp.stack([mu_h - dh, mu_v - dv], -1), shrink], -1)
+    comp2 = jnp.concatenate([jnp.stack([mu_h + dh, mu_v + dv], -1), shrink], -1)
+    # A small floor keeps the starting covariances definite (the split removes the major axis).
+    floor = jnp.array([0.0, 0.0, 0.25, 0.0, 0.25], jnp.float32)
+    state = (jnp.full(mu_h.shape, 0.5, jnp.float32), comp1 + floor, comp2 + floor)
+
+    def em(_, state):
+        pi, c1, c2 = state
+        p1 = pi[..., None, None] * gaussian_density(c1, grid)
+        p2 = (1.0 - pi[..., None, None]) * gaussian_density(c2, grid)
+        r1 = p1 / jnp.maximum(p1 + p2, 1e-30)
+        w1, w2 = w * r1, w * (1.0 - r1)
+        new_pi = jnp.sum(w1, axis=(-2, -1)) / jnp.sum(w, axis=(-2, -1))
+        return new_pi, fit_gaussian(w1), fit_gaussian(w2)
+
+    pi, c1, c2 = jax.lax.fori_loop(0, steps, em, state)
+    return jnp.concatenate([moments, pi[..., None], c1, c2], axis=-1)
+
+
+def fit_kernel(targets: jax.Array, kernel: str = "gaussian") -> jax.Array:
+    """``kernel``'s fit to the per-patch masses ``targets`` (see ``fit_targets``)."""
+    if kernel == "flat_top":
+        return fit_flat_top(targets)
+    if kernel == "mixture":
+        return fit_mixture(targets)
+    return fit_gaussian(targets)
+
+
+def kernel_valid(params: jax.Array, grid_hw: tuple[int, int], kernel: str = "gaussian"
+                 ) -> jax.Array:
+    """``is_valid`` for every Gaussian in the state, beta inside BETA_RANGE, pi in (0, 1)."""
+    ok = is_valid(params[..., :5], grid_hw)
+    if kernel == "flat_top":
+        beta = params[..., 5]
+        ok = ok & (beta >= BETA_RANGE[0]) & (beta <= BETA_RANGE[1])
+    if kernel == "mixture":
+        pi = params[..., 5]
+        ok = ok & (pi > 1e-3) & (pi < 1 - 1e-3) & is_valid(params[..., 6:11], grid_hw)
+        ok = ok & is_valid(params[..., 11:16], grid_hw)
+    return ok
+
+
 def is_valid(params: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
     """A fit may replace the old regulator only if its centre lies inside the grid, its covariance
     is symmetric positive definite (not degenerate) and all entries are finite -> bool (...)."""
@@ -155,9 +329,37 @@ def fit_targets(weights: jax.Array, fit_on: str) -> jax.Array:
     raise ValueError(f"config.regulator.fit_on={fit_on!r}: use one of {FIT_ON}")
 
 
-def fit(weights: jax.Array, fit_on: str) -> jax.Array:
-    """An image's own regulator: the weighted-moment fit of its fit targets -> (..., 5)."""
-    return fit_gaussian(fit_targets(weights, fit_on))
+def fit(weights: jax.Array, fit_on: str, kernel: str = "gaussian") -> jax.Array:
+    """An image's own regulator: ``kernel``'s fit to its fit targets -> (..., state_size)."""
+    return fit_kernel(fit_targets(weights, fit_on), kernel)
+
+
+def gaussian_kl(p: jax.Array, q: jax.Array) -> jax.Array:
+    """KL(N_p || N_q) between the Gaussians of the moments p[..., :5] and q[..., :5] -> (...):
+    0.5 (tr(Q^-1 P) + d^T Q^-1 d - 2 + ln(det Q / det P)), closed form for 2x2 covariances."""
+    ph, pv, p_hh, p_hv, p_vv = (p[..., k] for k in range(5))
+    qh, qv, q_hh, q_hv, q_vv = (q[..., k] for k in range(5))
+    det_p, det_q = p_hh * p_vv - p_hv**2, q_hh * q_vv - q_hv**2
+    trace = (q_vv * p_hh - 2.0 * q_hv * p_hv + q_hh * p_vv) / det_q
+    dh, dv = qh - ph, qv - pv
+    maha = (q_vv * dh**2 - 2.0 * q_hv * dh * dv + q_hh * dv**2) / det_q
+    return 0.5 * (trace + maha - 2.0 + jnp.log(det_q / det_p))
+
+
+def stop_rule(
+    agree: jax.Array, kl: jax.Array, valid: jax.Array, *, stop_kl: float, stop_epochs: int,
+    thaw_kl: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """The stopping criterion for a batch of images (``regulator.stop_kl``): ``agree`` counts
+    each image's successive valid fits whose KL to the regulator they would replace is below
+    ``stop_kl``; at ``stop_epochs`` the image is frozen and its fits are no longer written. A
+    frozen image thaws (count back to 0, the fit written) when a fit moves by more than
+    ``thaw_kl`` (0: never). An invalid fit changes nothing. Returns (new counts, write)."""
+    frozen = agree >= stop_epochs
+    thaw = frozen & valid & (thaw_kl > 0) & (kl > thaw_kl)
+    counted = jnp.where(kl < stop_kl, agree + 1, 0)
+    new = jnp.where(~valid | (frozen & ~thaw), agree, jnp.where(thaw, 0, counted))
+    return new, valid & (~frozen | thaw)
 
 
 def scatter_rows(
@@ -174,14 +376,14 @@ def scatter_rows(
 
 def batch_regulators(
     regulators: jax.Array, index: jax.Array, mode: str, grid_hw: tuple[int, int],
-    g0_fraction: float = 0.0,
+    g0_fraction: float = 0.0, kernel: str = "gaussian",
 ) -> jax.Array:
     """The regulators a batch's spatial loss uses: each image's own row (Alg. 1), or G0 for
     every image when the mode keeps G0 fixed (or has no spatial loss)."""
     if mode == "iterative":
         return regulators[index]
-    g0 = initial_params(grid_hw, g0_fraction)
-    return jnp.broadcast_to(g0, (index.shape[0], 5))
+    g0 = initial_state(grid_hw, g0_fraction, kernel)
+    return jnp.broadcast_to(g0, (index.shape[0], g0.shape[-1]))
 
 
 def refit(
@@ -192,13 +394,23 @@ def refit(
     *,
     fit_on: str,
     mode: str,
-) -> tuple[jax.Array, jax.Array]:
+    kernel: str = "gaussian",
+    agree: jax.Array | None = None,
+    stop: dict | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """One whole Algorithm-1 update for a batch: fit each image's Gaussian to its (stopped)
     patch weights, keep the fits that are valid (and real rows, ``mask``), write them back into
-    rows ``index`` when the mode re-estimates. Returns (new regulators, which rows were valid)."""
+    rows ``index`` when the mode re-estimates. With ``stop`` (``stop_rule``'s thresholds) and the
+    per-image agreement counts ``agree`` (N_train,), frozen images keep their regulator. Returns
+    (new regulators, which rows were valid, new counts)."""
     grid = weights.shape[-2:]
-    fits = fit(jax.lax.stop_gradient(weights), fit_on)
-    valid = is_valid(fits, grid) & mask
+    fits = fit(jax.lax.stop_gradient(weights), fit_on, kernel)
+    valid = kernel_valid(fits, grid, kernel) & mask
+    write = valid
+    if stop is not None and agree is not None and mode == "iterative":
+        kl = gaussian_kl(fits, regulators[index])
+        counts, write = stop_rule(agree[index], kl, valid, **stop)
+        agree = agree.at[jnp.where(mask, index, agree.shape[0])].set(counts, mode="drop")
     if mode == "iterative":
-        regulators = scatter_rows(regulators, index, fits, valid)
-    return regulators, valid
+        regulators = scatter_rows(regulators, index, fits, write)
+    return regulators, valid, agree

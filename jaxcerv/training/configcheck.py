@@ -18,6 +18,7 @@ from jaxcerv.model import regulator
 from jaxcerv.model.conv import IMPLS
 from jaxcerv.model.losses import CLASS_WEIGHTS
 from jaxcerv.model.networks import FAMILIES, WHOLE_IMAGE, init_from_for_fold
+from jaxcerv.training.steps import SCHEDULES
 
 DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder", "annocerv")
 AGGREGATIONS = ("mean", "sum", "concat")
@@ -117,6 +118,10 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("regulator.lam", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
          "a finite number >= 0"),
         ("regulator.fit_on", lambda v: v in regulator.FIT_ON, f"one of {regulator.FIT_ON}"),
+        ("regulator.kernel", lambda v: v in regulator.KERNELS, f"one of {regulator.KERNELS}"),
+        ("regulator.stop_kl", lambda v: is_num(v) and v >= 0, "0 (off) or a KL > 0"),
+        ("regulator.stop_epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("regulator.thaw_kl", lambda v: is_num(v) and v >= 0, "0 (never) or a KL > 0"),
         ("regulator.normalise", lambda v: v in regulator.NORMALISE,
          f"one of {regulator.NORMALISE}"),
         ("train.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
@@ -124,6 +129,13 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("train.learning_rate", lambda v: is_num(v) and math.isfinite(v) and v > 0,
          "a finite number > 0"),
         ("train.patience", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
+        ("train.schedule", lambda v: v in SCHEDULES, f"one of {SCHEDULES}"),
+        ("train.warmup_epochs", lambda v: is_num(v) and v >= 0, "a number of epochs >= 0"),
+        ("train.final_lr_fraction", lambda v: is_num(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+        ("train.grad_clip", lambda v: is_num(v) and v >= 0, "0 (off) or a norm > 0"),
+        ("train.adam_eps", lambda v: is_num(v) and v > 0, "a number > 0"),
+        ("regulator.lam_hold_epochs", lambda v: is_num(v) and v >= 0, "a number of epochs >= 0"),
+        ("regulator.lam_ramp_epochs", lambda v: is_num(v) and v >= 0, "a number of epochs >= 0"),
         ("train.class_weight", lambda v: v in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
         ("train.freeze_encoder_steps", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ("train.max_bce", lambda v: is_num(v) and v > 0, "a number > 0"),

@@ -32,13 +32,47 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array  # split every step for stochastic layers (classifier dropout)
-    regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units
+    regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units (wider: other kernels)
+    # (N_train,) successive agreeing fits per image (regulator.stop_kl; frozen at stop_epochs)
+    regulator_agree: jax.Array
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam; with ``train.freeze_encoder_steps`` > 0 (a pretrained encoder loaded through
-    ``model.init_from``) the encoder is held still for that many steps."""
-    tx = optax.adam(config.train.learning_rate)
+# train.schedule: "constant" (the paper) | "warmup_cosine" (linear warm-up, then cosine decay).
+SCHEDULES = ("constant", "warmup_cosine")
+
+
+def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int = 1):
+    """The learning rate: a float (``train.schedule=constant``) or an optax schedule of the step:
+    a linear warm-up over ``train.warmup_epochs`` from 0, then a cosine decay to
+    ``train.final_lr_fraction`` of the peak at ``train.epochs``."""
+    t = config.train
+    name = t.get("schedule", "constant")
+    if name == "constant":
+        return t.learning_rate
+    if name != "warmup_cosine":
+        raise ValueError(f"config.train.schedule={name!r}: use one of {SCHEDULES}")
+    total = max(int(t.epochs * steps_per_epoch), 2)
+    warmup = min(int(round(t.get("warmup_epochs", 0.0) * steps_per_epoch)), total - 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, t.learning_rate, warmup, total, t.learning_rate * t.get("final_lr_fraction", 0.0))
+
+
+def lr_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int) -> float:
+    """The learning rate at ``step`` (for the epoch log)."""
+    lr = learning_rate(config, steps_per_epoch)
+    return float(lr(step)) if callable(lr) else float(lr)
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int = 1
+) -> optax.GradientTransformation:
+    """Adam (``train.adam_eps``) at ``learning_rate``; ``train.grad_clip`` > 0 clips the global
+    gradient norm first; with ``train.freeze_encoder_steps`` > 0 (a pretrained encoder loaded
+    through ``model.init_from``) the encoder is held still for that many steps."""
+    tx = optax.adam(learning_rate(config, steps_per_epoch), eps=config.train.get("adam_eps", 1e-8))
+    clip = config.train.get("grad_clip", 0.0)
+    if clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     frozen = config.train.get("freeze_encoder_steps", 0)
     return freeze_encoder(tx, frozen) if frozen else tx
 
@@ -79,15 +113,26 @@ def create_train_state(
     params = model.init(init_rng, jnp.zeros((1, side, side, 3), jnp.uint8))["params"]
     if config.model.init_from:
         params = model_lib.load_init(params, config.model.init_from)
-    g0 = regulator.initial_params((config.grid_size, config.grid_size),
-                                  config.regulator.g0_fraction)
+    kernel = config.regulator.get("kernel", "gaussian")
+    grid = (config.grid_size, config.grid_size)
+    g0 = regulator.initial_state(grid, config.regulator.g0_fraction, kernel)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         rng=state_rng,
         regulators=jnp.tile(g0, (num_train, 1)),
+        regulator_agree=jnp.zeros((num_train,), jnp.int32),
     )
+
+
+def stop_thresholds(config: ml_collections.ConfigDict) -> dict | None:
+    """``regulator.stop_rule``'s thresholds from the config; None when the criterion is off
+    (``regulator.stop_kl`` = 0, the paper: every image is refitted every epoch)."""
+    r = config.regulator
+    if r.get("stop_kl", 0.0) <= 0:
+        return None
+    return {"stop_kl": r.stop_kl, "stop_epochs": r.stop_epochs, "thaw_kl": r.thaw_kl}
 
 
 def _all_finite(*trees: Any) -> jax.Array:
@@ -100,6 +145,7 @@ def make_train_step(
     model: Any,
     tx: optax.GradientTransformation,
     class_weights: Any = (1.0, 1.0),
+    steps_per_epoch: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted train step for this config (jit it with donation: see ``jit_steps``).
 
@@ -110,6 +156,7 @@ def make_train_step(
     not finite, or the batch's mean BCE exceeds ``config.train.max_bce``: the loop stops on it
     (divergence guard) before anything is saved. A model without patch weights (a whole-image
     baseline) has no spatial loss and no refit: its regulators stay at G0, its spatial loss is 0.
+    lambda follows ``losses.lambda_at`` (``regulator.lam_hold_epochs``, ``lam_ramp_epochs``).
     """
     mode, lam, fit_on = config.regulator.mode, config.regulator.lam, config.regulator.fit_on
     max_bce = config.train.max_bce
@@ -117,14 +164,18 @@ def make_train_step(
     cw = tuple(float(w) for w in class_weights)
     spatial_loss = regulator.spatial_loss_fn(config.regulator.loss)
     on_logits = config.regulator.normalise == "logits"
+    kernel = config.regulator.get("kernel", "gaussian")
+    stop = stop_thresholds(config)
+    hold = config.regulator.get("lam_hold_epochs", 0) * steps_per_epoch
+    ramp = config.regulator.get("lam_ramp_epochs", 0) * steps_per_epoch
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, dropout_rng = jax.random.split(state.rng)
         mask = batch["mask"].astype(jnp.float32)
         count = jnp.maximum(jnp.sum(mask), 1.0)
-        density = regulator.gaussian_density(
+        density = regulator.kernel_density(
             regulator.batch_regulators(state.regulators, batch["index"], mode, grid,
-                                       config.regulator.g0_fraction), grid
+                                       config.regulator.g0_fraction, kernel), grid, kernel
         )
 
         def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, ...]]:
@@ -137,7 +188,8 @@ def make_train_step(
             else:
                 spatial = spatial_loss(out.weight_logits if on_logits else out.weights, density)
             total = losses.combined_loss(
-                losses.weighted(bce, batch["label"], cw), spatial, lam, mode
+                losses.weighted(bce, batch["label"], cw), spatial,
+                losses.lambda_at(state.step, lam, hold, ramp), mode
             )
             return jnp.sum(total * mask) / count, (bce, spatial, out.weights)
 
@@ -148,12 +200,15 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         if weights is None:
             regulators, valid = state.regulators, jnp.zeros_like(batch["mask"], bool)
+            agree = state.regulator_agree
         else:
-            regulators, valid = regulator.refit(
-                state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on, mode=mode
+            regulators, valid, agree = regulator.refit(
+                state.regulators, batch["index"], weights, batch["mask"], fit_on=fit_on,
+                mode=mode, kernel=kernel, agree=state.regulator_agree, stop=stop,
             )
         new_state = state.replace(
-            step=state.step + 1, params=params, opt_state=opt_state, rng=rng, regulators=regulators
+            step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
+            regulators=regulators, regulator_agree=agree,
         )
         metrics = {
             "loss_sum": loss * count,
@@ -198,11 +253,12 @@ def jit_eval_step(config: ml_collections.ConfigDict, model: Any, **kw: Any):
     )
 
 
-def jit_steps(config, model, tx, mesh, class_weights: Any = (1.0, 1.0)):
+def jit_steps(config, model, tx, mesh, class_weights: Any = (1.0, 1.0),
+              steps_per_epoch: int = 1):
     """Jit both steps over the mesh: batch split on ``data``, state replicated and donated."""
     rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     train_step = jax.jit(
-        make_train_step(config, model, tx, class_weights),
+        make_train_step(config, model, tx, class_weights, steps_per_epoch),
         in_shardings=(rep, data),
         out_shardings=(rep, rep),
         donate_argnums=0,

@@ -119,10 +119,11 @@ def _set_up(config, run: RunDir, source, records, split, mesh) -> Fold:
             f"config.train.batch_size={config.train.batch_size}: lower the batch size"
         )
     model = model_lib.from_config(config)
-    tx = steps.make_optimizer(config)
+    per_epoch = len(train_idx) // config.train.batch_size
+    tx = steps.make_optimizer(config, per_epoch)
     weights = losses.class_weights(records.labels[train_idx],
                                    config.train.get("class_weight", "none"))
-    train_step, eval_step = steps.jit_steps(config, model, tx, mesh, weights)
+    train_step, eval_step = steps.jit_steps(config, model, tx, mesh, weights, per_epoch)
     state = parallel.replicated_init(
         functools.partial(steps.create_train_state, config, model, tx, len(train_idx)),
         mesh,
@@ -285,6 +286,8 @@ def _validate(fold: Fold, params) -> dict[str, float]:
     }
     if "weights" in pred:
         row["val_flat_heatmaps"] = metrics_lib.flat_map_fraction(pred["weights"])
+    if len(idx) >= 2:
+        row["val_dead_features"] = metrics_lib.dead_feature_fraction(pred["features"])
     return row
 
 
@@ -293,7 +296,11 @@ def health_notes(row: dict[str, Any]) -> str:
     classifier whose output no longer depends on the image (its features collapsed, measured on
     configs/benchmark.py: every encoder feature dead), or heatmaps flat in most images."""
     notes = []
-    if row.get("val_logit_sd", 1.0) < 1e-4:
+    if row.get("val_dead_features", 0.0) >= metrics_lib.DEAD_FRACTION:
+        notes.append(f"dead encoder: {100 * row['val_dead_features']:.0f}% of the image "
+                     "features are the same for every image (try a lower "
+                     "train.learning_rate or another seed)")
+    elif row.get("val_logit_sd", 1.0) < 1e-4:
         notes.append("the output is the same for every image (features collapsed: try a lower "
                      "train.learning_rate or another seed)")
     if row.get("val_flat_heatmaps", 0.0) > 0.5:
@@ -317,6 +324,8 @@ def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.n
             if "regulator_centre_error" in row
             else ""
         )
+        + (f" | {row['regulators_frozen']} of {row['regulators_total']} images frozen"
+           if "regulators_frozen" in row else "")
         + health_notes(row),
         flush=True,
     )
@@ -340,6 +349,7 @@ def _truth(fold: Fold) -> np.ndarray | None:
 def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, Any]:
     """Train one model on ``split['train']``, select on ``val``, test the selected checkpoint."""
     fold = _set_up(config, run, source, records, split, mesh)
+    n_steps = len(split["train"]) // config.train.batch_size
     ckpt = Checkpoints(run)
     writer = MetricWriter(run)
     try:
@@ -361,9 +371,14 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
             progress.stopped = progress.selection.bad_epochs >= config.train.patience
             regs = np.asarray(parallel.to_host(state.regulators))
             row = {"epoch": epoch, "step": int(state.step), **row,
-                   "lr": config.train.learning_rate, "epoch_time_s": time.perf_counter() - t0}
+                   "lr": steps.lr_at(config, n_steps, int(state.step)),
+                   "epoch_time_s": time.perf_counter() - t0}
+            if steps.stop_thresholds(config) is not None:
+                agree = np.asarray(parallel.to_host(state.regulator_agree))
+                row["regulators_frozen"] = int(np.sum(agree >= config.regulator.stop_epochs))
+                row["regulators_total"] = len(agree)
             if truth is not None:
-                row["regulator_centre_error"] = metrics_lib.centre_error(regs, truth)
+                row["regulator_centre_error"] = metrics_lib.centre_error(regs[:, :5], truth)
             _log_epoch(fold, writer, row, regs)
             _checkpoint(ckpt, epoch, state, progress, is_best)
             if progress.stopped:
@@ -411,6 +426,13 @@ def _evaluate(fold: Fold, params) -> dict[str, Any]:
         if parallel.is_writer():
             evaluate.save_predictions(fold.run, name, preds[name])
     results = evaluate.test_metrics(fold.config, preds["val"], preds["test"])
+    tested = preds["test"]
+    if len(tested["features"]) >= 2:
+        results["dead_feature_fraction"] = metrics_lib.dead_feature_fraction(tested["features"])
+        results["dead_encoder"] = metrics_lib.is_dead_encoder(tested["features"])
+        if results["dead_encoder"]:
+            print("warning: dead encoder: the selected model's image features are the same for "
+                  "every test image (metrics.is_dead_encoder)", flush=True)
     if parallel.is_writer():
         _draw_heatmaps(fold.config, fold.run, fold.source, preds["test"], fold.split["test"])
     t = results["test"]
@@ -454,7 +476,7 @@ def _regulator_summary(fold: Fold, final_regs: np.ndarray) -> dict[str, Any]:
         grid = (config.grid_size, config.grid_size)
         g0 = np.tile(np.asarray(regulator.initial_params(grid, config.regulator.g0_fraction)),
                      (len(truth), 1))
-        reg["centre_error_patches"] = metrics_lib.centre_error(final_regs, truth)
+        reg["centre_error_patches"] = metrics_lib.centre_error(final_regs[:, :5], truth)
         reg["initial_centre_error_patches"] = metrics_lib.centre_error(g0, truth)
         print(
             f"regulator centre error: {reg['centre_error_patches']:.2f} patches "

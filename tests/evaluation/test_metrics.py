@@ -459,3 +459,47 @@ def test_epoch_line_warns_about_a_collapsed_classifier_and_flat_heatmaps():
     text = health_notes({"val_logit_sd": 1e-7, "val_flat_heatmaps": 1.0})
     assert "same for every image" in text and "train.learning_rate" in text
     assert "flat in 100% of images" in text and "regulator.normalise=logits" in text
+    dead = health_notes({"val_dead_features": 1.0, "val_logit_sd": 0.0})
+    assert "dead encoder" in dead and "train.learning_rate" in dead
+    assert "same for every image (features" not in dead  # one note, not two
+
+
+def test_dead_encoder_rule_on_hand_built_features():
+    """Constant columns (0, or a LayerNorm's bias) are dead; varying columns are alive; the rule
+    fires at DEAD_FRACTION of the columns, not before."""
+    rng = np.random.default_rng(0)
+    alive = rng.standard_normal((16, 100))
+    assert metrics.dead_feature_fraction(alive) == 0.0
+    assert not metrics.is_dead_encoder(alive)
+    zeros = np.zeros((16, 100))
+    assert metrics.dead_feature_fraction(zeros) == 1.0 and metrics.is_dead_encoder(zeros)
+    ln_bias = np.tile(rng.standard_normal(100), (16, 1))  # LayerNorm of a zero vector
+    assert metrics.is_dead_encoder(ln_bias)
+    half = alive.copy()
+    half[:, :50] = 0.0
+    assert metrics.dead_feature_fraction(half) == 0.5 and not metrics.is_dead_encoder(half)
+    with pytest.raises(metrics.MetricsError, match="N >= 2"):
+        metrics.dead_feature_fraction(np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("feature_norm", [False, True])
+def test_dead_encoder_rule_on_a_killed_model(feature_norm):
+    """A patch model whose last conv bias is very negative (every ReLU 0) is flagged; the same
+    model with its fresh parameters is not."""
+    import jax
+
+    from jaxcerv.model import networks as model_lib
+
+    m = model_lib.PatchWiseModel(patch_size=8, conv_features=(4, 6, 8), weight_hidden=(16, 8),
+                                 classifier_hidden=(8, 4), feature_norm=feature_norm,
+                                 remat=False, conv_impl="xla")
+    img = np.random.default_rng(1).integers(0, 255, size=(6, 24, 24, 3), dtype=np.uint8)
+    params = m.init(jax.random.PRNGKey(0), img)["params"]
+    out = m.apply({"params": params}, img)
+    assert not metrics.is_dead_encoder(out.features)
+    last = f"Conv_{len(m.conv_features) - 1}"
+    killed = jax.tree.map(lambda x: x, params)
+    killed["encoder"][last]["bias"] = params["encoder"][last]["bias"] - 1e4
+    out = m.apply({"params": killed}, img)
+    assert metrics.dead_feature_fraction(out.features) == 1.0
+    assert metrics.is_dead_encoder(out.features)

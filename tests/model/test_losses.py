@@ -49,3 +49,12 @@ def test_balanced_weights_move_the_optimal_constant_off_the_prior():
     assert abs(best) < 0.011
     plain = [float(losses.classification_loss(jnp.full(75, z), labels).mean()) for z in grid]
     assert float(grid[int(np.argmin(plain))]) == pytest.approx(np.log(61 / 14), abs=0.011)
+
+
+def test_lambda_warm_up_holds_at_zero_then_ramps_linearly_to_lambda():
+    """Hand values: hold 10 steps, ramp 4: 0 up to step 10, then 1/4, 2/4, ... of lambda."""
+    lam_at = [float(losses.lambda_at(s, 0.2, 10, 4)) for s in (0, 9, 10, 11, 12, 14, 100)]
+    np.testing.assert_allclose(lam_at, [0, 0, 0, 0.05, 0.1, 0.2, 0.2], rtol=1e-6)
+    hold_only = [float(losses.lambda_at(s, 0.2, 10, 0)) for s in (9, 10)]
+    np.testing.assert_allclose(hold_only, [0.0, 0.2])
+    assert losses.lambda_at(3, 0.2) == 0.2  # the paper: a constant, not a traced value

@@ -21,6 +21,7 @@ def _state(value: float) -> TrainState:
         opt_state={"m": jnp.zeros((4, 3))},
         rng=jnp.zeros((2,), jnp.uint32),
         regulators=jnp.ones((5, 5)),
+        regulator_agree=jnp.zeros((5,), jnp.int32),
     )
 
 

@@ -234,3 +234,81 @@ def test_freeze_encoder_steps_holds_the_encoder_still_then_trains_it():
         np.testing.assert_array_equal(p["encoder"]["w"], np.ones(3))
     assert np.all(history[0]["head"]["w"] < 1)
     assert np.all(history[2]["encoder"]["w"] < 1)
+
+
+def test_warmup_cosine_learning_rate_matches_the_hand_formula():
+    """Linear from 0 to the peak over the warm-up, then 0.5 * (1 + cos(pi t)) decay to the floor;
+    "constant" is the plain float (the paper's Adam, unchanged)."""
+    config = smoke.get_config()
+    config.train.learning_rate, config.train.epochs = 1e-3, 10
+    assert steps.learning_rate(config, 5) == 1e-3
+    config.train.schedule, config.train.warmup_epochs = "warmup_cosine", 2
+    config.train.final_lr_fraction = 0.1
+    total, warm = 50, 10
+    for step in (0, 5, 10, 30, 50):
+        if step < warm:
+            want = 1e-3 * step / warm
+        else:
+            t = (step - warm) / (total - warm)
+            want = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + np.cos(np.pi * t))
+        np.testing.assert_allclose(steps.lr_at(config, 5, step), want, rtol=1e-5, atol=1e-12)
+    config.train.schedule = "linear"
+    with pytest.raises(ValueError, match="train.schedule='linear'"):
+        steps.learning_rate(config, 5)
+
+
+def test_lambda_hold_trains_on_the_bce_alone_then_adds_the_spatial_loss():
+    """regulator.lam_hold_epochs=1 at 2 steps per epoch: steps 0-1 take lambda 0 (loss = BCE),
+    step 2 takes lambda (loss = BCE + lambda * spatial)."""
+    config, model, state, _, batch = _setup()
+    config = config.copy_and_resolve_references()
+    config.regulator.lam_hold_epochs = 1
+    tx = steps.make_optimizer(config)
+    step = jax.jit(steps.make_train_step(config, model, tx, steps_per_epoch=2))
+    lam = config.regulator.lam
+    for k in range(3):
+        state, m = step(state, batch)
+        want = float(m["bce_sum"]) + (lam * float(m["spatial_sum"]) if k == 2 else 0.0)
+        np.testing.assert_allclose(float(m["loss_sum"]), want, rtol=1e-5)
+    assert lam * float(m["spatial_sum"]) > 1e-3 * float(m["bce_sum"])
+
+
+@pytest.mark.parametrize("kernel", ["flat_top", "mixture"])
+def test_other_kernels_train_and_write_their_own_fits(kernel):
+    """regulator.kernel: the state widens to the kernel's size, starts at its G0 and a step writes
+    the kernel's fit of the pre-update weights into the unmasked rows."""
+    config, model, _, _, batch = _setup()
+    config = config.copy_and_resolve_references()
+    config.regulator.kernel = kernel
+    tx = steps.make_optimizer(config)
+    state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
+    grid = (config.grid_size, config.grid_size)
+    assert state.regulators.shape == (8, regulator.state_size(kernel))
+    np.testing.assert_allclose(state.regulators[0], regulator.initial_state(grid, 0.0, kernel))
+    out = model.apply({"params": state.params}, batch["image"])
+    want = np.asarray(regulator.fit(out.weights, config.regulator.fit_on, kernel))
+    new, m = jax.jit(steps.make_train_step(config, model, tx))(state, batch)
+    valid = np.asarray(regulator.kernel_valid(want, grid, kernel)) & np.asarray(batch["mask"])
+    rows = np.asarray(batch["index"])
+    np.testing.assert_allclose(np.asarray(new.regulators)[rows[valid]], want[valid], rtol=1e-4,
+                               atol=1e-5)
+    assert np.isfinite(float(m["loss_sum"]))
+
+
+def test_stopping_criterion_in_the_step_freezes_rows_and_counts_them():
+    """regulator.stop_kl huge, stop_epochs 1: the first step's fits all agree (counts 1, written),
+    so the second step writes nothing into those rows; off (stop_kl 0) nothing is counted."""
+    config, model, state, step, batch = _setup()
+    new, _ = step(jax.tree.map(jnp.copy, state), batch)
+    assert not np.asarray(new.regulator_agree).any()  # the paper: no criterion
+    config = config.copy_and_resolve_references()
+    config.regulator.stop_kl, config.regulator.stop_epochs = 1e9, 1
+    tx = steps.make_optimizer(config)
+    stop_step = jax.jit(steps.make_train_step(config, model, tx))
+    first, _ = stop_step(state, batch)
+    rows = np.asarray(batch["index"])[np.asarray(batch["mask"])]
+    agree = np.asarray(first.regulator_agree)
+    assert (agree[rows] == 1).all() and agree.sum() == len(rows)
+    second, m = stop_step(first, batch)
+    assert float(m["valid_fits"]) > 0
+    np.testing.assert_array_equal(np.asarray(second.regulators), np.asarray(first.regulators))
