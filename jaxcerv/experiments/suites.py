@@ -48,7 +48,7 @@ from jaxcerv.evaluation import metrics as metrics_lib
 from jaxcerv.runtime.rundir import RunDir, RunError, read_json
 from jaxcerv.training import configcheck
 
-SUITES = ("table1", "table2", "regulator", "small_data")
+SUITES = ("table1", "table2", "regulator", "small_data", "real_heatmaps")
 # (results key, column title); the classification metrics of Table 1.
 METRICS = (
     ("balanced_accuracy", "Balanced acc."),
@@ -160,6 +160,9 @@ def suite_variants(suite: str, config: ml_collections.ConfigDict) -> list[Varian
             Variant("handcrafted", "Hand-crafted colour and texture + logistic regression",
                     entry="handcrafted"),
         ]
+    if suite == "real_heatmaps":
+        from jaxcerv.experiments import real_heatmaps
+        return real_heatmaps.variants(config)
     raise ValueError(f"--suite={suite!r}: use one of {SUITES}")
 
 
@@ -738,9 +741,11 @@ def run(suite: str, config: ml_collections.ConfigDict, workdir: str,
             run_dir = os.path.join(workdir, v.name)
             if not os.path.exists(os.path.join(run_dir, "report", "index.html")):
                 report.write_report(run_dir)
+        from jaxcerv.experiments import real_heatmaps
+        writer = real_heatmaps.write_outputs if suite == real_heatmaps.SUITE else write_outputs
         with progress.announce(f"writing {suite}.md, the figures and index.html"):
-            out = write_outputs(suite, workdir, variants, n_boot=max(config.eval.bootstrap, 1),
-                                seed=config.seed)
+            out = writer(suite, workdir, variants, n_boot=max(config.eval.bootstrap, 1),
+                         seed=config.seed)
     except (ValueError, RunError) as e:
         message = " ".join(str(e).split())
         _fail(message, 2 if "config." in message or "--" in message else 1)

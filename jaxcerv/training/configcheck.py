@@ -19,7 +19,7 @@ from jaxcerv.model.conv import IMPLS
 from jaxcerv.model.losses import CLASS_WEIGHTS
 from jaxcerv.model.networks import FAMILIES, WHOLE_IMAGE, init_from_for_fold
 
-DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder")
+DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder", "annocerv")
 AGGREGATIONS = ("mean", "sum", "concat")
 DTYPES = ("float32", "bfloat16")
 
