@@ -12,7 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.patch_size = 28
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "synthetic_cervix"  # | "iarc_colposcopy_atlas" | "cervix_folder"
+    config.data.name = "synthetic_cervix"  # | iarc_colposcopy_atlas | cervix_folder | annocerv
     config.data.data_dir = ""  # "" -> <workdir>/tfds
     config.data.manual_dir = ""
     config.data.csv = ""
@@ -45,6 +45,12 @@ def get_config() -> ml_collections.ConfigDict:
     syn.label_noise = 0.0
     config.data.resize = "stretch"  # | "pad" (keep aspect, letterbox)
     config.data.include_variants = False
+    # annocerv (configs/annocerv.py): label = the case's Swede score >= this (5: refer or biopsy;
+    # an expert's visual score, not histology), and place each photograph at its
+    # original_width:original_height (the stored pixels were squashed to a square) before
+    # config.data.resize; image and acetowhite mask take the same geometry.
+    config.data.swede_threshold = 5
+    config.data.restore_aspect = True
     config.data.val_fraction = 0.15
     config.data.test_fraction = 0.2
     config.data.num_folds = 0  # 0: one train/val/test split; k: grouped k-fold CV

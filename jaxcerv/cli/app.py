@@ -153,21 +153,18 @@ def _define_data() -> Callable[[list[str]], int]:
     traceback = flags.DEFINE_bool("traceback", False, "Show the full trace on errors.")
 
     def main(argv: list[str]) -> int:
-        from jaxcerv.data import builders
+        from jaxcerv.data import builders, pipeline
 
         if argv[1:] != ["build"]:
             raise app.UsageError("usage: jaxcerv data build --config=NAME|FILE --data_dir=DIR")
-        c = config.value
+        c = config.value.copy_and_resolve_references()
         target = data_dir.value or c.data.data_dir
         if not target:
             raise app.UsageError("pass --data_dir (or --config.data.data_dir)")
+        c.data.data_dir = target
         try:
-            builder = builders.make_builder(
-                c.data.name, data_dir=target, grid_size=c.grid_size, patch_size=c.patch_size,
-                resize=c.data.resize, manual_dir=c.data.manual_dir, csv=c.data.csv,
-                include_variants=c.data.include_variants, num_images=c.data.num_images,
-                synthetic_seed=c.data.synthetic_seed,
-            )
+            # the builder training opens: every data setting (synthetic knobs, annocerv's)
+            builder = pipeline.dataset_builder(c, target)
             announced: list[str] = []  # a fresh build announces itself and its summary
 
             def announce(line: str) -> None:

@@ -315,7 +315,7 @@ def _dropping_absl_warning(prefix: str) -> Iterator[None]:
 
 
 class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Validate, report, then generate: the shared skeleton of the three builders."""
+    """Validate, report, then generate: the shared skeleton of the builders."""
 
     VERSION = _VERSION
     BUILDER_CONFIGS: list[tfds.core.BuilderConfig] = []
@@ -387,7 +387,7 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 class _PhotoBuilder(Builder, skip_registration=True):
-    """A builder of real photographs listed by `_scan` (atlas or hospital folder)."""
+    """A builder of real photographs listed by `_scan` (atlas, hospital folder, annocerv)."""
 
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the data folder with --manual_dir (see the docstring)."
 
@@ -855,8 +855,7 @@ class Annocerv(_PhotoBuilder):
             resize=cfg.resize, aspect=aspect,
         )
 
-    def _annotate(self, candidate: Candidate, decoded: Decoded) -> dict[str, Any]:
-        assert isinstance(candidate, OutlinedCandidate)
+    def _annotate(self, candidate: OutlinedCandidate, decoded: Decoded) -> dict[str, Any]:
         cfg = self.builder_config
         try:
             strokes = read_mask(candidate.mask, size=(decoded.width, decoded.height))

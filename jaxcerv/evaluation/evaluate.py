@@ -136,8 +136,14 @@ def explanation(config: ml_collections.ConfigDict, test: dict[str, np.ndarray]) 
     return out
 
 
+_MAPS = ("truth_cervix", "truth_lesion", "truth_region")  # per-patch truth: in records.npz
+_TRUTH = (*_MAPS, "region_status", "region_usable", "swede_scores")
+
+
 def with_records(pred: dict[str, np.ndarray], records: pipeline.Records, idx: np.ndarray) -> dict:
-    """A split's predictions joined with what the data says about its images."""
+    """A split's predictions joined with what the data says about its images (the ground truth
+    the source has: synthetic truth_cervix / truth_lesion; annocerv truth_region (n, grid, grid)
+    patch fractions, region_status, region_usable, swede_scores; see `pipeline.Records`)."""
     out = {
         **pred,
         "ids": records.ids[idx],
@@ -146,15 +152,18 @@ def with_records(pred: dict[str, np.ndarray], records: pipeline.Records, idx: np
         "sessions": records.sessions[idx],
         "days_to_diagnosis": records.days_to_diagnosis[idx],
     }
-    if records.truth_cervix is not None:
-        out["truth_cervix"] = records.truth_cervix[idx]
-        out["truth_lesion"] = records.truth_lesion[idx]
+    for key in _TRUTH:
+        value = getattr(records, key)
+        if value is not None:
+            out[key] = value[idx]
     return out
 
 
 def save_predictions(run: RunDir, split: str, pred: dict[str, np.ndarray]) -> None:
-    """``W/eval/<split>.npz``: per-image predictions with ids, labels, grades, sessions."""
-    keep = {k: v for k, v in pred.items() if k not in ("logits", "truth_cervix", "truth_lesion")}
+    """``W/eval/<split>.npz``: per-image predictions with ids, labels, grades, sessions (and
+    annocerv's region_status, region_usable, swede_scores; the per-patch truth maps stay in the
+    dataset's records.npz)."""
+    keep = {k: v for k, v in pred.items() if k not in ("logits", *_MAPS)}
     np.savez_compressed(run.eval_npz(split), **keep)
 
 

@@ -374,6 +374,8 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
             fold, np.asarray(parallel.to_host(state.regulators))
         )
     results["runtime"] = parallel.runtime_info(mesh)
+    if fold.records.label_note:  # what the numbers measure when label 1 is not histology
+        results["label_note"] = fold.records.label_note
     if parallel.is_writer():
         write_json(run.results, results)
     return results
@@ -402,6 +404,8 @@ def _evaluate(fold: Fold, params) -> dict[str, Any]:
         f"F1 {t['f1']:.3f}, recall {t['recall']:.3f} (threshold {results['threshold']:.3f} from "
         "validation)"
     )
+    if fold.records.label_note:
+        print(f"label 1 = {fold.records.label_note}")
     return results
 
 
@@ -476,6 +480,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, run: RunDir, mesh) ->
         "test": metrics_lib.summarize_folds([r["test"] for r in per_fold]),
         "runtime": parallel.runtime_info(mesh),
     }
+    if records.label_note:
+        results["label_note"] = records.label_note
     if parallel.is_writer():
         write_json(run.results, results)
     t = results["test"]

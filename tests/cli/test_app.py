@@ -32,7 +32,8 @@ def _jaxcerv(cwd, *args, ok=True):
 def test_resolve_takes_builtin_names_and_keeps_paths(tmp_path, monkeypatch):
     assert {"default", "paper", "smoke", "iarc_atlas"} <= set(configs.builtin_names())
     smoke = configs.resolve("smoke")
-    assert os.path.isfile(smoke) and smoke == os.path.join(os.path.dirname(configs.__file__), "smoke.py")
+    assert os.path.isfile(smoke)
+    assert smoke == os.path.join(os.path.dirname(configs.__file__), "smoke.py")
     assert configs.resolve("paper:arg") == configs.resolve("paper") + ":arg"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smoke").write_text("")  # an existing file wins over a built-in name
@@ -74,6 +75,30 @@ def test_data_build_is_quiet_and_reuses_the_build(tmp_path):
     assert "building" not in second.stdout
     for out in (first, second):
         assert not any(n in out.stdout + out.stderr for n in NOISE), out.stdout + out.stderr
+
+
+def test_data_build_passes_the_annocerv_settings(tmp_path):
+    """--config=annocerv with its folder overridden: the builder training would open, with the
+    Swede threshold from the config (the summary names it) and the mask counts."""
+    folder = tmp_path / "outlined"
+    (folder / "m").mkdir(parents=True)
+    strokes = np.zeros((32, 32), np.uint8)
+    strokes[8, 8:24] = strokes[23, 8:24] = strokes[8:24, 8] = strokes[8:24, 23] = 255
+    Image.fromarray(strokes).save(folder / "m" / "a.png")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "m" / "b.png")
+    rows = ["image,mask,case_id,swede_score"]
+    for name, case, score in (("a", "1", 7), ("b", "2", 4)):
+        Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(folder / f"{name}.png")
+        rows.append(f"{name}.png,m/{name}.png,{case},{score}")
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    out = _jaxcerv(tmp_path, "data", "build", "--config=annocerv",
+                   f"--data_dir={tmp_path / 'tfds'}", f"--config.data.manual_dir={folder}",
+                   "--config.data.swede_threshold=6", "--config.grid_size=2")
+    assert out.stdout.startswith("building annocerv/s56_p28_pad_sw6_aspect_csv")
+    note = "Swede score >= 6: an expert's visual score, not histology"
+    assert f"per label (1 = {note}): 0: 1, 1: 1" in out.stdout
+    assert "masks: 1 closed into a region, 1 empty" in out.stdout
+    assert "no original_width/original_height columns" in out.stdout
 
 
 def test_help_lists_the_subcommands_own_flags(tmp_path):

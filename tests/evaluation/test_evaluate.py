@@ -71,3 +71,26 @@ def test_explanation_counts_the_images_each_metric_uses():
     assert out["mass_in_cervix_normal"]["n_images"] == 1
     none = evaluate.explanation(_config(), {**test, "truth_lesion": np.zeros_like(lesion)})
     assert none["pointing_game_within_1_patch"]["value"] is None
+
+
+def test_with_records_carries_the_annocerv_truth_in_split_order():
+    from jaxcerv.data import pipeline
+
+    n, grid = 5, 3
+    region = np.random.default_rng(0).uniform(0, 1, (n, grid, grid)).astype(np.float32)
+    status = np.array(["closed", "empty", "unclosable", "closed", "empty"])
+    records = pipeline.Records(
+        ids=np.array([f"i{k}" for k in range(n)]), labels=np.array([1, 0, 1, 0, 1]),
+        grades=np.full(n, -1), sessions=np.array(list("aabbc")),
+        days_to_diagnosis=np.full(n, np.nan, np.float32), truth_region=region,
+        region_status=status, region_usable=status != "unclosable",
+        swede_scores=np.array([6, 2, 7, 4, 9]), label_note="Swede score >= 5",
+    )
+    idx = np.array([3, 0, 2])
+    out = evaluate.with_records({"probabilities": np.zeros(3)}, records, idx)
+    np.testing.assert_array_equal(out["truth_region"], region[idx])
+    assert out["truth_region"].shape == (3, grid, grid)
+    assert list(out["region_status"]) == ["closed", "closed", "unclosable"]
+    np.testing.assert_array_equal(out["region_usable"], [True, True, False])
+    np.testing.assert_array_equal(out["swede_scores"], [4, 6, 7])
+    assert "truth_cervix" not in out and "truth_lesion" not in out

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from configs import default, iarc_atlas, paper, paper_gpu, smoke
+from configs import annocerv, default, iarc_atlas, paper, paper_gpu, smoke
 from jaxcerv.training import configcheck
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("module", [default, paper, paper_gpu, smoke, iarc_atlas])
+@pytest.mark.parametrize("module", [default, paper, paper_gpu, smoke, iarc_atlas, annocerv])
 def test_shipped_configs_pass(module):
     configcheck.check_config(module.get_config())
 
@@ -40,6 +40,10 @@ def test_shipped_configs_pass(module):
         ("data.augmentation.rotation", 90.0, "[0, 45] (small rotations only"),
         ("data.augmentation.blur", -1.0, "sigma in px in [0, 10]"),
         ("data.augmentation.scale", 1.5, "[0, 1)"),
+        ("data.name", "annocerf", "one of ('synthetic_cervix', 'iarc_colposcopy_atlas', "
+                                  "'cervix_folder', 'annocerv')"),
+        ("data.swede_threshold", 0, "a whole Swede score in 1..10"),
+        ("data.swede_threshold", 11, "a whole Swede score in 1..10"),
     ],
 )
 def test_out_of_range_settings_name_the_setting(key, value, words):
@@ -103,6 +107,7 @@ def test_unknown_key_suggests_the_close_ones():
         ("--config.patch_size=5", "config.patch_size=5 is invalid"),
         ("--config.train.epochs=0", "config.train.epochs=0 is invalid"),
         ("--config.train.epochs=abc", "config.train.epochs"),
+        ("--config.data.swede_threshold=0", "config.data.swede_threshold=0 is invalid"),
     ],
 )
 def test_main_answers_in_one_line_and_writes_nothing(tmp_path, flag, words):

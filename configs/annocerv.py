@@ -1,0 +1,46 @@
+"""AnnoCerv: 5-fold grouped (by case) cross-validation on ../shared/data/annocerv-384 (see its
+README), run from the repository root.
+
+    jaxcerv train --config=annocerv --workdir=W
+    jaxcerv data build --config=annocerv --data_dir=W/tfds      # the build summary alone
+
+242 photographs after acetic acid of 80 cases, stored squashed to 384 x 384 from 3:2: the aspect is
+restored (data.restore_aspect) and the photograph letterboxed into 12 x 12 patches of 28 px
+(336 px: 12 x 8 patches of tissue), small enough for a CPU. Label 1 = the case's Swede score >= 5
+(99 images, 30 of the 80 cases): **an expert's visual score, not histology**; a model trained on
+it imitates the colposcopist, and results.json says so ("label_note"). The examiner's acetowhite
+outlines are closed into regions at build time (jaxcerv.data.regions: 77 closed, 87 empty, 78
+unclosable) and travel as records.truth_region / region_usable for explanation metrics.
+"""
+
+import ml_collections
+from jaxcerv.configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = default.get_config()
+    config.grid_size = 12
+    config.patch_size = 28
+    config.data.name = "annocerv"
+    config.data.manual_dir = "../shared/data/annocerv-384"
+    config.data.swede_threshold = 5
+    config.data.restore_aspect = True
+    config.data.resize = "pad"
+    config.data.num_folds = 5
+    config.data.val_fraction = 0.15
+    config.data.augment = True
+    aug = config.data.augmentation
+    aug.rotation = 10.0
+    aug.scale = 0.1
+    aug.translate = 0.05
+    aug.white_balance = 0.05
+    aug.illumination = 0.2
+    aug.blur = 0.8
+    config.train.class_weight = "balanced"  # 99 of 242 images positive
+    config.train.batch_size = 8
+    config.train.epochs = 20
+    config.train.learning_rate = 3e-4
+    config.train.patience = 6
+    config.eval.batch_size = 8
+    config.eval.num_heatmaps = 4
+    return config
