@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jaxcerv.configs import smoke
 from PIL import Image
 from sklearn import metrics as skm
 
-from jaxcerv.configs import smoke
 from jaxcerv.evaluation import metrics
 from jaxcerv.experiments import real_heatmaps, suites
 
@@ -108,7 +108,7 @@ def _photo_and_outline(rng, white: bool, size: int = 64) -> tuple[np.ndarray, np
     return image, mask
 
 
-def _make_folder(root: Path, n_cases: int = 10) -> Path:
+def _make_folder(root: Path, n_cases: int = 12) -> Path:
     rng = np.random.default_rng(0)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -143,6 +143,8 @@ def _tiny_config(folder: Path):
     config.model.classifier_hidden = (8, 4)
     config.model.remat = False
     config.model.conv_impl = "xla"
+    config.train.batch_size = 4
+    config.eval.batch_size = 8
     config.eval.bootstrap = 20
     return config
 
@@ -163,9 +165,9 @@ def test_suite_runs_end_to_end_on_a_tiny_annocerv_folder(tmp_path, monkeypatch):
     assert set(exp) == {suites.PROPOSED, real_heatmaps.CNN, real_heatmaps.COLOUR,
                         "colour_logistic", "centre_prior"}
     masks = exp[real_heatmaps.COLOUR]["masks"]
-    assert masks["n_images"] == 20 and masks["n_usable"] == 20
+    assert masks["n_images"] == 24 and masks["n_usable"] == 24
     for r in exp.values():
-        assert r["region_auc"]["n_images"] + r["region_auc"]["n_skipped"] == 20
+        assert r["region_auc"]["n_images"] + r["region_auc"]["n_skipped"] == 24
         assert r["region_auc"]["n_images"] == masks["n_with_region"] > 0
     # The generated white blobs are exactly what the whiteness heuristic reads.
     assert exp[real_heatmaps.COLOUR]["region_auc"]["value"] > 0.9
@@ -174,7 +176,7 @@ def test_suite_runs_end_to_end_on_a_tiny_annocerv_folder(tmp_path, monkeypatch):
     assert set(cls) == {suites.PROPOSED, real_heatmaps.CNN, real_heatmaps.COLOUR}
     assert "vs_proposed" in cls[real_heatmaps.CNN]
     grads = np.load(os.path.join(w, real_heatmaps.CNN, "input_gradients.npz"))["weights"]
-    assert grads.shape == (20, 4, 4) and np.all(grads >= 0) and grads.max() > 0
+    assert grads.shape == (24, 4, 4) and np.all(grads >= 0) and grads.max() > 0
     text = open(out["md"]).read()
     assert "Verdict" in text and "Targets of issue 23" in text
     assert os.path.getsize(out["fig"]) > 0 and os.path.getsize(out["maps"]) > 0
