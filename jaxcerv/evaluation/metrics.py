@@ -538,21 +538,24 @@ def explanation_summary(
 REGION_CUT = 0.5
 
 REGION_IMAGES = {
-    "region_auc": "closed regions with patches on both sides of the cut: region vs other patches",
+    "region_auc": "closed regions with patches on both sides of the cut: region vs the other "
+                  "patches (of the photograph, where the caller says which those are)",
     "mass_in_region": "closed regions covering a patch at the cut: weight share, area-weighted",
     "pointing_game": "closed regions covering a patch at the cut: top patch inside the region",
     "pointing_game_within_1_patch": "as pointing_game, hit within 1 patch of a region patch",
 }
 
 
-def region_per_image(weights, region_fraction, usable, cut: float = REGION_CUT
+def region_per_image(weights, region_fraction, usable, cut: float = REGION_CUT, within=None
                      ) -> dict[str, np.ndarray]:
     """Per image (NaN where unused): the real-region metrics of ``REGION_IMAGES``.
 
     ``region_fraction`` (N, H, W) share of each patch inside the expert's region, in [0, 1];
     ``usable`` (N,) whether the outline could be closed (an unusable one has no region to score
     against). An image is used when usable and at least one patch reaches ``cut``: an empty
-    outline (no acetowhite marked) cannot tell a good map from a bad one here."""
+    outline (no acetowhite marked) cannot tell a good map from a bad one here. ``within``
+    (N, H, W) bool, default every patch: the patches the region AUC ranks (e.g. those holding
+    photograph pixels, so a letterbox's black patches are not free negatives)."""
     w = _check_maps(weights)
     frac = np.asarray(region_fraction, np.float64)
     if frac.shape != w.shape:
@@ -564,8 +567,9 @@ def region_per_image(weights, region_fraction, usable, cut: float = REGION_CUT
         raise MetricsError(f"region_usable must be ({w.shape[0]},), got {ok.shape}")
     region = frac >= cut
     use = ok & region.any(axis=(1, 2))
+    inside = np.ones(w.shape, bool) if within is None else np.asarray(within, bool)
     return {
-        "region_auc": patch_auc(w, region, ~region, use),
+        "region_auc": patch_auc(w, region & inside, inside & ~region, use),
         "mass_in_region": np.where(use, mass_share(w, frac), np.nan),
         "pointing_game": top_patch_hits(w, region, use, 0),
         "pointing_game_within_1_patch": top_patch_hits(w, region, use, 1),
@@ -573,12 +577,12 @@ def region_per_image(weights, region_fraction, usable, cut: float = REGION_CUT
 
 
 def region_summary(weights, region_fraction, usable, sessions, *, cut: float = REGION_CUT,
-                   n_boot: int = 1000, seed: int = 0) -> dict:
+                   within=None, n_boot: int = 1000, seed: int = 0) -> dict:
     """The real-region metrics of a split, each ``{"value", "ci95", "n_images", "n_sessions",
     "n_skipped", "images"}`` (interval by resampling the cases), plus ``"masks"``: how many
     images there were, how many outlines were usable, and how many of those mark a region at
     the cut."""
-    per_image = region_per_image(weights, region_fraction, usable, cut)
+    per_image = region_per_image(weights, region_fraction, usable, cut, within)
     n = len(np.asarray(weights))
     ok = np.asarray(usable, bool).reshape(-1)
     marked = ok & (np.asarray(region_fraction) >= cut).reshape(n, -1).any(axis=1)

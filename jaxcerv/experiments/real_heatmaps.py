@@ -46,6 +46,7 @@ from jaxcerv.runtime.rundir import RunDir, RunError, write_json
 
 SUITE = "real_heatmaps"
 COLOUR = "colour"  # the explanation reference: the whiteness heuristic
+G0 = "centre_prior"  # the fixed centre prior: where the expert's regions sit on average
 CNN = "cnn"
 LABEL_NOTE = "label: Swede >= 5, an expert's visual score, not histology"
 # What every trained row shares, so the whole suite fits 40 minutes on 2 CPU cores (measured in
@@ -159,6 +160,14 @@ def colour_logistic_maps(features: np.ndarray, region: np.ndarray, usable: np.nd
     model.fit(x, y)
     p = model.predict_proba(features[test].reshape(-1, features.shape[-1]))[:, 1]
     return p.reshape(len(test), *shape)
+
+
+def photograph_patches(image: np.ndarray, patch_size: int) -> np.ndarray:
+    """(rows, cols) bool: the patches holding any photograph pixel (not all letterbox black)."""
+    a = np.asarray(image)
+    rows, cols = a.shape[0] // patch_size, a.shape[1] // patch_size
+    a = a[: rows * patch_size, : cols * patch_size].max(axis=-1)
+    return a.reshape(rows, patch_size, cols, patch_size).max(axis=(1, 3)) > 0
 
 
 def centre_prior(grid: int, g0_fraction: float) -> np.ndarray:
@@ -283,7 +292,7 @@ def collect_maps(workdir: str, rows: Sequence[Row], source: Any, records: Any) -
                       "training folds' regions)", reference.ids, reference.sessions, maps[idx],
                       seconds=time.perf_counter() - t0))
     g0 = centre_prior(grid, config["regulator"]["g0_fraction"])
-    out.append(MapRow("centre_prior", "Fixed centre prior G0", reference.ids, reference.sessions,
+    out.append(MapRow(G0, "Fixed centre prior G0", reference.ids, reference.sessions,
                       np.broadcast_to(g0, (len(idx), grid, grid)).copy(), seconds=0.0))
     return out
 
@@ -292,35 +301,38 @@ def collect_maps(workdir: str, rows: Sequence[Row], source: Any, records: Any) -
 # The tables.
 
 
-def explanation_records(maps: Sequence[MapRow], records: Any, n_boot: int, seed: int
-                        ) -> list[dict[str, Any]]:
+def explanation_records(maps: Sequence[MapRow], records: Any, photo: np.ndarray, n_boot: int,
+                        seed: int) -> list[dict[str, Any]]:
     """Per map row: each real-region metric with its case-bootstrap CI, the images it used and
-    skipped, and a paired case bootstrap against the colour heuristic on the same images."""
+    skipped, and a paired case bootstrap against the colour heuristic on the same images (and,
+    for region AUC, against G0). ``photo`` (N, rows, cols): the patches region AUC ranks."""
     at = {str(i): k for k, i in enumerate(records.ids)}
     per: dict[str, dict[str, np.ndarray]] = {}
+    pos: dict[str, dict[str, int]] = {}
     for m in maps:
         idx = np.array([at[i] for i in m.ids])
         per[m.name] = metrics_lib.region_per_image(m.weights, records.truth_region[idx],
-                                                   records.region_usable[idx])
-    ref = next(m for m in maps if m.name == COLOUR)
-    ref_pos = {i: k for k, i in enumerate(ref.ids)}
+                                                   records.region_usable[idx], within=photo[idx])
+        pos[m.name] = {i: k for k, i in enumerate(m.ids)}
     out = []
     for m in maps:
         idx = np.array([at[i] for i in m.ids])
         summary = metrics_lib.region_summary(
             m.weights, records.truth_region[idx], records.region_usable[idx], m.sessions,
-            n_boot=n_boot, seed=seed)
+            within=photo[idx], n_boot=n_boot, seed=seed)
         rec: dict[str, Any] = {"variant": m.name, "label": m.label, "masks": summary["masks"],
                                "map_seconds": m.seconds}
-        align = np.array([ref_pos[i] for i in m.ids])
         for key, _ in EXPLANATION:
             s = summary[key]
             rec[key] = {k: s[k] for k in ("value", "ci95", "n_images", "n_sessions",
                                           "n_skipped")}
-            if key in PAIRED and m.name != COLOUR:
-                rec[key]["vs_colour"] = metrics_lib.paired_mean_difference(
-                    per[m.name][key], per[COLOUR][key][align], m.sessions,
-                    n_boot=n_boot, seed=seed)
+            for ref, field in ((COLOUR, "vs_colour"), (G0, "vs_centre_prior")):
+                if ref == m.name or ref not in per or (ref == G0 and key != "region_auc") \
+                        or key not in PAIRED:
+                    continue
+                align = np.array([pos[ref][i] for i in m.ids])
+                rec[key][field] = metrics_lib.paired_mean_difference(
+                    per[m.name][key], per[ref][key][align], m.sessions, n_boot=n_boot, seed=seed)
         out.append(rec)
     return out
 
@@ -358,8 +370,8 @@ def _p(p: float | None, n_boot: int) -> str:
     return f"p={p:.3f}" if p > 0 else f"p<{1 / n_boot:.3f}"
 
 
-def _vs(m: Mapping[str, Any], n_boot: int) -> str:
-    t = m.get("vs_colour")
+def _vs(m: Mapping[str, Any], n_boot: int, field: str = "vs_colour") -> str:
+    t = m.get(field)
     if t is None:
         return "reference"
     if t["delta"] is None:
@@ -367,18 +379,25 @@ def _vs(m: Mapping[str, Any], n_boot: int) -> str:
     return f"{t['delta']:+.2f} ({_p(t['p_value'], n_boot)})"
 
 
-def verdict(rec: Mapping[str, Any]) -> str:
-    """Plainly: does this heatmap beat the colour heuristic on region AUC (paired p < 0.05)?"""
-    t = rec["region_auc"].get("vs_colour")
+def _compare(t: Mapping[str, Any] | None, name: str) -> str | None:
     if t is None:
-        return "reference"
+        return None
     if t["delta"] is None:
-        return "not comparable"
+        return f"not comparable with {name}"
     if t["delta"] > 0 and t["p_value"] < 0.05:
-        return "beats the colour heuristic"
+        return f"beats {name}"
     if t["delta"] < 0 and t["p_value"] < 0.05:
-        return "WORSE than the colour heuristic"
-    return "does NOT beat the colour heuristic"
+        return f"WORSE than {name}"
+    return f"does NOT beat {name}"
+
+
+def verdict(rec: Mapping[str, Any]) -> str:
+    """Plainly: does this heatmap beat the colour heuristic on region AUC (paired p < 0.05),
+    and the fixed centre prior?"""
+    parts = [_compare(rec["region_auc"].get("vs_colour"), "the colour heuristic"),
+             _compare(rec["region_auc"].get("vs_centre_prior"), "G0")]
+    parts = [p for p in parts if p]
+    return "; ".join(parts) if parts else "reference"
 
 
 def targets(cls: Sequence[Mapping[str, Any]], exp: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -441,13 +460,14 @@ def markdown(cls: Sequence[dict], exp: Sequence[dict], text: str, n_boot: int,
               "heuristic on the images both score.*", "",
               "| Heatmap | " + " | ".join(t for _, t in EXPLANATION)
               + " | Region AUC vs colour (p) | Mass vs colour (p) | Pointing vs colour (p) "
-              "| Images used / skipped | Verdict |",
-              "|" + "---|" * (len(EXPLANATION) + 6)]
+              "| Region AUC vs G0 (p) | Images used / skipped | Verdict |",
+              "|" + "---|" * (len(EXPLANATION) + 7)]
     for r in exp:
         used = f"{r['region_auc']['n_images']} / {r['region_auc']['n_skipped']}"
         lines.append("| " + " | ".join([
             r["label"], *(_ci(r[k]) for k, _ in EXPLANATION),
-            *(_vs(r[k], n_boot) for k in PAIRED), used, verdict(r)]) + " |")
+            *(_vs(r[k], n_boot) for k in PAIRED), _vs(r["region_auc"], n_boot, "vs_centre_prior"),
+            used, verdict(r)]) + " |")
     lines += ["", "## Targets of issue 23 (measured)", "", *(f"- {t}" for t in target_lines)]
     if figures:
         lines += ["", "## Figures", "", *(f"- {k}: `{v}`" for k, v in figures.items())]
@@ -545,14 +565,16 @@ def write_outputs(suite: str, workdir: str, variants_run: Sequence[Variant], *, 
         raise RunError(f"{suite}: data {rows[0].config['data']['name']!r} has no expert regions "
                        "(truth_region): use --config=annocerv")
     maps = collect_maps(workdir, rows, source, records)
+    patch = rows[0].config["patch_size"]
+    photo = np.stack([photograph_patches(np.asarray(source[k]["image"]), patch)
+                      for k in range(len(records))])
     cls = classification_records(rows, n_boot, seed)
-    exp = explanation_records(maps, records, n_boot, seed)
+    exp = explanation_records(maps, records, photo, n_boot, seed)
     suite_s = sum(r.train_s or 0.0 for r in rows) + (time.perf_counter() - t0)
     text = caption(rows, maps, n_boot, suite_s / 60)
     out = {"md": os.path.join(workdir, f"{suite}.md"),
            "csv": os.path.join(workdir, f"{suite}.csv"),
            "json": os.path.join(workdir, f"{suite}.json")}
-    patch = rows[0].config["patch_size"]
     figures = {}
     made = figure(maps, source, records, patch, os.path.join(workdir, f"{suite}_fig.png"), text)
     if made:

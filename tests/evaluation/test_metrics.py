@@ -492,6 +492,11 @@ def test_region_metrics_hand_case():
     assert out["mass_in_region"][0] == pytest.approx((0.5 + 0.06 + 0.27) / w.sum())
     assert out["pointing_game"][0] == 0.0
     assert out["pointing_game_within_1_patch"][0] == 1.0
+    # Ranked only within the photograph: leaving out two 0.1 patches, 0.1 ties 4 -> 2, 0.5 beats 4.
+    within = np.ones((1, 3, 3), bool)
+    within[0, 2, 1:] = False
+    auc = metrics.region_per_image(w, frac, [True], within=within)["region_auc"][0]
+    assert auc == pytest.approx((4 + 2) / 10)
     unusable = metrics.region_per_image(w, frac, [False])
     assert all(np.isnan(v[0]) for v in unusable.values())
     with pytest.raises(metrics.MetricsError, match="region fractions"):

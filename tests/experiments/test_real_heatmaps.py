@@ -75,6 +75,16 @@ def test_verdict_says_plainly_when_the_colour_heuristic_is_not_beaten():
     assert real_heatmaps.verdict(rec(0.1, 0.2)) == "does NOT beat the colour heuristic"
     assert real_heatmaps.verdict(rec(-0.1, 0.01)) == "WORSE than the colour heuristic"
     assert real_heatmaps.verdict({"region_auc": {}}) == "reference"
+    both = {"region_auc": {"vs_colour": {"delta": 0.1, "p_value": 0.01},
+                           "vs_centre_prior": {"delta": -0.2, "p_value": 0.001}}}
+    assert real_heatmaps.verdict(both) == "beats the colour heuristic; WORSE than G0"
+
+
+def test_photograph_patches_leave_out_the_letterbox():
+    image = np.zeros((64, 48, 3), np.uint8)
+    image[16:48] = 30  # a 3:2 photograph letterboxed: 16 px of black above and below
+    np.testing.assert_array_equal(real_heatmaps.photograph_patches(image, 16)[:, 0],
+                                  [False, True, True, False])
 
 
 def test_the_suite_is_registered_with_the_proposed_row_first():
