@@ -66,6 +66,10 @@ EXPLANATION = (
     ("pointing_game_within_1_patch", "Pointing, 1 patch"),
 )
 PAIRED = ("region_auc", "mass_in_region", "pointing_game")
+# Column titles of the figure.
+SHORT = {PROPOSED: "Paper model", COLOUR: "Whiteness heuristic", CNN: "CNN input gradient",
+         "recommended": "Recommended stand-in", "no_regulator": "No regulator",
+         "abmil": "ABMIL attention", "colour_logistic": "Colour logistic", G0: "Centre prior G0"}
 
 
 def variants(config: ml_collections.ConfigDict) -> list[Variant]:
@@ -501,7 +505,7 @@ def choose_images(maps: Sequence[MapRow], records: Any, n: int = 8) -> list[str]
 
 
 def figure(maps: Sequence[MapRow], source: Any, records: Any, patch_size: int, path: str,
-           text: str, *, photos: bool = True) -> str | None:
+           budget: str, *, photos: bool = True) -> str | None:
     """Rows: the chosen test photographs; columns: the photograph with the expert region
     outlined, then each heatmap over it (``photos=False``: the heatmaps alone, no pixels of
     the photographs, so the figure may be committed)."""
@@ -532,15 +536,15 @@ def figure(maps: Sequence[MapRow], source: Any, records: Any, patch_size: int, p
                 span = w.max() - w.min()
                 shown = np.kron((w - w.min()) / span if span > 0 else 0 * w,
                                 np.ones((patch_size, patch_size)))[keep]
-            panels.append((shown, m.label if r == 0 else ""))
+            panels.append((shown, SHORT.get(m.name, m.name) if r == 0 else ""))
         for c, (shown, title) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(shown, cmap=None if shown.ndim == 3 else "jet", vmin=0, vmax=1)
             ax.contour(region, levels=[0.5], colors="white", linewidths=1.0)
-            ax.set_title(title, fontsize=5)
+            ax.set_title(title, fontsize=6)
             ax.set_axis_off()
-    fig.suptitle(f"Expert region outlined in white. {LABEL_NOTE}. " + text[:160] + " ...",
-                 fontsize=6, wrap=True)
+    fig.suptitle(f"White: the expert's acetowhite region (patches at least half inside). "
+                 f"AnnoCerv test photographs (out of fold), {LABEL_NOTE}.\n{budget}", fontsize=7)
     return viz._save(fig, path)
 
 
@@ -572,16 +576,20 @@ def write_outputs(suite: str, workdir: str, variants_run: Sequence[Variant], *, 
     exp = explanation_records(maps, records, photo, n_boot, seed)
     suite_s = sum(r.train_s or 0.0 for r in rows) + (time.perf_counter() - t0)
     text = caption(rows, maps, n_boot, suite_s / 60)
+    c = rows[0].config
+    budget = (f"Budget: {c['grid_size']} x {c['grid_size']} patches of {c['patch_size']} px, at "
+              f"most {c['train']['epochs']} epochs, {suite_s / 60:.0f} min of training epochs "
+              "and tables on a shared 2-core CPU.")
     out = {"md": os.path.join(workdir, f"{suite}.md"),
            "csv": os.path.join(workdir, f"{suite}.csv"),
            "json": os.path.join(workdir, f"{suite}.json")}
     figures = {}
-    made = figure(maps, source, records, patch, os.path.join(workdir, f"{suite}_fig.png"), text)
+    made = figure(maps, source, records, patch, os.path.join(workdir, f"{suite}_fig.png"), budget)
     if made:
         figures["photographs with every heatmap (not for the repository)"] = made
         out["fig"] = made
     made = figure(maps, source, records, patch, os.path.join(workdir, f"{suite}_maps.png"),
-                  text, photos=False)
+                  budget, photos=False)
     if made:
         figures["heatmaps alone, no photograph pixels"] = made
         out["maps"] = made
