@@ -75,7 +75,8 @@ def test_metrics(
     metrics of both splits at it, bootstrap CIs on test.
 
     ``val`` / ``test``: ``probabilities``, ``labels``, ``sessions`` (and, for the explanation
-    metrics on synthetic data, ``weights``, ``regulators``, ``truth_cervix``, ``truth_lesion``).
+    metrics on synthetic data, ``weights``, ``regulators``, ``truth_cervix``, ``truth_lesion``;
+    on real expert regions, ``weights``, ``truth_region`` and ``region_usable``).
     ``val`` is None when the protocol has no validation set (``data.val_fraction=0``).
     """
     if config.eval.threshold_criterion == "fixed":
@@ -102,6 +103,11 @@ def test_metrics(
     )
     if "truth_cervix" in test and "weights" in test:
         results["explanation"] = explanation(config, test)
+    if "truth_region" in test and "weights" in test:
+        results["explanation_region"] = metrics_lib.region_summary(
+            test["weights"], test["truth_region"], test["region_usable"], test["sessions"],
+            n_boot=config.eval.bootstrap, seed=config.seed,
+        )
     return results
 
 

@@ -356,16 +356,9 @@ def pointing_game(weights, lesion, tolerance: int = 1) -> float:
     les = np.asarray(lesion).astype(bool)
     if les.shape != w.shape:
         raise MetricsError(f"lesion shape {les.shape} differs from weights shape {w.shape}")
-    keep = les.reshape(les.shape[0], -1).any(axis=1)
-    if not keep.any():
+    if not les.reshape(les.shape[0], -1).any(axis=1).any():
         raise MetricsError("pointing game needs at least one image with a lesion; none has one")
-    hits = []
-    for wi, li in zip(w[keep], les[keep], strict=True):
-        top = np.unravel_index(int(np.argmax(wi)), wi.shape)
-        rows, cols = np.nonzero(li)
-        dist = np.maximum(np.abs(rows - top[0]), np.abs(cols - top[1]))
-        hits.append(dist.min() <= tolerance)
-    return float(np.mean(hits))
+    return float(np.nanmean(top_patch_hits(w, les, np.ones(len(w), bool), tolerance)))
 
 
 def _precision_matrices(params: np.ndarray) -> np.ndarray:
@@ -448,19 +441,49 @@ def _check_truth(w: np.ndarray, lesion=None, cervix_params=None, labels=None) ->
     return tuple(out)
 
 
-def pointing_hits(weights, lesion, labels, tolerance: int = 0) -> np.ndarray:
+def top_patch_hits(weights, target, use, tolerance: int = 0) -> np.ndarray:
     """Per image: 1.0 if the top-weighted patch is within ``tolerance`` patches (Chebyshev) of a
-    lesion patch, else 0.0; NaN unless the image is CIN2+ (label 1) and has a lesion patch.
+    ``target`` patch, else 0.0; NaN where ``use`` is False or the image has no target patch.
 
     Ties for the top weight go to the first patch in row-major order, so a flat map scores only
-    by luck of position."""
+    by luck of position. The one pointing game behind the synthetic lesions and the real
+    acetowhite regions."""
+    w = _check_maps(weights)
+    tgt = np.asarray(target).astype(bool)
+    if tgt.shape != w.shape:
+        raise MetricsError(f"target patches {tgt.shape} differ from weights {w.shape}")
+    out = np.full(w.shape[0], np.nan)
+    for k in np.flatnonzero(np.asarray(use, bool) & tgt.any(axis=(1, 2))):
+        top = np.unravel_index(int(np.argmax(w[k])), w[k].shape)
+        rows, cols = np.nonzero(tgt[k])
+        out[k] = float(np.maximum(np.abs(rows - top[0]), np.abs(cols - top[1])).min() <= tolerance)
+    return out
+
+
+def pointing_hits(weights, lesion, labels, tolerance: int = 0) -> np.ndarray:
+    """Per image: the pointing game (``top_patch_hits``) against the lesion patches; NaN unless
+    the image is CIN2+ (label 1) and has a lesion patch."""
     w = _check_maps(weights)
     les, y = _check_truth(w, lesion=lesion, labels=labels)
+    return top_patch_hits(w, les, y == 1, tolerance)
+
+
+def patch_auc(weights, positive, negative, use) -> np.ndarray:
+    """Per image: ROC AUC of the patch weights, ``positive`` patches against ``negative`` ones
+    (ties count one half, as scikit-learn's roc_auc_score); NaN where ``use`` is False or the
+    image lacks either kind. 1 when every positive patch outweighs every negative one, 0.5 for
+    a map blind to the difference."""
+    w = _check_maps(weights)
+    pos_mask, neg_mask = np.asarray(positive, bool), np.asarray(negative, bool)
+    if pos_mask.shape != w.shape or neg_mask.shape != w.shape:
+        raise MetricsError(f"patch masks {pos_mask.shape} / {neg_mask.shape} differ from "
+                           f"weights {w.shape}")
     out = np.full(w.shape[0], np.nan)
-    for k in np.flatnonzero((y == 1) & les.any(axis=(1, 2))):
-        top = np.unravel_index(int(np.argmax(w[k])), w[k].shape)
-        rows, cols = np.nonzero(les[k])
-        out[k] = float(np.maximum(np.abs(rows - top[0]), np.abs(cols - top[1])).min() <= tolerance)
+    for k in np.flatnonzero(np.asarray(use, bool)):
+        pos, neg = w[k][pos_mask[k]], w[k][neg_mask[k]]
+        if pos.size and neg.size:
+            diff = pos[:, None] - neg[None, :]
+            out[k] = float(np.mean((diff > 0) + 0.5 * (diff == 0)))
     return out
 
 
@@ -474,13 +497,23 @@ def lesion_auc(weights, lesion, cervix_params, labels, n_sigma: float = 2.0) -> 
     w = _check_maps(weights)
     les, params, y = _check_truth(w, lesion, cervix_params, labels)
     cervix = _inside_ellipse(params, w.shape[1], w.shape[2], n_sigma)
-    out = np.full(w.shape[0], np.nan)
-    for k in np.flatnonzero(y == 1):
-        pos, neg = w[k][les[k]], w[k][cervix[k] & ~les[k]]
-        if pos.size and neg.size:
-            diff = pos[:, None] - neg[None, :]
-            out[k] = float(np.mean((diff > 0) + 0.5 * (diff == 0)))
-    return out
+    return patch_auc(w, les, cervix & ~les, y == 1)
+
+
+def mass_share(weights, inside) -> np.ndarray:
+    """Per image: share of the heatmap mass on ``inside``, a (N, H, W) membership in [0, 1]
+    (bool, or the fraction of each patch inside a region: mass is then area-weighted); NaN for
+    a map with no mass at all (weights that underflowed to 0 point nowhere), which the
+    summaries leave out and count."""
+    w = _check_maps(weights)
+    if np.any(w < 0):
+        raise MetricsError("heatmap weights must be non-negative to be read as mass")
+    member = np.asarray(inside, dtype=np.float64)
+    if member.shape != w.shape:
+        raise MetricsError(f"membership {member.shape} differs from weights {w.shape}")
+    total = w.sum(axis=(1, 2))
+    share = (w * member).sum(axis=(1, 2)) / np.where(total > 0, total, 1.0)
+    return np.where(total > 0, share, np.nan)
 
 
 def mass_in_cervix(weights, cervix_params, n_sigma: float = 2.0) -> np.ndarray:
@@ -488,13 +521,8 @@ def mass_in_cervix(weights, cervix_params, n_sigma: float = 2.0) -> np.ndarray:
     ellipse (as ``mass_in_ellipse``, not averaged); NaN for a map with no mass at all (weights
     that underflowed to 0 point nowhere), which the summaries then leave out and count."""
     w = _check_maps(weights)
-    if np.any(w < 0):
-        raise MetricsError("heatmap weights must be non-negative to be read as mass")
-    total = w.sum(axis=(1, 2))
     (params,) = _check_truth(w, cervix_params=cervix_params)
-    inside = _inside_ellipse(params, w.shape[1], w.shape[2], n_sigma)
-    share = (w * inside).sum(axis=(1, 2)) / np.where(total > 0, total, 1.0)
-    return np.where(total > 0, share, np.nan)
+    return mass_share(w, _inside_ellipse(params, w.shape[1], w.shape[2], n_sigma))
 
 
 def session_bootstrap_mean(
@@ -558,3 +586,96 @@ def explanation_summary(
         }
         for name, values in per_image.items()
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanation quality against real expert regions (AnnoCerv's acetowhite outlines, closed into
+# regions by jaxcerv.data.regions and stored per patch as the share of the patch inside).
+
+# A patch counts as region when at least this share of it lies inside the expert's region: the
+# binarisation for region AUC and the pointing game (mass reads the fractions themselves).
+REGION_CUT = 0.5
+
+REGION_IMAGES = {
+    "region_auc": "closed regions with patches on both sides of the cut: region vs the other "
+                  "patches (of the photograph, where the caller says which those are)",
+    "mass_in_region": "closed regions covering a patch at the cut: weight share, area-weighted",
+    "pointing_game": "closed regions covering a patch at the cut: top patch inside the region",
+    "pointing_game_within_1_patch": "as pointing_game, hit within 1 patch of a region patch",
+}
+
+
+def region_per_image(weights, region_fraction, usable, cut: float = REGION_CUT, within=None
+                     ) -> dict[str, np.ndarray]:
+    """Per image (NaN where unused): the real-region metrics of ``REGION_IMAGES``.
+
+    ``region_fraction`` (N, H, W) share of each patch inside the expert's region, in [0, 1];
+    ``usable`` (N,) whether the outline could be closed (an unusable one has no region to score
+    against). An image is used when usable and at least one patch reaches ``cut``: an empty
+    outline (no acetowhite marked) cannot tell a good map from a bad one here. ``within``
+    (N, H, W) bool, default every patch: the patches the region AUC ranks (e.g. those holding
+    photograph pixels, so a letterbox's black patches are not free negatives)."""
+    w = _check_maps(weights)
+    frac = np.asarray(region_fraction, np.float64)
+    if frac.shape != w.shape:
+        raise MetricsError(f"region fractions {frac.shape} differ from weights {w.shape}")
+    if np.any((frac < 0) | (frac > 1)) or not np.all(np.isfinite(frac)):
+        raise MetricsError("region fractions must lie in [0, 1]")
+    ok = np.asarray(usable, bool).reshape(-1)
+    if ok.shape != (w.shape[0],):
+        raise MetricsError(f"region_usable must be ({w.shape[0]},), got {ok.shape}")
+    region = frac >= cut
+    use = ok & region.any(axis=(1, 2))
+    inside = np.ones(w.shape, bool) if within is None else np.asarray(within, bool)
+    return {
+        "region_auc": patch_auc(w, region & inside, inside & ~region, use),
+        "mass_in_region": np.where(use, mass_share(w, frac), np.nan),
+        "pointing_game": top_patch_hits(w, region, use, 0),
+        "pointing_game_within_1_patch": top_patch_hits(w, region, use, 1),
+    }
+
+
+def region_summary(weights, region_fraction, usable, sessions, *, cut: float = REGION_CUT,
+                   within=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The real-region metrics of a split, each ``{"value", "ci95", "n_images", "n_sessions",
+    "n_skipped", "images"}`` (interval by resampling the cases), plus ``"masks"``: how many
+    images there were, how many outlines were usable, and how many of those mark a region at
+    the cut."""
+    per_image = region_per_image(weights, region_fraction, usable, cut, within)
+    n = len(np.asarray(weights))
+    ok = np.asarray(usable, bool).reshape(-1)
+    marked = ok & (np.asarray(region_fraction) >= cut).reshape(n, -1).any(axis=1)
+    out: dict = {
+        name: {**session_bootstrap_mean(v, sessions, n_boot=n_boot, seed=seed),
+               "n_skipped": int(np.isnan(v).sum()), "images": REGION_IMAGES[name]}
+        for name, v in per_image.items()
+    }
+    out["masks"] = {"n_images": n, "n_usable": int(ok.sum()), "n_unusable": int((~ok).sum()),
+                    "n_with_region": int(marked.sum()), "cut": cut}
+    return out
+
+
+def paired_mean_difference(a, b, sessions, *, n_boot: int = 1000, seed: int = 0,
+                           alpha: float = 0.05) -> dict:
+    """Paired session bootstrap of mean(a) - mean(b) over the images where both have a value
+    (per-image metrics of two heatmaps on the same images): the difference, its interval and
+    the two-sided p-value (twice the smaller tail of the resampled differences around 0).
+
+    Returns ``{"delta", "ci95", "p_value", "n_images", "n_sessions"}``; None values when no
+    image has both."""
+    x, y = np.asarray(a, np.float64).reshape(-1), np.asarray(b, np.float64).reshape(-1)
+    g = np.asarray(sessions).reshape(-1)
+    if not x.shape == y.shape == g.shape:
+        raise MetricsError(f"paired values ({x.size}, {y.size}) and sessions ({g.size}) differ")
+    both = ~np.isnan(x) & ~np.isnan(y)
+    if not both.any():
+        return {"delta": None, "ci95": None, "p_value": None, "n_images": 0, "n_sessions": 0}
+    _, unit = np.unique(g[both], return_inverse=True)
+    sums = np.bincount(unit, weights=(x - y)[both])
+    counts = np.bincount(unit).astype(np.float64)
+    draw = np.random.default_rng(seed).integers(0, sums.size, size=(n_boot, sums.size))
+    diffs = sums[draw].sum(axis=1) / counts[draw].sum(axis=1)
+    lo, hi = np.quantile(diffs, (alpha / 2.0, 1.0 - alpha / 2.0))
+    p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    return {"delta": float((x - y)[both].mean()), "ci95": [float(lo), float(hi)],
+            "p_value": float(p), "n_images": int(both.sum()), "n_sessions": int(sums.size)}

@@ -49,7 +49,7 @@ class Row:
     device: str = ""  # what trained it, e.g. "1 x cpu" (results.json's runtime)
 
 
-def _fold_dirs(run: RunDir) -> list[RunDir]:
+def fold_dirs(run: RunDir) -> list[RunDir]:
     results = read_json(run.results)
     return [run.fold(k) for k in range(len(results["folds"]))] if "folds" in results else [run]
 
@@ -60,7 +60,7 @@ def load_row(workdir: str, variant: Variant) -> Row:
     if not os.path.exists(run.results):
         raise RunError(f"{run.root} has no results.json: run the suite (it resumes) first")
     folds, parts, epochs, device = [], [], [], ""
-    for fold in _fold_dirs(run):
+    for fold in fold_dirs(run):
         res = read_json(fold.results)
         folds.append(res["test"])
         epochs += [r.get("epoch_time_s", 0.0) for r in fold.read_metrics()]

@@ -152,7 +152,7 @@ def run(suite: str, config: ml_collections.ConfigDict, workdir: str,
     """The whole suite: check, run the rows, write their reports, the tables and figures;
     returns name -> path of what it wrote. Raises ConfigError, ValueError or RunError."""
     configcheck.check_config(config)
-    from jaxcerv.experiments import outputs
+    from jaxcerv.experiments import outputs, real_heatmaps
     from jaxcerv.reporting import report
     from jaxcerv.runtime import progress
     variants = run_suite(suite, config, workdir, only)
@@ -160,6 +160,7 @@ def run(suite: str, config: ml_collections.ConfigDict, workdir: str,
         run_dir = os.path.join(workdir, v.name)
         if not os.path.exists(os.path.join(run_dir, "report", "index.html")):
             report.write_report(run_dir)
+    writer = real_heatmaps.write_outputs if suite == real_heatmaps.SUITE else outputs.write_outputs
     with progress.announce(f"writing {suite}.md, the figures and index.html"):
-        return outputs.write_outputs(suite, workdir, variants,
-                                     n_boot=max(config.eval.bootstrap, 1), seed=config.seed)
+        return writer(suite, workdir, variants, n_boot=max(config.eval.bootstrap, 1),
+                      seed=config.seed)

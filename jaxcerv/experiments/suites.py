@@ -150,12 +150,21 @@ def small_data(config: ml_collections.ConfigDict) -> list[Variant]:
     ]
 
 
+def real_heatmaps(config: ml_collections.ConfigDict) -> list[Variant]:
+    """Heatmaps against an expert's outlines on real photographs (``experiments.real_heatmaps``,
+    which also writes this suite's own tables)."""
+    from jaxcerv.experiments import real_heatmaps as suite
+
+    return suite.variants(config)
+
+
 # Suite name -> its rows; the first row of each is the proposed model.
 SUITES: dict[str, Callable[[ml_collections.ConfigDict], list[Variant]]] = {
     "table1": table1,
     "table2": table2,
     "regulator": regulator,
     "small_data": small_data,
+    "real_heatmaps": real_heatmaps,
 }
 
 

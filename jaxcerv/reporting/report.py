@@ -55,6 +55,8 @@ EXPLANATION_NAMES = {
     "mass_in_cervix_normal": "Heatmap mass inside the cervix, normal images",
     "pointing_game_within_1_patch": "Pointing game, within 1 patch of a lesion",
     "fitted_centre_error_patches": "Centre error of each test image's fitted Gaussian (patches)",
+    "region_auc": "Region AUC (patch weights rank the expert's region above the other patches)",
+    "mass_in_region": "Heatmap mass inside the expert's region",
 }
 REGULATOR_NAMES = {
     "centre_error_patches": "Final regulator centre error vs true cervix (patches)",
@@ -233,18 +235,21 @@ def _key_value_table(values: Mapping[str, Any], names: Mapping[str, str], prefix
     return _table(["Quantity", "Value"], rows) if rows else ""
 
 
-def _explanation_table(values: Mapping[str, Any]) -> str:
+def _explanation_table(values: Mapping[str, Any], prefix: str = "explanation") -> str:
     """One row per metric: value, its session-bootstrap 95% interval, and the test images it
-    uses (which, and how many)."""
+    uses (which, and how many; and how many it skipped, where the metric counts them)."""
     rows = []
     for key, m in values.items():
+        if key == "masks":
+            continue
         ci = m.get("ci95")
+        skipped = f", {m['n_skipped']} skipped" if "n_skipped" in m else ""
         rows.append([
             EXPLANATION_NAMES.get(key, key),
-            _num(f"explanation.{key}", m.get("value")),
+            _num(f"{prefix}.{key}", m.get("value")),
             f'<td class="num">{_fmt(ci[0])} &ndash; {_fmt(ci[1])}</td>' if ci else "<td>-</td>",
             f"<td>{_esc(m.get('images', ''))} ({m.get('n_images')} images, "
-            f"{m.get('n_sessions')} sessions)</td>",
+            f"{m.get('n_sessions')} sessions{skipped})</td>",
         ])
     return _table(["Metric", "Value", "95% CI (by session)", "Images used"], rows)
 
@@ -443,6 +448,16 @@ def _run_report(
         body += [
             "<h2>Explanation quality (synthetic ground truth)</h2>",
             _explanation_table(results["explanation"]),
+        ]
+    if results.get("explanation_region"):
+        masks = results["explanation_region"]["masks"]
+        body += [
+            "<h2>Explanation quality against the expert's regions</h2>",
+            f"<p>{masks['n_usable']} of {masks['n_images']} test masks usable "
+            f"({masks['n_unusable']} outlines could not be closed); {masks['n_with_region']} mark "
+            f"a region covering at least one patch by {masks['cut']:g} or more (region = patch "
+            "share inside the outline &ge; that cut).</p>",
+            _explanation_table(results["explanation_region"], "explanation_region"),
         ]
     reg = results.get("regulator", {})
     if reg:

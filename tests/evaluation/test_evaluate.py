@@ -134,3 +134,23 @@ def test_evaluation_never_augments_even_when_training_does():
                                  mesh)
     np.testing.assert_array_equal(got["pixels"], images[indices].astype(np.float32))
     np.testing.assert_array_equal(got["pixels"], off["pixels"])
+
+
+def test_test_metrics_adds_the_real_region_block_when_predictions_carry_regions():
+    rng = np.random.default_rng(3)
+    val, test = _split(rng, 20), _split(rng, 12)
+    grid = 4
+    region = np.zeros((12, grid, grid))
+    region[:, :2, :2] = 1.0
+    weights = rng.uniform(size=(12, grid, grid)) + region
+    usable = np.arange(12) % 4 != 0  # 3 unusable outlines
+    got = evaluate.test_metrics(_config(), val, {**test, "weights": weights,
+                                                 "truth_region": region, "region_usable": usable})
+    block = got["explanation_region"]
+    assert block["masks"]["n_usable"] == 9 and block["masks"]["n_unusable"] == 3
+    assert block["region_auc"]["n_images"] == 9 and block["region_auc"]["n_skipped"] == 3
+    assert block["region_auc"]["value"] > 0.9
+    # No heatmap (a whole-image CNN): no block, the classification stands alone.
+    plain = evaluate.test_metrics(_config(), val, {**test, "truth_region": region,
+                                                   "region_usable": usable})
+    assert "explanation_region" not in plain

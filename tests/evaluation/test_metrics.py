@@ -503,3 +503,99 @@ def test_dead_encoder_rule_on_a_killed_model(feature_norm):
     out = m.apply({"params": killed}, img)
     assert metrics.dead_feature_fraction(out.features) == 1.0
     assert metrics.is_dead_encoder(out.features)
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Real expert regions: per-patch region fractions, some outlines unusable.
+
+
+def _region_case(seed: int, n: int = 30, grid: int = 6):
+    rng = np.random.default_rng(seed)
+    frac = np.zeros((n, grid, grid))
+    for k in range(n):
+        r0, c0 = rng.integers(0, grid - 2, size=2)
+        frac[k, r0:r0 + rng.integers(1, 4), c0:c0 + rng.integers(1, 4)] = rng.uniform(
+            0.2, 1.0, size=1)
+    frac[::7] = 0.0  # empty outlines: no acetowhite marked
+    weights = rng.uniform(size=(n, grid, grid)) + 0.8 * frac
+    weights[3] = 0.5  # a flat map: ties everywhere
+    usable = rng.uniform(size=n) > 0.2
+    sessions = np.repeat(np.arange(n // 3), 3).astype(str)
+    return weights, frac, usable, sessions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_region_auc_matches_sklearn_per_image(seed):
+    w, frac, usable, _ = _region_case(seed)
+    got = metrics.region_per_image(w, frac, usable)["region_auc"]
+    used = 0
+    for k in range(len(w)):
+        region = frac[k] >= metrics.REGION_CUT
+        if not usable[k] or not region.any() or region.all():
+            assert np.isnan(got[k]), k
+            continue
+        assert got[k] == pytest.approx(skm.roc_auc_score(region.ravel(), w[k].ravel())), k
+        used += 1
+    assert used >= 10
+
+
+def test_region_metrics_hand_case():
+    # 1 image, 3x3: region fractions 1.0 at (0, 0), 0.6 at (0, 1), 0.3 at (1, 1) (below the cut).
+    frac = np.zeros((1, 3, 3))
+    frac[0, 0, 0], frac[0, 0, 1], frac[0, 1, 1] = 1.0, 0.6, 0.3
+    w = np.full((1, 3, 3), 0.1)
+    w[0, 1, 1] = 0.9  # top patch: not region at the cut, but adjacent to (0, 0) and (0, 1)
+    w[0, 0, 0] = 0.5
+    out = metrics.region_per_image(w, frac, [True])
+    # Region {0.5, 0.1} against 7 others {0.9, 0.1 x 6}: 0.5 beats 6; 0.1 ties 6 -> 3.
+    assert out["region_auc"][0] == pytest.approx((6 + 3) / 14)
+    # Mass is area-weighted: (0.5 * 1 + 0.1 * 0.6 + 0.9 * 0.3) / total.
+    assert out["mass_in_region"][0] == pytest.approx((0.5 + 0.06 + 0.27) / w.sum())
+    assert out["pointing_game"][0] == 0.0
+    assert out["pointing_game_within_1_patch"][0] == 1.0
+    # Ranked only within the photograph: leaving out two 0.1 patches, 0.1 ties 4 -> 2, 0.5 beats 4.
+    within = np.ones((1, 3, 3), bool)
+    within[0, 2, 1:] = False
+    auc = metrics.region_per_image(w, frac, [True], within=within)["region_auc"][0]
+    assert auc == pytest.approx((4 + 2) / 10)
+    unusable = metrics.region_per_image(w, frac, [False])
+    assert all(np.isnan(v[0]) for v in unusable.values())
+    with pytest.raises(metrics.MetricsError, match="region fractions"):
+        metrics.region_per_image(w, frac * 2, [True])
+
+
+def test_pointing_game_is_top_patch_hits_pooled():
+    w, frac, _, _ = _region_case(5)
+    region = frac >= 0.5
+    hits = metrics.top_patch_hits(w, region, np.ones(len(w), bool), tolerance=1)
+    assert metrics.pointing_game(w, region, tolerance=1) == pytest.approx(np.nanmean(hits))
+
+
+def test_region_summary_counts_masks_and_skips():
+    w, frac, usable, sessions = _region_case(3)
+    out = metrics.region_summary(w, frac, usable, sessions, n_boot=200, seed=0)
+    marked = usable & (frac >= 0.5).reshape(len(w), -1).any(axis=1)
+    assert out["masks"] == {"n_images": len(w), "n_usable": int(usable.sum()),
+                            "n_unusable": int((~usable).sum()),
+                            "n_with_region": int(marked.sum()), "cut": 0.5}
+    for name in ("mass_in_region", "pointing_game", "pointing_game_within_1_patch"):
+        assert out[name]["n_images"] == marked.sum()
+        assert out[name]["n_skipped"] == len(w) - marked.sum()
+    lo, hi = out["region_auc"]["ci95"]
+    assert lo <= out["region_auc"]["value"] <= hi
+
+
+def test_paired_mean_difference():
+    sessions = np.array(["a", "a", "b", "c", "d"])
+    a = np.array([0.9, 0.8, 0.7, 0.6, np.nan])
+    b = np.array([0.5, 0.6, 0.6, 0.4, 0.3])
+    out = metrics.paired_mean_difference(a, b, sessions, n_boot=500, seed=0)
+    assert out["delta"] == pytest.approx(np.mean([0.4, 0.2, 0.1, 0.2]))
+    assert (out["n_images"], out["n_sessions"]) == (4, 3)
+    assert out["p_value"] == 0.0  # every paired difference is positive: no resample crosses 0
+    same = metrics.paired_mean_difference(b, b, sessions, n_boot=50)
+    assert same["delta"] == 0.0 and same["p_value"] == 1.0
+    none = metrics.paired_mean_difference(a * np.nan, b, sessions, n_boot=50)
+    assert none["delta"] is None

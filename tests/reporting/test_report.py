@@ -130,3 +130,26 @@ def test_cross_validation_index(smoke_workdir, tmp_path):
     assert shown["mean.roc_auc"] == pytest.approx(aucs.mean(), rel=1e-12)
     assert shown["sd.roc_auc"] == pytest.approx(aucs.std(ddof=1), rel=1e-12)
     assert shown["fold_1.roc_auc"] == aucs[1]
+
+
+def test_real_region_metrics_are_shown_with_the_masks_they_used(smoke_workdir, tmp_path):
+    """A copy of the smoke run whose results carry the real-region block (as an AnnoCerv run's
+    do): every metric's value is a machine-readable cell, and the usable masks are stated."""
+    run = tmp_path / "annocerv_like"
+    shutil.copytree(smoke_workdir, run, ignore=shutil.ignore_patterns("report"))
+    with open(run / "results.json") as f:
+        results = json.load(f)
+    rng = np.random.default_rng(0)
+    region = (rng.uniform(size=(10, 4, 4)) > 0.6).astype(float)
+    usable = np.arange(10) % 5 != 0
+    results["explanation_region"] = metrics.region_summary(
+        rng.uniform(size=(10, 4, 4)), region, usable, np.arange(10).astype(str), n_boot=20)
+    (run / "results.json").write_text(json.dumps(results))
+    path = report.write_report(str(run), num_gallery=0, num_evolution=0)
+    shown = _Page(path).values
+    for key in ("region_auc", "mass_in_region", "pointing_game"):
+        assert shown[f"explanation_region.{key}"] == pytest.approx(
+            results["explanation_region"][key]["value"])
+    text = open(path).read()
+    assert "8 of 10 test masks usable (2 outlines could not be closed)" in text
+    assert "skipped" in text
