@@ -95,8 +95,8 @@ COMMANDS: dict[str, Command] = {
     ),
     "experiments": Command(
         "run an experiment suite (Tables 1-2, regulator, small data) into tables + figures",
-        "jaxcerv experiments --suite=table1|table2|regulator|small_data|real_heatmaps --config=NAME|FILE "
-        "--workdir=DIR [--variants=a,b]",
+        "jaxcerv experiments --suite=table1|table2|regulator|small_data|real_heatmaps "
+        "--config=NAME|FILE --workdir=DIR [--variants=a,b]",
         _module("experiments"),
     ),
 }

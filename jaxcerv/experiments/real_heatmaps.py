@@ -42,24 +42,12 @@ import numpy as np
 from jaxcerv.evaluation import metrics as metrics_lib
 from jaxcerv.experiments import outputs, results, tables
 from jaxcerv.experiments.results import Row
-from jaxcerv.experiments.suites import PROPOSED, Variant
+from jaxcerv.experiments.suites import CNN, COLOUR, PROPOSED, Variant
 from jaxcerv.runtime.rundir import RunDir, RunError, write_json
 
 SUITE = "real_heatmaps"
-COLOUR = "colour"  # the explanation reference: the whiteness heuristic
 G0 = "centre_prior"  # the fixed centre prior: where the expert's regions sit on average
-CNN = "cnn"
 LABEL_NOTE = "label: Swede >= 5, an expert's visual score, not histology"
-# What every trained row shares, so the whole suite fits 40 minutes on 2 CPU cores (measured in
-# docs/real_data.md): 12 x 12 patches of 16 px (the 3:2 photograph letterboxed into 192 px),
-# few epochs. The whole-image CNN sees the same 192 px at 128 px with a quarter of the channels.
-BUDGET: dict[str, Any] = {
-    "grid_size": 12,
-    "patch_size": 16,
-    "train.epochs": 6,
-    "train.patience": 3,
-    "eval.num_heatmaps": 0,
-}
 EXPLANATION = (
     ("region_auc", "Region AUC"),
     ("mass_in_region", "Mass in region"),
@@ -71,26 +59,6 @@ PAIRED = ("region_auc", "mass_in_region", "pointing_game")
 SHORT = {PROPOSED: "Paper model", COLOUR: "Whiteness heuristic", CNN: "CNN input gradient",
          "recommended": "Recommended stand-in", "no_regulator": "No regulator",
          "abmil": "ABMIL attention", "colour_logistic": "Colour logistic", G0: "Centre prior G0"}
-
-
-def variants(config: ml_collections.ConfigDict) -> list[Variant]:
-    """The trained rows (and the colour row's classifier); the first is the proposed model,
-    the cheap and reference rows next, so a suite cut short still has its references."""
-    del config
-    no_reg = {"regulator.mode": "none"}
-    return [
-        Variant(PROPOSED, "Paper model (patch-wise + iterative regulator)", dict(BUDGET)),
-        Variant(COLOUR, "Colour heuristic: whiteness map (classifier: hand-crafted colour "
-                "and texture + logistic regression)", dict(BUDGET), entry="handcrafted"),
-        Variant(CNN, "Whole-image CNN, AlexNet-style (heatmap: input gradient)",
-                {**BUDGET, "model.family": "alexnet", "model.input_size": 128,
-                 "model.width": 0.25, **no_reg}),
-        Variant("recommended", "Recommended stand-in: Eq. 6 on the logits, lr 3e-4",
-                {**BUDGET, "regulator.normalise": "logits", "train.learning_rate": 3e-4}),
-        Variant("no_regulator", "Paper model, no regulator", {**BUDGET, **no_reg}),
-        Variant("abmil", "ABMIL (heatmap: its attention)",
-                {**BUDGET, "model.family": "abmil", **no_reg}),
-    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,7 +485,7 @@ def figure(maps: Sequence[MapRow], source: Any, records: Any, patch_size: int, p
         return None
     at = {str(i): k for k, i in enumerate(records.ids)}
     cols = len(maps) + (1 if photos else 0)
-    fig = viz._figure(1.9 * cols, 1.45 * len(chosen) + 0.8)
+    fig = viz.new_figure(1.9 * cols, 1.45 * len(chosen) + 0.8)
     axes = fig.subplots(len(chosen), cols, squeeze=False)
     for r, image_id in enumerate(chosen):
         k = at[image_id]
@@ -546,7 +514,7 @@ def figure(maps: Sequence[MapRow], source: Any, records: Any, patch_size: int, p
             ax.set_axis_off()
     fig.suptitle(f"White: the expert's acetowhite region (patches at least half inside). "
                  f"AnnoCerv test photographs (out of fold), {LABEL_NOTE}.\n{budget}", fontsize=7)
-    return viz._save(fig, path)
+    return viz.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------

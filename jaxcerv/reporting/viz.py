@@ -52,7 +52,7 @@ def _finish(fig: Figure, ax, path: PathLike, **labels: Any) -> str:
     return save_figure(fig, path)
 
 
-def _colormap(name: str):
+def colormap(name: str):
     import matplotlib
 
     return matplotlib.colormaps[name]
@@ -312,7 +312,7 @@ def heatmap_rgba(
     up = w[ri[:, None], ci[None, :]]
     up = gaussian_smooth(up, smooth_sigma * rows / w.shape[0])
     norm = normalise_weights(up, normalisation, percentiles)
-    rgba = _colormap(cmap)(norm)
+    rgba = colormap(cmap)(norm)
     rgba[..., 3] = alpha
     return np.round(rgba * 255.0).astype(np.uint8)
 
@@ -452,7 +452,7 @@ def heatmap_overlay(
         ax.set_xlabel("x (pixels)")
         ax.set_ylabel("y (pixels)")
     scale = "min-max" if normalisation == "minmax" else f"{percentiles[0]:g}-{percentiles[1]:g} pct"
-    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), _colormap(cmap)), ax=right, shrink=0.85)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), colormap(cmap)), ax=right, shrink=0.85)
     bar.set_label(f"Relative patch weight ({scale} scaled)")
     bar.set_ticks([0, 0.5, 1], labels=["low", "", "high"])
     if title:
@@ -517,7 +517,7 @@ def clinician_figure(
     shown = None
     if heat is not None:
         lo, hi = float(np.min(heat)), float(np.max(heat))
-        shown = ax.imshow(heat, cmap=_colormap(cmap), alpha=alpha,
+        shown = ax.imshow(heat, cmap=colormap(cmap), alpha=alpha,
                           norm=Normalize(lo, hi if hi > lo else lo + 1e-6))
     ax.set_xticks([])
     ax.set_yticks([])

@@ -165,7 +165,7 @@ def test_suite_runs_end_to_end_on_a_tiny_annocerv_folder(tmp_path, monkeypatch):
     config = _tiny_config(folder)
     tiny = {"grid_size": 4, "patch_size": 16, "train.epochs": 1, "train.patience": 1,
             "eval.num_heatmaps": 0}
-    monkeypatch.setattr(real_heatmaps, "BUDGET", tiny)
+    monkeypatch.setattr(suites, "REAL_BUDGET", tiny)
     w = str(tmp_path / "w")
     out = runner.run("real_heatmaps", config, w, [real_heatmaps.CNN, real_heatmaps.COLOUR])
     with open(out["json"]) as f:

@@ -220,7 +220,7 @@ def model_info(card: dict[str, Any], limits: Limits, cmap: str = "jet") -> dict[
     the synthetic-only warning, the upload limits and the colour map (256 RGB entries)."""
     from jaxcerv.reporting import viz
 
-    lut = np.round(viz._colormap(cmap)(np.linspace(0, 1, 256))[:, :3] * 255).astype(int)
+    lut = np.round(viz.colormap(cmap)(np.linspace(0, 1, 256))[:, :3] * 255).astype(int)
     test = card.get("test_metrics") or {}
     return {
         "threshold": float(card["threshold"]),
