@@ -43,4 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.patience = 6
     config.eval.batch_size = 8
     config.eval.num_heatmaps = 4
+    # Case-bootstrap resamples of every interval and paired test (the real_heatmaps tables in
+    # docs/real_data.md use these 1000).
+    config.eval.bootstrap = 1000
     return config
