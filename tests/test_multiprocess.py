@@ -231,10 +231,8 @@ def jit_steps(*args, **kwargs):
         return train_step(state, batch)
     return step, eval_step
 steps.jit_steps = jit_steps
-from absl import app
-from jaxcerv import configs, main
-sys.argv = [sys.argv[0], *configs.resolve_args(sys.argv[1:])]
-app.run(main.main, flags_parser=main.parse_flags)
+from jaxcerv.cli import app
+app.main([sys.argv[0], "train", *sys.argv[1:]])
 '''
 
 

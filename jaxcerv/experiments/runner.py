@@ -19,7 +19,6 @@ from typing import Any
 
 import ml_collections
 
-from jaxcerv.configs import default
 from jaxcerv.experiments.suites import (
     PRETRAIN_DIR,
     PRETRAINED,
@@ -46,22 +45,9 @@ def _comparable(config: dict) -> dict:
     return config
 
 
-def with_defaults(recorded: dict) -> dict:
-    """A recorded config with every setting added since filled in at its default: a run made
-    before a setting existed ran as its default does (new settings default to the old
-    behaviour), so adding one does not invalidate finished rows."""
-    def fill(node: dict, defaults: dict) -> dict:
-        out = dict(defaults)
-        for k, v in node.items():
-            out[k] = fill(v, defaults[k]) if isinstance(v, dict) and isinstance(
-                defaults.get(k), dict) else v
-        return out
-
-    return fill(recorded, default.get_config().to_dict())
-
-
 def check_same_config(run: RunDir, config: ml_collections.ConfigDict, name: str) -> None:
-    if os.path.exists(run.config) and _comparable(with_defaults(read_json(run.config))) != \
+    recorded = read_json(run.config) if os.path.exists(run.config) else None
+    if recorded is not None and _comparable(configcheck.with_defaults(recorded)) != \
             _comparable(config.to_dict()):
         raise RunError(
             f"{run.root} was run with another config than variant {name!r} has now: delete that "

@@ -234,3 +234,20 @@ def unknown_key_message(override: str, config: Any) -> str:
     close = list(dict.fromkeys(ranked))[:3]
     hint = f"; did you mean {' or '.join('config.' + k for k in close)}?" if close else ""
     return f"config.{override} is not a setting of this config{hint}"
+
+
+def with_defaults(recorded: dict) -> dict:
+    """A recorded config (``config.json``) with every setting added since filled in at its
+    default: a run made before a setting existed ran as its default does (new settings default
+    to the old behaviour), so adding one neither invalidates a finished experiment row nor
+    counts as a config change on a rerun."""
+    from jaxcerv.configs import default
+
+    def fill(node: dict, defaults: dict) -> dict:
+        out = dict(defaults)
+        for k, v in node.items():
+            out[k] = fill(v, defaults[k]) if isinstance(v, dict) and isinstance(
+                defaults.get(k), dict) else v
+        return out
+
+    return fill(recorded, default.get_config().to_dict())

@@ -31,7 +31,7 @@ from jaxcerv.model import networks as model_lib
 from jaxcerv.runtime import parallel, rundir
 from jaxcerv.runtime import progress as reporting
 from jaxcerv.runtime.rundir import RunDir, RunError, acquire_lock, release_lock, write_json
-from jaxcerv.training import steps
+from jaxcerv.training import configcheck, steps
 from jaxcerv.training.checkpointing import CheckpointError, Checkpoints
 from jaxcerv.training.metric_log import MetricWriter
 from jaxcerv.training.resident import ResidentImages
@@ -549,21 +549,6 @@ def discard_unstarted(run: RunDir) -> None:
             os.rmdir(folder)
 
 
-def _with_defaults(recorded: dict) -> dict:
-    """A recorded config with the settings added since at their defaults (a run made before a
-    setting existed ran as its default does)."""
-    from jaxcerv.configs import default
-
-    def fill(node: dict, defaults: dict) -> dict:
-        out = dict(defaults)
-        for k, v in node.items():
-            out[k] = fill(v, defaults[k]) if isinstance(v, dict) and isinstance(
-                defaults.get(k), dict) else v
-        return out
-
-    return fill(recorded, default.get_config().to_dict())
-
-
 def _one_config_per_folder(config: ml_collections.ConfigDict, run: RunDir) -> None:
     """A folder holds one run of one config. A rerun may extend it (``RERUN_MAY_CHANGE``: said in
     one line); any other change is refused, naming the keys, unless ``train.restart`` asks to
@@ -572,7 +557,7 @@ def _one_config_per_folder(config: ml_collections.ConfigDict, run: RunDir) -> No
     restart = bool(config.train.get("restart", False))
     if not restart and run.holds_a_run() and os.path.isfile(run.config):
         allowed, refused = rundir.config_changes(
-            _with_defaults(rundir.read_json(run.config)), config.to_dict())
+            configcheck.with_defaults(rundir.read_json(run.config)), config.to_dict())
         if refused:
             shown = ", ".join(refused[:4]) + (f" and {len(refused) - 4} more" if
                                                len(refused) > 4 else "")

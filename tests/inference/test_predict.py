@@ -253,7 +253,8 @@ def _spread_run(smoke_workdir, folder, images, threshold) -> list[float]:
     ckpt.save("best", best, steps.TrainState(step=jnp.asarray(0), params=params,
                                              opt_state={"none": jnp.zeros(1)},
                                              rng=jnp.zeros(2, jnp.uint32),
-                                             regulators=jnp.zeros((1, 5))), meta)
+                                             regulators=jnp.zeros((1, 5)),
+                                             regulator_agree=jnp.zeros((1,), jnp.int32)), meta)
     ckpt.close()
     return predict.Predictor.from_run(str(folder)).predict_arrays(images)["probabilities"]
 
