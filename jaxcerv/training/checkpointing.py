@@ -174,6 +174,10 @@ def restore_params(step_dir: str, like: Any) -> Any:
     return params
 
 
+# orbax's coroutines that read one array of a checkpoint (orbax-checkpoint 0.12.8, pinned).
+_ORBAX_READS = ("_read_array_index_and_device_put",)
+
+
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
     """orbax logs each unreadable file it meets (at ERROR, with the file's content, once per
@@ -192,6 +196,8 @@ def _drop_closed_loop_reports() -> None:
     pending reads into the asyncio loop orbax has already closed, and each is reported
     (sys.unraisablehook) as a ``RuntimeError('Event loop is closed')`` traceback, some time
     later, from another thread.
+    Likewise orbax's per-array read coroutines of that restore, garbage-collected with their
+    read error still set ("Exception ignored in: <coroutine _read_array_index_and_device_put>").
     They say nothing beyond the CheckpointError already raised: drop exactly those reports."""
     previous = sys.unraisablehook
     if getattr(previous, "_jaxcerv_filter", False):
@@ -199,7 +205,9 @@ def _drop_closed_loop_reports() -> None:
 
     def hook(unraisable: Any) -> None:
         e = unraisable.exc_value
-        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+        closed_loop = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+        orbax_read = getattr(unraisable.object, "__name__", "") in _ORBAX_READS
+        if not (closed_loop or orbax_read):
             previous(unraisable)
 
     hook._jaxcerv_filter = True  # type: ignore[attr-defined]
