@@ -183,6 +183,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (NT-Xent) on pairs of views of random tissue patches of every photograph under images_dir.
     config.pretrain = ml_collections.ConfigDict()
     config.pretrain.images_dir = ""  # "" -> config.data.manual_dir
+    # More folders of photographs for the pool (another data set's): with per_fold, a photograph
+    # in any folder whose session is a fold's test session is held out of that fold as well.
+    config.pretrain.extra_dirs = ()
     config.pretrain.epochs = 10
     config.pretrain.steps_per_epoch = 50
     config.pretrain.batch_patches = 256  # patches per step (two views each)

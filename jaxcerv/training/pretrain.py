@@ -3,7 +3,8 @@ contrastive learning on patches), and the pieces that start a classifier from it
 
 `jaxcerv pretrain --config=configs/iarc_atlas.py --workdir=W` reads every JPEG/PNG under
 `config.pretrain.images_dir` (default: `config.data.manual_dir`; any folder works, including the
-atlas's Lugol's iodine, saline and green-filter views that the classifier never uses), resized
+atlas's Lugol's iodine, saline and green-filter views that the classifier never uses) and under
+each folder of `config.pretrain.extra_dirs` (another set's photographs: more to learn from), resized
 as the classifier's images are, and trains `model.PatchEncoder` plus a projection head. Same
 lifecycle as training: `W/lock`, `W/config.json`, `checkpoints/latest` every epoch (rerun to
 resume; a finished run only rewrites the encoder), `metrics.jsonl` + TensorBoard, a progress
@@ -257,25 +258,28 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     ``config.pretrain.per_fold`` one encoder per fold of the classifier's splits, each without
     the photographs of that fold's test sessions, in ``W/fold_<k>/encoder.npz``. A folder
     without photographs is refused before anything is written."""
-    folder = config.pretrain.images_dir or config.data.manual_dir
-    paths = find_images(folder)
+    folders = [config.pretrain.images_dir or config.data.manual_dir,
+               *config.pretrain.get("extra_dirs", ())]
+    found = {folder: find_images(folder) for folder in folders}
+    paths = [p for ps in found.values() for p in ps]
     run = RunDir(workdir)
     run.makedirs()
     acquire_lock(run)
     try:
         write_json(run.config, config.to_dict())
-        with reporting.announce(f"reading {len(paths)} photographs under {folder}"):
+        where = " + ".join(f"{len(ps)} under {folder}" for folder, ps in found.items())
+        with reporting.announce(f"reading {len(paths)} photographs ({where})"):
             photos, paths = load_images(paths, config)
+        pool = {"folders": {os.fspath(folder): len(ps) for folder, ps in found.items()}}
         if not config.pretrain.get("per_fold"):
-            return _pretrain(config, run, photos)
-        return _pretrain_per_fold(config, run, photos, paths)
+            return _pretrain(config, run, photos, pool)
+        return _pretrain_per_fold(config, run, photos, paths, pool)
     finally:
         release_lock(run)
 
 
-def _pretrain_per_fold(
-    config: ml_collections.ConfigDict, run: RunDir, photos: np.ndarray, paths: list[Path]
-) -> dict[str, Any]:
+def _pretrain_per_fold(config: ml_collections.ConfigDict, run: RunDir, photos: np.ndarray,
+                       paths: list[Path], pool: dict[str, Any]) -> dict[str, Any]:
     """The classifier's own folds (``splits.make_splits`` on the labelled dataset, written to
     ``W/splits.json``: train with ``data.splits_file`` set to it), one encoder each. A single
     split is fold 0."""
@@ -289,8 +293,9 @@ def _pretrain_per_fold(
               f"{len(test)} test sessions held out ===", flush=True)
         fold_run = run.fold(k)
         fold_run.makedirs()
-        per_fold.append(_pretrain(config, fold_run, photos[keep], {"held_out_sessions": test}))
-    results = {"encoder": os.path.join(run.root, f"fold_{model_lib.FOLD_FIELD}", ENCODER_FILE),
+        per_fold.append(_pretrain(config, fold_run, photos[keep],
+                                  {**pool, "held_out_sessions": test}))
+    results = {**pool, "encoder": os.path.join(run.root, f"fold_{model_lib.FOLD_FIELD}", ENCODER_FILE),
                "splits": run.splits, "folds": per_fold}
     write_json(run.results, results)
     print(f"encoders: {results['encoder']} (model.init_from takes this template as it is)",

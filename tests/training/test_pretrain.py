@@ -141,7 +141,21 @@ def _folder_config(tmp_path):
 def per_fold(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("per_fold")
     files = session_folders(tmp_path)
-    results = pretrain.pretrain(_folder_config(tmp_path), str(tmp_path / "w"))
+    # Another set's photographs in config.pretrain.extra_dirs: a flat folder (no session of the
+    # labelled set: in every fold's pool) and one folder named after a labelled session (held
+    # out wherever that session is a test session).
+    rng = np.random.default_rng(2)
+    extra = {"flat": ["e0.png", "e1.png"], "case_s0": ["e2.png"]}
+    for folder, names in extra.items():
+        (tmp_path / "other" / folder).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(rng.integers(60, 256, (40, 48, 3), np.uint8)).save(
+                tmp_path / "other" / folder / name)
+    config = _folder_config(tmp_path)
+    config.pretrain.extra_dirs = (str(tmp_path / "other"),)
+    results = pretrain.pretrain(config, str(tmp_path / "w"))
+    files["flat"] = extra["flat"]
+    files["s0"] = files["s0"] + extra["case_s0"]
     return tmp_path, files, results
 
 
@@ -156,10 +170,11 @@ def test_per_fold_pretraining_never_sees_a_fold_test_session(per_fold):
         test_sessions = {image_id.split("/")[0].removeprefix("case_") for image_id in fold["test"]}
         expected = sum(len(v) for s, v in files.items() if s not in test_sessions)
         assert set(results["folds"][k]["held_out_sessions"]) == test_sessions
-        assert results["folds"][k]["photographs"] == expected < 27
+        assert results["folds"][k]["photographs"] == expected < 30
         with np.load(work / f"fold_{k}" / pretrain.ENCODER_FILE) as z:
             kernels.append(z["encoder/Conv_0/kernel"])
     assert results["encoder"] == str(work / "fold_{fold}" / pretrain.ENCODER_FILE)
+    assert results["folders"] == {str(tmp_path / "photos"): 27, str(tmp_path / "other"): 3}
     assert not np.allclose(kernels[0], kernels[1])  # each fold trained on its own photographs
 
 
