@@ -18,31 +18,13 @@ from jaxcerv.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.real_photographs(default.get_config())  # balanced: 99 of 242 positive
     config.grid_size = 12
     config.patch_size = 28
     config.data.name = "annocerv"
     config.data.manual_dir = "../shared/data/annocerv-384"
     config.data.swede_threshold = 5
     config.data.restore_aspect = True
-    config.data.resize = "pad"
-    config.data.num_folds = 5
-    config.data.val_fraction = 0.15
-    config.data.augment = True
-    aug = config.data.augmentation
-    aug.rotation = 10.0
-    aug.scale = 0.1
-    aug.translate = 0.05
-    aug.white_balance = 0.05
-    aug.illumination = 0.2
-    aug.blur = 0.8
-    config.train.class_weight = "balanced"  # 99 of 242 images positive
-    config.train.batch_size = 8
-    config.train.epochs = 20
-    config.train.learning_rate = 3e-4
-    config.train.patience = 6
-    config.eval.batch_size = 8
-    config.eval.num_heatmaps = 4
     # Case-bootstrap resamples of every interval and paired test (the real_heatmaps tables in
     # docs/real_data.md use these 1000).
     config.eval.bootstrap = 1000

@@ -213,3 +213,29 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.num_heatmaps = 6
     config.eval.bootstrap = 200
     return config
+
+
+def real_photographs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The settings a set of a few hundred real photographs needs (the atlas and AnnoCerv
+    configs): mild augmentation that keeps the colour cue (never a vertical flip), balanced
+    class weights (else the model learns the prior), small batches, a lower learning rate and
+    early stopping. Measured on the atlas: docs/experiments.md, "Small data sets"."""
+    config.data.resize = "pad"
+    config.data.num_folds = 5
+    config.data.val_fraction = 0.15
+    config.data.augment = True
+    aug = config.data.augmentation
+    aug.rotation = 10.0
+    aug.scale = 0.1
+    aug.translate = 0.05
+    aug.white_balance = 0.05
+    aug.illumination = 0.2
+    aug.blur = 0.8
+    config.train.class_weight = "balanced"
+    config.train.batch_size = 8
+    config.train.epochs = 20
+    config.train.learning_rate = 3e-4
+    config.train.patience = 6
+    config.eval.batch_size = 8
+    config.eval.num_heatmaps = 4
+    return config

@@ -38,29 +38,11 @@ from jaxcerv.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = default.get_config()
+    config = default.real_photographs(default.get_config())
     config.grid_size = 24
     config.patch_size = 28
     config.data.name = "iarc_colposcopy_atlas"
     config.data.manual_dir = "../shared/data/iarc-colposcopy-atlas"
-    config.data.resize = "pad"
-    config.data.num_folds = 5
-    config.data.val_fraction = 0.15
-    config.data.augment = True
-    aug = config.data.augmentation
-    aug.rotation = 10.0
-    aug.scale = 0.1
-    aug.translate = 0.05
-    aug.white_balance = 0.05
-    aug.illumination = 0.2
-    aug.blur = 0.8
-    config.train.class_weight = "balanced"
-    config.train.batch_size = 8
-    config.train.epochs = 20
-    config.train.learning_rate = 3e-4
-    config.train.patience = 6
-    config.eval.batch_size = 8
-    config.eval.num_heatmaps = 4
     # Every photograph of the atlas folder, all stages (Lugol's iodine, saline, green filter),
     # unlabelled: 230 images.
     config.pretrain.epochs = 10

@@ -28,9 +28,11 @@ colposcope) are refused as possible decompression bombs before their pixels are 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -65,6 +67,35 @@ class Decoded:
     conversion: str | None  # e.g. "RGBA -> RGB (alpha on black)", None when already RGB
 
 
+@contextlib.contextmanager
+def _decoding(name: str, kind: Literal["image", "mask"]) -> Iterator[None]:
+    """Every way Pillow fails on a file, as one `ImageError` naming it (for a photograph or a
+    mask: the messages say which). Decompression-bomb warnings are errors inside."""
+    mask = kind == "mask"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(name, f"refused as a possible decompression bomb ({e})") from None
+    except FileNotFoundError:
+        raise ImageError(name, "mask file not found" if mask else "file not found") from None
+    except (PermissionError, IsADirectoryError) as e:
+        raise ImageError(name, f"unreadable {'mask' if mask else 'file'} ({e.strerror})") from None
+    except UnidentifiedImageError:
+        message = "not a readable image (corrupt or unknown format)"
+        raise ImageError(name, f"mask is {message}" if mask else message) from None
+    except OSError as e:
+        if e.errno is not None:  # the path itself: too long, a symlink loop, an I/O error
+            raise ImageError(name, f"unreadable path ({e.strerror})") from None
+        raise ImageError(name, f"corrupt or truncated {kind} ({e})") from None
+    except (SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated/corrupt streams as OSError, some plugins as SyntaxError.
+        raise ImageError(name, f"corrupt or truncated {kind} ({e})") from None
+
+
 def read_image(
     path: str | os.PathLike[str],
     *,
@@ -82,41 +113,22 @@ def read_image(
     name = os.fspath(path)
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone else flipped it; we would accept broken files
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must be False")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(name) as im:
-                width, height = _oriented_size(im)
-                if min(width, height) < patch_size:
-                    raise ImageError(
-                        name,
-                        f"image is {width}x{height} px, smaller than one patch ({patch_size} px)",
-                    )
-                # JPEG only: let libjpeg decode at a reduced scale when we shrink a lot anyway. It
-                # still reads the whole entropy-coded stream, so truncation is still detected.
-                if im.format == "JPEG" and max(width, height) >= 2 * image_size:
-                    im.draft("RGB", (image_size, image_size))
-                im.load()
-                mode = im.mode
-                im = ImageOps.exif_transpose(im)
-                rgb, conversion = _to_rgb(im, name)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(name, f"refused as a possible decompression bomb ({e})") from None
-    except FileNotFoundError:
-        raise ImageError(name, "file not found") from None
-    except (PermissionError, IsADirectoryError) as e:
-        raise ImageError(name, f"unreadable file ({e.strerror})") from None
-    except UnidentifiedImageError:
-        raise ImageError(name, "not a readable image (corrupt or unknown format)") from None
-    except OSError as e:
-        if e.errno is not None:  # the path itself: too long, a symlink loop, an I/O error
-            raise ImageError(name, f"unreadable path ({e.strerror})") from None
-        raise ImageError(name, f"corrupt or truncated image ({e})") from None
-    except (SyntaxError, ValueError, EOFError) as e:
-        # Pillow reports truncated/corrupt streams as OSError, some plugins as SyntaxError.
-        raise ImageError(name, f"corrupt or truncated image ({e})") from None
+    with _decoding(name, "image"):
+        with Image.open(name) as im:
+            width, height = _oriented_size(im)
+            if min(width, height) < patch_size:
+                raise ImageError(
+                    name,
+                    f"image is {width}x{height} px, smaller than one patch ({patch_size} px)",
+                )
+            # JPEG only: let libjpeg decode at a reduced scale when we shrink a lot anyway. It
+            # still reads the whole entropy-coded stream, so truncation is still detected.
+            if im.format == "JPEG" and max(width, height) >= 2 * image_size:
+                im.draft("RGB", (image_size, image_size))
+            im.load()
+            mode = im.mode
+            im = ImageOps.exif_transpose(im)
+            rgb, conversion = _to_rgb(im, name)
     return Decoded(
         pixels=np.asarray(place(rgb, image_size, resize, aspect), dtype=np.uint8),
         width=width,
@@ -207,19 +219,10 @@ def read_mask(path: str | os.PathLike[str], *, size: tuple[int, int]) -> np.ndar
     Anything else is an `ImageError` naming the file: missing, unreadable, not grayscale, values
     other than 0 and 255 (a mask saved with anti-aliasing or as JPEG), another size."""
     name = os.fspath(path)
-    try:
-        with Image.open(name) as im:
-            im.load()
-            mode, mask_size = im.mode, im.size
-            values = np.asarray(im)
-    except FileNotFoundError:
-        raise ImageError(name, "mask file not found") from None
-    except (PermissionError, IsADirectoryError) as e:
-        raise ImageError(name, f"unreadable mask ({e.strerror})") from None
-    except UnidentifiedImageError:
-        raise ImageError(name, "mask is not a readable image (corrupt or unknown format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(name, f"corrupt or truncated mask ({e})") from None
+    with _decoding(name, "mask"), Image.open(name) as im:
+        im.load()
+        mode, mask_size = im.mode, im.size
+        values = np.asarray(im)
     if mask_size != tuple(size):
         raise ImageError(
             name, f"mask is {mask_size[0]}x{mask_size[1]} px but its image is {size[0]}x{size[1]}"

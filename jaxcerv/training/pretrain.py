@@ -295,8 +295,8 @@ def _pretrain_per_fold(config: ml_collections.ConfigDict, run: RunDir, photos: n
         fold_run.makedirs()
         per_fold.append(_pretrain(config, fold_run, photos[keep],
                                   {**pool, "held_out_sessions": test}))
-    results = {**pool, "encoder": os.path.join(run.root, f"fold_{model_lib.FOLD_FIELD}", ENCODER_FILE),
-               "splits": run.splits, "folds": per_fold}
+    template = os.path.join(run.root, f"fold_{model_lib.FOLD_FIELD}", ENCODER_FILE)
+    results = {**pool, "encoder": template, "splits": run.splits, "folds": per_fold}
     write_json(run.results, results)
     print(f"encoders: {results['encoder']} (model.init_from takes this template as it is)",
           flush=True)

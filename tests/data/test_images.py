@@ -265,6 +265,14 @@ def test_read_mask_accepts_0_255_and_bilevel(tmp_path):
         np.testing.assert_array_equal(images.read_mask(tmp_path / name, size=(8, 6)), values > 0)
 
 
+def _png_bytes() -> bytes:
+    """A 0/255 mask of 8 x 6 px as PNG bytes (noise, so its stream is long enough to cut)."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((6, 8)) < 0.5).astype(np.uint8) * 255).save(buf, "PNG")
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     "make, problem",
     [
@@ -273,8 +281,11 @@ def test_read_mask_accepts_0_255_and_bilevel(tmp_path):
         (lambda p: Image.new("L", (8, 8)).save(p), "mask is 8x8 px but its image is 8x6"),
         (lambda p: Image.fromarray(np.full((6, 8), 128, np.uint8)).save(p), "not 0/255"),
         (lambda p: Image.new("RGB", (8, 6)).save(p), "mask mode RGB"),
+        (lambda p: p.write_bytes(png_header(100_000, 100_000)), "decompression bomb"),
+        (lambda p: p.write_bytes(_png_bytes()[:-40]), "corrupt or truncated mask"),
+        (lambda p: p.mkdir(), "unreadable mask"),
     ],
-    ids=["missing", "garbage", "size", "values", "mode"],
+    ids=["missing", "garbage", "size", "values", "mode", "bomb", "truncated", "folder"],
 )
 def test_read_mask_refuses_bad_masks_naming_the_file(tmp_path, make, problem):
     path = tmp_path / "mask.png"
