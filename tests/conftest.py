@@ -28,6 +28,35 @@ def smoke_workdir(tmp_path_factory) -> str:
     return str(workdir)
 
 
+@pytest.fixture(scope="session")
+def predict_inputs(smoke_workdir, tmp_path_factory):
+    """Inputs for predict on the smoke run, (paths, the saved test row the PNG holds): a JPEG
+    of 300x200, a corrupt JPEG and a dataset image saved losslessly as PNG."""
+    import io
+
+    from jaxcerv.data import pipeline
+    from jaxcerv.runtime.rundir import RunDir
+
+    folder = tmp_path_factory.mktemp("inputs")
+    with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as z:
+        saved = {k: z[k] for k in z.files}
+    row = 0
+    source, records = pipeline.load(RunDir(smoke_workdir).read_config(), smoke_workdir)
+    index = int(np.flatnonzero(records.ids == saved["ids"][row])[0])
+    png = folder / "dataset image.png"
+    Image.fromarray(np.asarray(source[index]["image"])).save(png)
+
+    rng = np.random.default_rng(0)
+    jpeg = folder / "wide.jpg"
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(jpeg, quality=90)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)).save(buf, "JPEG")
+    corrupt = folder / "corrupt.jpg"
+    corrupt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated stream
+    paths = [str(jpeg), str(corrupt), str(png)]
+    return paths, {k: v[row] for k, v in saved.items()}
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that claims width x height pixels but holds none (a decompression bomb's header)."""
 

@@ -1,7 +1,6 @@
 """Predict on a smoke run: a non-square JPEG, a PNG and a corrupt file (error line, others fine);
 a dataset image saved losslessly gets the probability evaluation saved for it."""
 
-import io
 import json
 import os
 
@@ -9,47 +8,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcerv.cli import predict as predict_command
-from jaxcerv.data import pipeline
 from jaxcerv.inference import predict, served
 from jaxcerv.runtime.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
-def inputs(smoke_workdir, tmp_path_factory):
-    """(paths, the saved test row the PNG holds): JPEG 300x200, corrupt JPEG, lossless PNG."""
-    folder = tmp_path_factory.mktemp("inputs")
-    with np.load(os.path.join(smoke_workdir, "eval", "test.npz")) as z:
-        saved = {k: z[k] for k in z.files}
-    row = 0
-    source, records = pipeline.load(RunDir(smoke_workdir).read_config(), smoke_workdir)
-    index = int(np.flatnonzero(records.ids == saved["ids"][row])[0])
-    png = folder / "dataset image.png"
-    Image.fromarray(np.asarray(source[index]["image"])).save(png)
-
-    rng = np.random.default_rng(0)
-    jpeg = folder / "wide.jpg"
-    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(jpeg, quality=90)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8)).save(buf, "JPEG")
-    corrupt = folder / "corrupt.jpg"
-    corrupt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated stream
-    paths = [str(jpeg), str(corrupt), str(png)]
-    return paths, {k: v[row] for k, v in saved.items()}
-
-
-@pytest.fixture(scope="module")
-def predictions(smoke_workdir, inputs, tmp_path_factory):
+def predictions(smoke_workdir, predict_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    return predict.predict_run(inputs[0], str(out), workdir=smoke_workdir), str(out)
+    return predict.predict_run(predict_inputs[0], str(out), workdir=smoke_workdir), str(out)
 
 
-def test_good_images_get_probability_heatmap_and_regulator(predictions, inputs, smoke_workdir):
+def test_good_images_get_probability_heatmap_and_regulator(predictions, predict_inputs,
+                                                            smoke_workdir):
     results, out = predictions
     with open(os.path.join(smoke_workdir, "results.json")) as f:
         threshold = json.load(f)["threshold"]
     config = RunDir(smoke_workdir).read_config()
-    for r, path in zip([results[0], results[2]], [inputs[0][0], inputs[0][2]], strict=True):
+    paths = predict_inputs[0]
+    for r, path in zip([results[0], results[2]], [paths[0], paths[2]], strict=True):
         assert set(r) == {"image", "probability", "label", "class", "threshold", "heatmap",
                           "regulator", "model", "warning"}
         assert r["image"] == path
@@ -68,40 +44,18 @@ def test_good_images_get_probability_heatmap_and_regulator(predictions, inputs, 
     json.dumps(results, allow_nan=False)  # every line is strict JSON
 
 
-def test_corrupt_file_gets_an_error_line(predictions, inputs):
+def test_corrupt_file_gets_an_error_line(predictions, predict_inputs):
     bad = predictions[0][1]
     assert set(bad) == {"image", "error"}
-    assert bad["image"] == inputs[0][1]
-    assert inputs[0][1] in bad["error"] and "\n" not in bad["error"]
+    assert bad["image"] == predict_inputs[0][1]
+    assert predict_inputs[0][1] in bad["error"] and "\n" not in bad["error"]
 
 
-def test_dataset_image_matches_saved_evaluation(predictions, inputs):
-    _, saved = inputs
+def test_dataset_image_matches_saved_evaluation(predictions, predict_inputs):
+    _, saved = predict_inputs
     r = predictions[0][2]
     assert r["probability"] == pytest.approx(float(saved["probabilities"]), abs=1e-5)
     np.testing.assert_allclose(r["regulator"], saved["regulators"], atol=1e-4)
-
-
-def test_cli_prints_one_json_line_per_input_and_exit_status(
-    smoke_workdir, inputs, predictions, tmp_path, capsys
-):
-    """--checkpoint with the best step directory serves the same model as --workdir; an image
-    given twice gets two heatmap files."""
-    paths = inputs[0]
-    step = predict.best_checkpoint_dir(smoke_workdir)
-    assert predict_command.run([paths[2], paths[1], paths[2]], checkpoint=step,
-                               out=str(tmp_path)) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["image"] for r in lines] == [paths[2], paths[1], paths[2]]
-    assert "error" in lines[1]
-    for r in (lines[0], lines[2]):
-        assert r["probability"] == predictions[0][2]["probability"]
-        assert os.path.isfile(r["heatmap"])
-    assert lines[0]["heatmap"] != lines[2]["heatmap"]
-    assert predict_command.run([paths[1], str(tmp_path / "missing.png")],
-                               workdir=smoke_workdir) == 1
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [("error" in r) for r in lines] == [True, True]
 
 
 def test_partial_batch_pads_to_next_power_of_two():
@@ -119,23 +73,6 @@ def test_scores_do_not_depend_on_the_padded_batch(smoke_workdir):
         alone = predictor.predict_arrays(images[i : i + 1])
         for k in ("probabilities", "weights", "regulators"):
             np.testing.assert_allclose(alone[k][0], together[k][i], rtol=1e-5, atol=1e-6)
-
-
-def test_over_long_names_get_their_own_error_and_the_rest_are_scored(
-    smoke_workdir, inputs, tmp_path, capsys
-):
-    paths, _ = inputs
-    long_input = str(tmp_path / ("x" * 300 + ".png"))  # cannot even be opened
-    long_output = tmp_path / ("y" * 248 + ".png")  # opens, but its heatmap name is too long
-    long_output.write_bytes(open(paths[2], "rb").read())
-    images = [long_input, str(long_output), paths[2]]
-    assert predict_command.run(images, workdir=smoke_workdir, out=str(tmp_path / "out")) == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 3
-    assert "File name too long" in lines[0]["error"]
-    assert "cannot write the heatmap" in lines[1]["heatmap_error"]
-    assert "--out=DIR" in lines[1]["heatmap_error"] and "probability" in lines[1]
-    assert "probability" in lines[2] and os.path.isfile(lines[2]["heatmap"])
 
 
 def test_save_weights_writes_the_grid_the_heatmap_draws(tmp_path, monkeypatch):
@@ -195,16 +132,12 @@ def test_grid_box_maps_the_grid_onto_a_non_square_photograph():
     np.testing.assert_allclose([left + 19 * sx, left + (19 + 26) * sx], [0.0, 100.0], atol=1e-9)
 
 
-def test_save_weights_from_a_run_and_an_export(smoke_workdir, inputs, tmp_path):
-    """predict --save_weights on the smoke run (and --model on its export): the .npy is the
+def test_save_weights_from_a_run_and_an_export(smoke_workdir, predict_inputs, tmp_path):
+    """save_weights on the smoke run (and on its export): the .npy is the
     model's weight grid for that file, beside its heatmap; the corrupt file still gets one line."""
     from jaxcerv.inference import export
 
-    paths = inputs[0]
-    from jaxcerv.cli import predict as predict_command
-
-    assert predict_command.run(paths, workdir=smoke_workdir, out=str(tmp_path / "run"),
-                               save_weights=True) == 0
+    paths = predict_inputs[0]
     predictor = predict.Predictor.from_run(smoke_workdir)
     expected = predictor.predict_arrays(predictor.load(paths[0])[None])["weights"][0]
     model = str(tmp_path / "model.jaxexport")
