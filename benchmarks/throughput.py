@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --config=configs/paper.py [--batch 4] [--dtype float32|bfloat16]
         [--impls s2d,s2d+remat=false,xla+remat=false] [--json] [--nopredict]
+    jaxcerv bench --config=paper [the same flags]      # the same, from the jaxcerv command
 
 Times jaxcerv's own jitted train and eval steps (``steps.jit_steps``, compiled with
 ``conv.compiler_options`` for the conv implementation) on synthetic in-memory images put on the
@@ -73,6 +74,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxcerv.cli import common  # noqa: E402
 from jaxcerv.data import images  # noqa: E402
 from jaxcerv.inference import predict  # noqa: E402
 from jaxcerv.model import conv, regulator  # noqa: E402
@@ -683,4 +685,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)  # --help exits 0, a bad flag in one line

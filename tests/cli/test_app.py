@@ -149,7 +149,7 @@ def test_every_subcommands_usage_error_exits_2_in_one_line(tmp_path, command):
     assert not (tmp_path / "W").exists() and not (tmp_path / "D").exists()
 
 
-@pytest.mark.parametrize("command", sorted(USAGE_ERRORS))
+@pytest.mark.parametrize("command", sorted([*USAGE_ERRORS, "bench"]))
 def test_every_subcommands_help_exits_0(tmp_path, command):
     out = _jaxcerv(tmp_path, command, "--help", ok=False)
     assert out.returncode == 0, out.stderr[-2000:]
