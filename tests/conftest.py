@@ -1,8 +1,10 @@
 """Shared test helpers. Tests run on CPU; multi-device tests start their own subprocesses."""
 
 import os
+import shutil
 import struct
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -14,6 +16,23 @@ REPO = Path(__file__).resolve().parents[1]
 # `configs` is imported as a package by config files that build on the default.
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+CACHE = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the run: the xdist workers and every subprocess a
+    test starts inherit it, so a program that many tests build (a smoke run's train step, the
+    resumed run after a kill) compiles once. A fresh folder per run, removed at the end: no run
+    depends on an earlier one. An XLA_FLAGS or JAX version change is part of the cache key."""
+    if CACHE not in os.environ:
+        config.jaxcerv_cache = tempfile.mkdtemp(prefix="jaxcerv-xla-cache-")
+        os.environ[CACHE] = config.jaxcerv_cache
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "jaxcerv_cache", None):
+        shutil.rmtree(config.jaxcerv_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
