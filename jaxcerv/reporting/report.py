@@ -254,6 +254,20 @@ def _explanation_table(values: Mapping[str, Any], prefix: str = "explanation") -
     return _table(["Metric", "Value", "95% CI (by session)", "Images used"], rows)
 
 
+def _stopping(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The regulator's stopping criterion as the run logged it (``regulator.stop_kl``): how many
+    training images had stopped refitting after each epoch; "" when it was off."""
+    counted = [r for r in rows if "regulators_frozen" in r]
+    if not counted:
+        return ""
+    last = counted[-1]
+    per_epoch = ", ".join(f"{r['epoch']}: {r['regulators_frozen']}" for r in counted)
+    n = last["regulators_frozen"]
+    return (f"<p>Stopping criterion: <span data-key=\"regulator.frozen\" data-value=\"{n}\">"
+            f"{n}</span> of {last['regulators_total']} training images "
+            f"frozen after epoch {last['epoch']} (frozen after each epoch: {per_epoch}).</p>")
+
+
 def _epoch_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not rows:
         return ""
@@ -469,6 +483,7 @@ def _run_report(
                 f"training images [mu_h, mu_v, s_hh, s_hv, s_vv] = [{_esc(mean)}] (patches).</p>"
             )
         body.append(_key_value_table(reg, REGULATOR_NAMES, "regulator"))
+        body.append(_stopping(run.read_metrics()))
     body += ["<h2>Figures (paper Fig. 4)</h2>",
              *_figures(run_dir, out_dir, test, results, config, roc_baselines)]
     body.append(_epoch_table(run.read_metrics()))

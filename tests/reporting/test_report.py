@@ -3,6 +3,7 @@ tables show exactly what results.json holds (cross-validation index: mean and SD
 
 import json
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 from urllib.parse import urlparse
@@ -153,3 +154,25 @@ def test_real_region_metrics_are_shown_with_the_masks_they_used(smoke_workdir, t
     text = open(path).read()
     assert "8 of 10 test masks usable (2 outlines could not be closed)" in text
     assert "skipped" in text
+
+
+def test_stopping_criterion_counts_are_shown_per_epoch(smoke_workdir, tmp_path):
+    """A copy of the smoke run whose log carries the stopping criterion's counts (as a run with
+    regulator.stop_kl > 0 logs them): the report states the last epoch's count and each epoch's."""
+    run = tmp_path / "stopping"
+    shutil.copytree(smoke_workdir, run, ignore=shutil.ignore_patterns("report"))
+    rows = RunDir(str(run)).read_metrics()
+    assert len(rows) >= 2
+    frozen = [min(3 * i, 7) for i in range(len(rows))]
+    with open(run / "metrics.jsonl", "w") as f:
+        for row, n in zip(rows, frozen, strict=True):
+            f.write(json.dumps({**row, "regulators_frozen": n, "regulators_total": 9}) + "\n")
+    path = report.write_report(str(run), num_gallery=0, num_evolution=0)
+    assert _Page(path).values["regulator.frozen"] == frozen[-1]
+    text = re.sub(r"<[^>]+>", "", open(path).read())
+    assert f"{frozen[-1]} of 9 training images frozen after epoch {rows[-1]['epoch']}" in text
+    per_epoch = ", ".join(f"{r['epoch']}: {n}" for r, n in zip(rows, frozen, strict=True))
+    assert f"(frozen after each epoch: {per_epoch})" in text
+    # Without the criterion (the smoke run itself) the report says nothing about it.
+    assert "Stopping criterion" not in open(os.path.join(smoke_workdir, "report",
+                                                         "index.html")).read()
