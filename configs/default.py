@@ -4,7 +4,7 @@
 The recipe recommended for the benchmark (docs/recipe.md: Eq. 6 on the logits, learning rate
 3e-4, a lambda warm-up) is set in configs/benchmark.py, not here: measured on this demo (seed 0)
 it did not learn at 3e-4 (test ROC AUC 0.37, early stop at epoch 6); at 1e-3 it reached 0.987
-but with less heatmap mass in the cervix (0.54) than these settings (0.66, issue 24)."""
+but with less heatmap mass in the cervix (0.54) than these settings (0.66)."""
 
 import ml_collections
 

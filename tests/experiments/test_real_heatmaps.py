@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jaxcerv.configs import smoke
+from jaxcerv.configs import benchmark, smoke
 from PIL import Image
 from sklearn import metrics as skm
 
@@ -80,6 +80,26 @@ def test_verdict_says_plainly_when_the_colour_heuristic_is_not_beaten():
     assert real_heatmaps.verdict(both) == "beats the colour heuristic; WORSE than G0"
 
 
+def test_targets_judge_the_recipe_row_and_fall_back_to_its_stand_in():
+    def exp_row(variant, auc, delta, p):
+        return {"variant": variant, "region_auc": {"value": auc, "ci95": [auc - 0.1, auc + 0.1],
+                                                   "vs_colour": {"delta": delta, "p_value": p}}}
+
+    def cls_row(variant, auc, lo):
+        return {"variant": variant, "label": variant, "roc_auc": {"value": auc,
+                                                                  "ci95": [lo, auc + 0.1]}}
+
+    stand_in, recipe = exp_row("recommended", 0.80, 0.2, 0.01), exp_row("recipe", 0.70, 0.1, 0.01)
+    cls = [cls_row(suites.PROPOSED, 0.55, 0.4), cls_row("recipe", 0.80, 0.61)]
+    lines = real_heatmaps.targets(cls, [stand_in, recipe])
+    assert lines[0].startswith("Region AUC of the recommended recipe >= 0.75")
+    assert "NOT MET (0.70" in lines[0]  # the recipe's 0.70, not the stand-in's 0.80
+    assert ": MET (0.80" in real_heatmaps.targets(cls, [stand_in])[0]
+    assert "NOT MET" in real_heatmaps.targets(cls, [exp_row("recommended", 0.80, 0.2, 0.2)])[0]
+    swede = [line for line in lines if line.startswith("Swede")]
+    assert [("NOT MET" in line) for line in swede] == [True, False]  # lower bound 0.4 vs 0.61
+
+
 def test_photograph_patches_leave_out_the_letterbox():
     image = np.zeros((64, 48, 3), np.uint8)
     image[16:48] = 30  # a 3:2 photograph letterboxed: 16 px of black above and below
@@ -96,6 +116,14 @@ def test_the_suite_is_registered_with_the_proposed_row_first():
     recommended = rows[names.index("recommended")].overrides
     assert recommended["regulator.normalise"] == "logits"
     assert recommended["train.learning_rate"] == 3e-4
+    # The recipe row trains with configs/benchmark.py's settings at the suite's budget.
+    recipe = suites.variant_config(smoke.get_config(), rows[names.index("recipe")])
+    bench = benchmark.get_config()
+    for dotted in ("regulator.normalise", "train.learning_rate", "regulator.lam_hold_epochs",
+                   "regulator.lam_ramp_epochs"):
+        section, leaf = dotted.split(".")
+        assert recipe[section][leaf] == bench[section][leaf], dotted
+    assert recipe.train.epochs == suites.REAL_BUDGET["train.epochs"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +216,7 @@ def test_suite_runs_end_to_end_on_a_tiny_annocerv_folder(tmp_path, monkeypatch):
     grads = np.load(os.path.join(w, real_heatmaps.CNN, "input_gradients.npz"))["weights"]
     assert grads.shape == (24, 4, 4) and np.all(grads >= 0) and grads.max() > 0
     text = open(out["md"]).read()
-    assert "Verdict" in text and "Targets of issue 23" in text
+    assert "Verdict" in text and "## Targets (measured)" in text
     assert os.path.getsize(out["fig"]) > 0 and os.path.getsize(out["maps"]) > 0
 
 
