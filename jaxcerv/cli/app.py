@@ -135,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run_quietly(args: list[str]) -> int | None:
         common.quiet_logs()
+        common.ctrl_c_always_interrupts()
         return run(args)
 
     app.run(run_quietly, argv=sys.argv, flags_parser=parser)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import NoReturn
 
@@ -84,6 +85,18 @@ def quiet_logs() -> None:
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+
+
+def ctrl_c_always_interrupts() -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever it lands. ``asyncio.run`` (orbax's checkpoint
+    I/O) swaps Python's default SIGINT handler for one that only cancels its task, and a task
+    that finishes anyway drops the Ctrl-C: the run went on and exited 0. asyncio leaves any
+    handler other than the default alone."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def no_arguments(argv: list[str]) -> None:
