@@ -335,13 +335,15 @@ def draw_regulator(
     """Return a copy of ``image`` with the regulator's n-sigma ellipse and a centre cross drawn.
 
     Params [mu_h, mu_v, s_hh, s_hv, s_vv] are in patch units; pixel x = h * patch_size,
-    y = v * patch_size. The ellipse is mu + n_sigma * L [cos t, sin t] with L L^T = Sigma.
+    y = v * patch_size. A state of another kernel (flat-top, mixture: longer) starts with these
+    5 weighted moments, so its moments' ellipse is drawn. The ellipse is
+    mu + n_sigma * L [cos t, sin t] with L L^T = Sigma.
     Lines are 2 * thickness - 1 pixels wide (default scales with the image, at least 3 px, so the
     line survives downscaling in a figure).
     """
     out = np.array(image, copy=True)
     rows, cols = out.shape[:2]
-    mu_h, mu_v, s_hh, s_hv, s_vv = (float(v) for v in np.asarray(params).reshape(5))
+    mu_h, mu_v, s_hh, s_hv, s_vv = (float(v) for v in np.asarray(params).reshape(-1)[:5])
     cov = np.array([[s_hh, s_hv], [s_hv, s_vv]])
     try:
         chol = np.linalg.cholesky(cov)

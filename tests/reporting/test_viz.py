@@ -180,6 +180,11 @@ def test_regulator_ellipse_drawn_at_two_sigma():
     assert np.all(np.abs(maha[~on_cross] - 2.0) < 0.15)
     with pytest.raises(ValueError, match="positive definite"):
         viz.draw_regulator(image, [5, 4, 1.0, 2.0, 1.0], patch)
+    # Flat-top (beta last) and mixture states start with the same 5 moments: the same ellipse.
+    moments = [5.0, 4.0, 2.0, 1.2, 1.5]
+    for state in (moments + [2.5], moments + [0.3] + [1.0] * 10):
+        np.testing.assert_array_equal(
+            viz.draw_regulator(image, state, patch, colour=(0, 255, 0), thickness=1), rotated)
 
 
 def test_heatmap_overlay_and_regulator_evolution_figures(tmp_path):
