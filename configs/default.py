@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.conv_features = (12, 24, 48)
     config.model.weight_hidden = (800, 512, 128)
     config.model.classifier_hidden = (128, 32)
-    config.model.aggregation = "mean"  # | "sum" | "concat"
+    config.model.aggregation = "mean"  # | "sum" | "weighted_mean" | "concat"
     config.model.dropout = 0.0
     config.model.feature_norm = True  # LayerNorm before the classifier (not in the paper)
     # Initial bias of the patch-weight logit: at -2 the sigmoid starts in its exponential regime,
@@ -139,6 +139,10 @@ def get_config() -> ml_collections.ConfigDict:
     # and the heatmap stays flat for good (configs/benchmark.py, seed 0). On the logits the bias
     # gets no gradient from the loss and a flat map cannot arise from saturation.
     config.regulator.normalise = "weights"  # configs/benchmark.py: "logits" (the recipe)
+    # What the spatial loss's gradient reaches: "encoder" (the paper: the weight MLP and, through
+    # it, the patch encoder) or "weight_mlp" (the encoder then learns from the classification
+    # loss alone, and the regulator only shapes how the weight MLP reads its features).
+    config.regulator.reaches = "encoder"
     # G0's standard deviation as a fraction of the image side (every patch size starts from the
     # same Gaussian); 0: the paper's G0, variance = half the grid in patch units.
     config.regulator.g0_fraction = 0.0

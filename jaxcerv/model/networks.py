@@ -112,15 +112,25 @@ class MLP(nn.Module):
         return dense(self.out, bias_init=nn.initializers.constant(self.out_bias))(x)
 
 
-def aggregate(weighted: jax.Array, how: str) -> jax.Array:
-    """Eq. 4's aggregation of a_j * g(x_j) over the patch axis (B, K, F) -> (B, F')."""
+def aggregate(a: jax.Array, g: jax.Array, how: str) -> jax.Array:
+    """Eq. 4's aggregation of a_j * g(x_j) over the patch axis: a (B, K, 1), g (B, K, F) -> (B, F').
+
+    "weighted_mean" divides by the image's total weight, sum_j a_j g_j / sum_j a_j: the image
+    feature is then a convex combination of its patches' features, the same whatever the common
+    level of the weights, so a map that singles out a few patches makes the image feature those
+    patches' features instead of a small multiple of the image's average patch."""
+    weighted = a * g
     if how == "mean":
         return jnp.mean(weighted, axis=1)
     if how == "sum":
         return jnp.sum(weighted, axis=1)
+    if how == "weighted_mean":
+        return jnp.sum(weighted, axis=1) / jnp.sum(a, axis=1)
     if how == "concat":
         return weighted.reshape(weighted.shape[0], -1)
-    raise ValueError(f"unknown aggregation {how!r}: use 'mean', 'sum' or 'concat'")
+    raise ValueError(
+        f"unknown aggregation {how!r}: use 'mean', 'sum', 'weighted_mean' or 'concat'"
+    )
 
 
 class PatchWiseModel(nn.Module):
@@ -134,6 +144,10 @@ class PatchWiseModel(nn.Module):
     dropout: float = 0.0
     feature_norm: bool = True
     weight_bias_init: float = 0.0
+    # False: the weights the model returns (what the spatial loss reads) are the weight MLP on
+    # the patch features with their gradient stopped, so the spatial loss trains the weight MLP
+    # only and the encoder learns from the classification loss alone. Same values either way.
+    spatial_into_encoder: bool = True
     dtype: Any = jnp.float32
     remat: bool = False
     remat_chunk: int = 36  # patches of each image per chunk
@@ -171,21 +185,23 @@ class PatchWiseModel(nn.Module):
         # One set of encoder parameters shared by all patches: fold the patch axis into the batch so
         # that each layer is one convolution over all B*K patches.
         b, k = x.shape[:2]
+        weight_mlp = MLP(
+            self.weight_hidden, 1, dtype=self.dtype, out_bias=self.weight_bias_init,
+            name="weight_mlp",
+        )
         if self.remat and not self.is_initializing():
             g, logit_a = self._per_patch_rematerialised(x)
         else:
             patches = normalise_pixels(x.reshape(b * k, *x.shape[2:]), self.dtype)
             encoder = PatchEncoder(self.conv_features, self.dtype, self.conv_impl, name="encoder")
             g = encoder(patches).reshape(b, k, -1)  # (B, K, F)
-            logit_a = MLP(
-                self.weight_hidden,
-                1,
-                dtype=self.dtype,
-                out_bias=self.weight_bias_init,
-                name="weight_mlp",
-            )(g)
+            logit_a = weight_mlp(g)
         a = nn.sigmoid(logit_a.astype(jnp.float32))  # (B, K, 1)
-        f = aggregate(a.astype(self.dtype) * g, self.aggregation)
+        logit_out, a_out = logit_a, a
+        if not self.spatial_into_encoder:
+            logit_out = weight_mlp(jax.lax.stop_gradient(g))
+            a_out = nn.sigmoid(logit_out.astype(jnp.float32))
+        f = aggregate(a.astype(self.dtype), g, self.aggregation)
         if self.feature_norm:
             # Not in the paper: under Xavier init the average of ~1e3 weighted patch features is
             # ~1e-2 in scale and nearly constant across images, and the classifier barely moves.
@@ -195,9 +211,9 @@ class PatchWiseModel(nn.Module):
         )
         return ModelOutput(
             logits=logits[:, 0].astype(jnp.float32),
-            weights=a[..., 0].reshape(-1, rows, cols),
+            weights=a_out[..., 0].reshape(-1, rows, cols),
             features=f.astype(jnp.float32),
-            weight_logits=logit_a[..., 0].astype(jnp.float32).reshape(-1, rows, cols),
+            weight_logits=logit_out[..., 0].astype(jnp.float32).reshape(-1, rows, cols),
         )
 
 
@@ -413,6 +429,7 @@ def from_config(config: Any) -> nn.Module:
         dropout=m.dropout,
         feature_norm=m.feature_norm,
         weight_bias_init=m.weight_bias_init,
+        spatial_into_encoder=config.regulator.get("reaches", "encoder") == "encoder",
         dtype=jnp.dtype(m.dtype),
         remat=m.remat,
         remat_chunk=m.remat_chunk,

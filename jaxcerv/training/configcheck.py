@@ -21,7 +21,9 @@ from jaxcerv.model.networks import FAMILIES, WHOLE_IMAGE, init_from_for_fold
 from jaxcerv.training.steps import SCHEDULES
 
 DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder", "annocerv")
-AGGREGATIONS = ("mean", "sum", "concat")
+AGGREGATIONS = ("mean", "sum", "weighted_mean", "concat")
+# regulator.reaches: what the spatial loss trains (jaxcerv.model.networks.PatchWiseModel).
+REACHES = ("encoder", "weight_mlp")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -124,6 +126,7 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("regulator.thaw_kl", lambda v: is_num(v) and v >= 0, "0 (never) or a KL > 0"),
         ("regulator.normalise", lambda v: v in regulator.NORMALISE,
          f"one of {regulator.NORMALISE}"),
+        ("regulator.reaches", lambda v: v in REACHES, f"one of {REACHES}"),
         ("train.batch_size", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("train.epochs", lambda v: is_int(v) and v >= 1, "an integer >= 1"),
         ("train.learning_rate", lambda v: is_num(v) and math.isfinite(v) and v > 0,

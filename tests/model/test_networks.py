@@ -36,7 +36,7 @@ def _small_model(aggregation="mean"):
     )
 
 
-@pytest.mark.parametrize("aggregation", ["mean", "sum", "concat"])
+@pytest.mark.parametrize("aggregation", ["mean", "sum", "weighted_mean", "concat"])
 def test_batched_encoder_model_equals_per_patch_loop(aggregation):
     m = _small_model(aggregation)
     rng = np.random.default_rng(1)
@@ -61,9 +61,12 @@ def test_batched_encoder_model_equals_per_patch_loop(aggregation):
     a = jax.nn.sigmoid(mlp.apply({"params": p["weight_mlp"]}, g))[..., 0]
     np.testing.assert_allclose(out.weights, a.reshape(2, 3, 2), rtol=1e-5, atol=1e-6)
     weighted = a[..., None] * g
-    f = {"mean": weighted.mean(1), "sum": weighted.sum(1), "concat": weighted.reshape(2, -1)}[
-        aggregation
-    ]
+    f = {
+        "mean": weighted.mean(1),
+        "sum": weighted.sum(1),
+        "weighted_mean": weighted.sum(1) / a.sum(1)[:, None],
+        "concat": weighted.reshape(2, -1),
+    }[aggregation]
     np.testing.assert_allclose(out.features, f, rtol=1e-5, atol=1e-6)
     logits = model_lib.MLP((8, 4), 1).apply({"params": p["classifier"]}, f)[:, 0]
     np.testing.assert_allclose(out.logits, logits, rtol=1e-5, atol=1e-6)
@@ -80,7 +83,7 @@ def test_weights_are_probabilities_and_shapes():
 
 def test_unknown_aggregation():
     with pytest.raises(ValueError, match="unknown aggregation"):
-        model_lib.aggregate(jnp.zeros((1, 2, 3)), "max")
+        model_lib.aggregate(jnp.ones((1, 2, 1)), jnp.zeros((1, 2, 3)), "max")
 
 
 @pytest.mark.parametrize("chunk", [4, 5])  # 64 patches: 16 whole chunks, or 13 with a padded one
@@ -306,3 +309,38 @@ def test_gpu_settings_on_cpu_say_which_config_is_faster(name, warned, caplog):
     model_lib.from_config(config)
     text = " ".join(r.getMessage() for r in caplog.records)
     assert ("--config=paper)" in text) == (warned and jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_spatial_loss_reaches_the_weight_mlp_only_when_told(remat):
+    """reaches=weight_mlp: the same forward values; a loss on the returned weights moves the
+    weight MLP by the same gradient as before and the encoder not at all, while a loss on the
+    logit still reaches the encoder by the same gradient."""
+    kw = dict(patch_size=8, conv_features=(4, 6, 8), weight_hidden=(16, 8),
+              classifier_hidden=(8, 4), remat=remat, remat_chunk=2)
+    full = model_lib.PatchWiseModel(**kw)
+    mlp_only = model_lib.PatchWiseModel(**kw, spatial_into_encoder=False)
+    rng = np.random.default_rng(3)
+    img = jnp.asarray(rng.integers(0, 255, size=(2, 24, 16, 3), dtype=np.uint8))
+    params = full.init(jax.random.PRNGKey(0), img)["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(
+        mlp_only.init(jax.random.PRNGKey(0), img)["params"])
+    a, b = full.apply({"params": params}, img), mlp_only.apply({"params": params}, img)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+
+    def grads(model, which):
+        def loss(p):
+            out = model.apply({"params": p}, img)
+            return jnp.sum(out.weight_logits ** 2) if which == "spatial" else jnp.sum(out.logits)
+        return jax.grad(loss)(params)
+
+    g_full, g_mlp = grads(full, "spatial"), grads(mlp_only, "spatial")
+    assert all(np.all(np.asarray(v) == 0) for v in jax.tree.leaves(g_mlp["encoder"]))
+    assert any(np.any(np.asarray(v) != 0) for v in jax.tree.leaves(g_full["encoder"]))
+    for x, y in zip(jax.tree.leaves(g_full["weight_mlp"]), jax.tree.leaves(g_mlp["weight_mlp"]),
+                    strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    for x, y in zip(jax.tree.leaves(grads(full, "bce")), jax.tree.leaves(grads(mlp_only, "bce")),
+                    strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
