@@ -12,9 +12,8 @@ cores (measured at 40 epochs: 0.916, 0.888 and 0.908 for seeds 0, 1 and 2; 4 min
 seed 0 end to end on an otherwise idle 2-core machine, data build and report included), while
 scikit-learn oracles on the image at 8x8-32x32 px reach 0.58-0.60, on coarse statistics 0.70 and
 on fine texture 0.91 (benchmarks/synthetic_difficulty.py). Those numbers are the paper's
-regulator settings: its heatmaps were flat or inverted here. This config now trains the
-recommended recipe (docs/recipe.md), which leaves the plateau within 10 epochs and puts the
-heatmaps on the cervix. The README's "The synthetic benchmark" has the details.
+regulator settings: its heatmaps were flat or inverted here. This config trains the
+recommended recipe of configs/default.py (docs/recipe.md). docs/benchmark.md has the details.
 """
 
 import ml_collections
@@ -44,13 +43,4 @@ def get_config() -> ml_collections.ConfigDict:
     # New best validation AUCs on the plateau came at most 7 epochs apart: patience 12.
     config.train.epochs = 40
     config.train.patience = 12
-    # The recommended recipe (docs/recipe.md), measured here at 10 epochs on seeds 0-2. With
-    # lambda from the first step the spatial loss (lambda * ~80 against a BCE of ~0.69) holds the
-    # classifier at chance: seed 0, 10 epochs, test ROC AUC 0.62 without the lambda warm-up,
-    # 0.95 with. 3e-4, not 1e-3: at 1e-3 the encoder died (every feature 0) in 3 of 5 seeds with
-    # the spatial loss on the logits. On the logits Eq. 6 cannot saturate the weights.
-    config.regulator.normalise = "logits"
-    config.train.learning_rate = 3e-4
-    config.regulator.lam_hold_epochs = 3.0
-    config.regulator.lam_ramp_epochs = 2.0
     return config

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from jaxcerv.configs import smoke
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -173,13 +174,14 @@ def test_divergence_stops_at_once_and_a_fixed_rerun_resumes(reference):
     other_lr = _main(workdir, tfds, "--config.train.epochs=2", "--config.train.learning_rate=1e6")
     assert other_lr.returncode == 1
     (line,) = _error_lines(other_lr)
-    assert "train.learning_rate: 0.001 -> 1000000.0" in line and "restart=True" in line, line
+    lr = smoke.get_config().train.learning_rate
+    assert f"train.learning_rate: {lr} -> 1000000.0" in line and "restart=True" in line, line
     # The guard (an allowed change) planted so low that epoch 2's first step trips it.
     bad = _main(workdir, tfds, "--config.train.epochs=2", "--config.train.max_bce=1e-3")
     assert bad.returncode == 1
     _no_traceback(bad)
     (line,) = _error_lines(bad)
-    assert re.search(r"diverged at epoch 2, step [4-6] \(learning rate 0.001\)", line), line
+    assert re.search(rf"diverged at epoch 2, step [4-6] \(learning rate {lr:g}\)", line), line
     # Nothing of the diverged epoch was saved; the last good checkpoint is intact.
     for kind in ("latest", "best"):
         assert sorted(os.listdir(workdir / "checkpoints" / kind)) == ["1"]

@@ -8,8 +8,9 @@ its heatmap points, against the examiner's acetowhite outline closed into a regi
 (``metrics.region_per_image``: region AUC, mass in the region, pointing game).
 
 Trained rows (``variants``; run by ``runner.run_suite`` like any suite, resumable): the paper's
-model with and without the regulator, the recommended recipe (``suites.RECIPE``) and its
-stand-in without the lambda warm-up (Eq. 6 on the logits at learning rate 3e-4), ABMIL (its
+model with and without the regulator, the recommended recipe (``suites.RECIPE``, the
+default), the earlier recipe with a lambda warm-up and its stand-in without it (Eq. 6 on the
+logits at learning rate 3e-4), ABMIL (its
 attention is its heatmap) and a whole-image CNN (its heatmap: the input gradient of its logit,
 pooled to the patch grid, from each fold's selected checkpoint). The hand-crafted
 colour/texture classifier gives the colour row its classification columns; its heatmap is the
@@ -58,7 +59,8 @@ EXPLANATION = (
 PAIRED = ("region_auc", "mass_in_region", "pointing_game")
 # Column titles of the figure.
 SHORT = {PROPOSED: "Paper model", COLOUR: "Whiteness heuristic", CNN: "CNN input gradient",
-         "recommended": "Recommended stand-in", "recipe": "Recommended recipe",
+         "recommended": "Earlier stand-in", "recipe": "Recommended recipe",
+         "warmup_recipe": "Earlier recipe",
          "no_regulator": "No regulator",
          "abmil": "ABMIL attention", "colour_logistic": "Colour logistic", G0: "Centre prior G0"}
 
@@ -411,8 +413,8 @@ def caption(rows: Sequence[Row], maps: Sequence[MapRow], n_boot: int, suite_min:
         f"excluded) on "
         f"{' / '.join(sorted({r.device for r in rows if r.device})) or 'unrecorded devices'} "
         f"(a 2-core machine shared with other work). Cells: pooled value [95% CI, {n_boot} "
-        f"case-bootstrap resamples]. The recommended stand-in is the recipe without its lambda "
-        f"warm-up (regulator.normalise=logits, train.learning_rate=3e-4)."
+        f"case-bootstrap resamples]. The earlier stand-in is the earlier recipe without its "
+        f"lambda warm-up (regulator.normalise=logits, train.learning_rate=3e-4)."
     )
 
 

@@ -94,22 +94,41 @@ def table2(config: ml_collections.ConfigDict) -> list[Variant]:
     return rows
 
 
-# The recommended recipe's settings (configs/benchmark.py has them as its defaults).
-RECIPE: dict[str, Any] = {"regulator.normalise": "logits", "train.learning_rate": 3e-4,
-                          "regulator.lam_hold_epochs": 3.0, "regulator.lam_ramp_epochs": 2.0}
+# The recommended recipe's settings (configs/default.py has them as its defaults, so every config
+# that imports it trains them); written out so that a row is the recipe whatever the base config.
+NO_WARMUP: dict[str, Any] = {"regulator.lam_hold_epochs": 0.0, "regulator.lam_ramp_epochs": 0.0}
+RECIPE: dict[str, Any] = {"model.aggregation": "weighted_mean", "regulator.reaches": "weight_mlp",
+                          "regulator.normalise": "logits", "train.learning_rate": 3e-4,
+                          **NO_WARMUP}
+# The paper's choices of the same settings (Eq. 4 with the mean, Eq. 6 on the sigmoid weights
+# with its gradient through the encoder); the learning rate stays the base config's.
+PAPER_METHOD: dict[str, Any] = {"model.aggregation": "mean", "regulator.reaches": "encoder",
+                                "regulator.normalise": "weights", **NO_WARMUP}
+# The earlier recipe (docs/recipe.md): the paper's mean, Eq. 6 on the logits into the encoder,
+# held off by a lambda warm-up (0 for 3 epochs, then a 2-epoch ramp).
+WARMUP_RECIPE: dict[str, Any] = {**PAPER_METHOD, "regulator.normalise": "logits",
+                                 "train.learning_rate": 3e-4, "regulator.lam_hold_epochs": 3.0,
+                                 "regulator.lam_ramp_epochs": 2.0}
 
 
 def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
     """The regulator ablations: fixed / none, what Eq. 6 fits and which spatial loss."""
-    no_warmup = {"regulator.lam_hold_epochs": 0.0, "regulator.lam_ramp_epochs": 0.0}
+    no_warmup = NO_WARMUP
     return [
-        Variant(PROPOSED, "Proposed, the config's settings (paper as printed in "
-                "configs/paper.py; recommended in configs/benchmark.py)"),
-        Variant("paper_as_printed", "Paper as printed (Eq. 6 on the weights, lambda from "
-                "the first step; lr 1e-3)", {"regulator.normalise": "weights",
-                                             "train.learning_rate": 1e-3, **no_warmup}),
-        Variant("recommended", "Recommended (Eq. 6 on the logits, lr 3e-4, lambda warm-up)",
-                dict(RECIPE)),
+        Variant(PROPOSED, "Proposed, the config's settings (the recommended recipe in "
+                "configs/default.py and the configs that import it; the paper as printed in "
+                "configs/paper.py)"),
+        Variant("paper_as_printed", "Paper as printed (mean aggregation, Eq. 6 on the weights "
+                "into the encoder, lambda from the first step; lr 1e-3)",
+                {**PAPER_METHOD, "train.learning_rate": 1e-3}),
+        Variant("recommended", "Recommended (weighted mean, Eq. 6 on the logits into the "
+                "weight MLP only, lr 3e-4)", dict(RECIPE)),
+        Variant("recipe_mean", "Recommended with the paper's mean aggregation",
+                {**RECIPE, "model.aggregation": "mean"}),
+        Variant("recipe_into_encoder", "Recommended with the spatial loss into the encoder",
+                {**RECIPE, "regulator.reaches": "encoder"}),
+        Variant("warmup_recipe", "Earlier recipe (mean, Eq. 6 on the logits into the encoder, "
+                "lambda 0 for 3 epochs then a 2-epoch ramp)", dict(WARMUP_RECIPE)),
         Variant("kernel_flat_top", "Recommended, flat-top (generalised Gaussian) kernel",
                 {**RECIPE, "regulator.kernel": "flat_top"}),
         Variant("kernel_mixture", "Recommended, two-Gaussian mixture kernel",
@@ -127,8 +146,8 @@ def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
                 {"regulator.loss": "one_sided", "regulator.normalise": "logits"}),
         Variant("one_sided_lam0.1", "One-sided spatial loss, lambda 0.1",
                 {"regulator.loss": "one_sided", "regulator.lam": 0.1}),
-        Variant("mass_outside", "Share of weight mass outside the regulator",
-                {"regulator.loss": "mass_outside"}),
+        Variant("mass_outside", "Share of weight mass outside the regulator (on the weights)",
+                {"regulator.loss": "mass_outside", "regulator.normalise": "weights"}),
         Variant("fit_weights", "Fitted to the raw weights (the paper's fit)",
                 {"regulator.fit_on": "weights"}),
         Variant("fit_normalised", "Fitted to the min-max normalised weights",
@@ -175,18 +194,22 @@ def real_heatmaps(config: ml_collections.ConfigDict) -> list[Variant]:
     del config
     no_reg = {"regulator.mode": "none"}
     return [
-        Variant(PROPOSED, "Paper model (patch-wise + iterative regulator)", dict(REAL_BUDGET)),
+        Variant(PROPOSED, "Paper model (patch-wise + iterative regulator)",
+                {**REAL_BUDGET, **PAPER_METHOD}),
         Variant(COLOUR, "Colour heuristic: whiteness map (classifier: hand-crafted colour "
                 "and texture + logistic regression)", dict(REAL_BUDGET), entry="handcrafted"),
         Variant(CNN, "Whole-image CNN, AlexNet-style (heatmap: input gradient)",
                 {**REAL_BUDGET, "model.family": "alexnet", "model.input_size": 128,
                  "model.width": 0.25, **no_reg}),
-        Variant("recommended", "Recommended stand-in: Eq. 6 on the logits, lr 3e-4",
-                {**REAL_BUDGET, "regulator.normalise": "logits", "train.learning_rate": 3e-4}),
-        Variant("recipe", "Recommended recipe (configs/benchmark.py's): the stand-in with "
-                "lambda 0 for 3 epochs, then a 2-epoch ramp",
-                {**REAL_BUDGET, **RECIPE}),
-        Variant("no_regulator", "Paper model, no regulator", {**REAL_BUDGET, **no_reg}),
+        Variant("recipe", "Recommended recipe (the default: weighted mean, Eq. 6 on the "
+                "logits into the weight MLP only, lr 3e-4)", {**REAL_BUDGET, **RECIPE}),
+        Variant("recommended", "Earlier stand-in: Eq. 6 on the logits, lr 3e-4",
+                {**REAL_BUDGET, **PAPER_METHOD, "regulator.normalise": "logits",
+                 "train.learning_rate": 3e-4}),
+        Variant("warmup_recipe", "Earlier recipe: the stand-in with lambda 0 for 3 epochs, "
+                "then a 2-epoch ramp", {**REAL_BUDGET, **WARMUP_RECIPE}),
+        Variant("no_regulator", "Paper model, no regulator",
+                {**REAL_BUDGET, **PAPER_METHOD, **no_reg}),
         Variant("abmil", "ABMIL (heatmap: its attention)",
                 {**REAL_BUDGET, "model.family": "abmil", **no_reg}),
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from jaxcerv.configs import benchmark, smoke
+from jaxcerv.configs import default, smoke
 from PIL import Image
 from sklearn import metrics as skm
 
@@ -116,14 +116,18 @@ def test_the_suite_is_registered_with_the_proposed_row_first():
     recommended = rows[names.index("recommended")].overrides
     assert recommended["regulator.normalise"] == "logits"
     assert recommended["train.learning_rate"] == 3e-4
-    # The recipe row trains with configs/benchmark.py's settings at the suite's budget.
+    # The recipe row trains the default config's settings at the suite's budget, and the paper
+    # rows the paper's method whatever the base config.
     recipe = suites.variant_config(smoke.get_config(), rows[names.index("recipe")])
-    bench = benchmark.get_config()
-    for dotted in ("regulator.normalise", "train.learning_rate", "regulator.lam_hold_epochs",
-                   "regulator.lam_ramp_epochs"):
+    base = default.get_config()
+    for dotted in suites.RECIPE:
         section, leaf = dotted.split(".")
-        assert recipe[section][leaf] == bench[section][leaf], dotted
+        assert recipe[section][leaf] == base[section][leaf], dotted
     assert recipe.train.epochs == suites.REAL_BUDGET["train.epochs"]
+    paper_row = suites.variant_config(smoke.get_config(), rows[0])
+    assert paper_row.model.aggregation == "mean"
+    assert paper_row.regulator.normalise == "weights"
+    assert paper_row.regulator.reaches == "encoder"
 
 
 # ---------------------------------------------------------------------------------------------
