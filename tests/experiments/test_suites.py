@@ -9,7 +9,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxcerv.configs import smoke
+from jaxcerv.configs import paper, smoke
 from sklearn import metrics as skm
 
 from jaxcerv.experiments import suites
@@ -33,6 +33,24 @@ def test_suites_start_with_the_proposed_model_and_table2_patches_tile_the_image(
         assert c.grid_size * c.patch_size == 112
     assert [suites.variant_config(config, v).patch_size
             for v in suites.suite_variants("table2", config)[1:5]] == [14, 28, 56, 112]
+
+
+def test_regulator_rows_differ_from_the_recipe_in_the_one_setting_they_name():
+    """Each recipe ablation row is the recipe with one change, whatever the base config (here
+    the paper's), and the paper-as-printed row has the paper's method."""
+    base = paper.get_config()
+    rows = {v.name: suites.variant_config(base, v) for v in suites.regulator(base)}
+
+    def differs(name):
+        return {k for k in suites.RECIPE
+                if rows[name][k.split(".")[0]][k.split(".")[1]] != suites.RECIPE[k]}
+
+    assert differs("recommended") == set()
+    assert differs("recipe_mean") == {"model.aggregation"}
+    assert differs("recipe_into_encoder") == {"regulator.reaches"}
+    printed = rows["paper_as_printed"]
+    assert (printed.model.aggregation, printed.regulator.reaches,
+            printed.regulator.normalise) == ("mean", "encoder", "weights")
 
 
 # ------------------------------------------------------------------------- protocol and checks
