@@ -144,9 +144,11 @@ class PatchWiseModel(nn.Module):
     dropout: float = 0.0
     feature_norm: bool = True
     weight_bias_init: float = 0.0
-    # False: the weights the model returns (what the spatial loss reads) are the weight MLP on
-    # the patch features with their gradient stopped, so the spatial loss trains the weight MLP
-    # only and the encoder learns from the classification loss alone. Same values either way.
+    # False: in training the weights the model returns (what the spatial loss reads) are the
+    # weight MLP applied again to the patch features with their gradient stopped, so the spatial
+    # loss trains the weight MLP only and the encoder learns from the classification loss alone.
+    # Same values either way; the second pass through the weight MLP costs 7-9% of training
+    # throughput at the demo's and the benchmark's size (docs/recipe.md); evaluation skips it.
     spatial_into_encoder: bool = True
     dtype: Any = jnp.float32
     remat: bool = False
@@ -198,7 +200,7 @@ class PatchWiseModel(nn.Module):
             logit_a = weight_mlp(g)
         a = nn.sigmoid(logit_a.astype(jnp.float32))  # (B, K, 1)
         logit_out, a_out = logit_a, a
-        if not self.spatial_into_encoder:
+        if train and not self.spatial_into_encoder:  # (evaluation: the same values, no need)
             logit_out = weight_mlp(jax.lax.stop_gradient(g))
             a_out = nn.sigmoid(logit_out.astype(jnp.float32))
         f = aggregate(a.astype(self.dtype), g, self.aggregation)

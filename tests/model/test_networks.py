@@ -325,13 +325,14 @@ def test_spatial_loss_reaches_the_weight_mlp_only_when_told(remat):
     params = full.init(jax.random.PRNGKey(0), img)["params"]
     assert jax.tree.structure(params) == jax.tree.structure(
         mlp_only.init(jax.random.PRNGKey(0), img)["params"])
-    a, b = full.apply({"params": params}, img), mlp_only.apply({"params": params}, img)
+    a = full.apply({"params": params}, img, train=True)
+    b = mlp_only.apply({"params": params}, img, train=True)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6)
 
     def grads(model, which):
         def loss(p):
-            out = model.apply({"params": p}, img)
+            out = model.apply({"params": p}, img, train=True)
             return jnp.sum(out.weight_logits ** 2) if which == "spatial" else jnp.sum(out.logits)
         return jax.grad(loss)(params)
 
