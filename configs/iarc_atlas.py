@@ -24,7 +24,8 @@ The photographs are 800x600, so they are letterboxed into 24x24 patches of 28 px
 than upsampled to the paper's 1176 px. 75 images of 47 cases, 61 of them CIN2+: the class
 weights are balanced (otherwise the model learns the prior and every probability sits near
 0.8), and augmentation adds small rotations, zoom, shifts, white balance, an illumination
-gradient and mild blur (never a vertical flip). Measured (README "Small data sets"): 5-fold test
+gradient and mild blur (never a vertical flip). Measured with the paper's method, before the
+recipe became the default (docs/experiments.md, "Small data sets"; not re-run since): 5-fold test
 ROC AUC 0.67 +- 0.23, pooled out-of-fold 0.58 (95% CI 0.35-0.77) with seed 0; 0.60 +- 0.19,
 pooled 0.54 (0.35-0.75) with seed 1. From the per-fold pretrained encoders: 0.755 +- 0.203,
 pooled 0.659 (0.456-0.839) with seed 0; 0.683 +- 0.154, pooled 0.660 (0.486-0.818) with seed 1:
