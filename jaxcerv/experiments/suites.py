@@ -113,7 +113,6 @@ WARMUP_RECIPE: dict[str, Any] = {**PAPER_METHOD, "regulator.normalise": "logits"
 
 def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
     """The regulator ablations: fixed / none, what Eq. 6 fits and which spatial loss."""
-    paper = PAPER_METHOD
     return [
         Variant(PROPOSED, "Proposed, the config's settings (the recommended recipe in "
                 "configs/default.py and the configs that import it; the paper as printed in "
@@ -139,18 +138,18 @@ def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
         Variant("no_regulator", "No regulator", NO_REGULATOR),
         # The paper's method with one change each (the settings these rows were measured on).
         Variant("logits", "Paper's method, Eq. 6 on the min-max normalised logits (no sigmoid "
-                "saturation), lr 1e-3", {**paper, "regulator.normalise": "logits",
+                "saturation), lr 1e-3", {**PAPER_METHOD, "regulator.normalise": "logits",
                                          "train.learning_rate": 1e-3}),
         Variant("logits_lr3e-4", "Paper's method, Eq. 6 on the logits, lr 3e-4",
-                {**paper, "regulator.normalise": "logits", "train.learning_rate": 3e-4}),
+                {**PAPER_METHOD, "regulator.normalise": "logits", "train.learning_rate": 3e-4}),
         Variant("one_sided", "Paper's method, one-sided spatial loss",
-                {**paper, "regulator.loss": "one_sided"}),
+                {**PAPER_METHOD, "regulator.loss": "one_sided"}),
         Variant("one_sided_logits", "Paper's method, one-sided spatial loss on the logits",
-                {**paper, "regulator.loss": "one_sided", "regulator.normalise": "logits"}),
+                {**PAPER_METHOD, "regulator.loss": "one_sided", "regulator.normalise": "logits"}),
         Variant("one_sided_lam0.1", "Paper's method, one-sided spatial loss, lambda 0.1",
-                {**paper, "regulator.loss": "one_sided", "regulator.lam": 0.1}),
+                {**PAPER_METHOD, "regulator.loss": "one_sided", "regulator.lam": 0.1}),
         Variant("mass_outside", "Paper's method, share of weight mass outside the regulator",
-                {**paper, "regulator.loss": "mass_outside"}),
+                {**PAPER_METHOD, "regulator.loss": "mass_outside"}),
         Variant("fit_weights", "Fitted to the raw weights (the paper's fit)",
                 {"regulator.fit_on": "weights"}),
         Variant("fit_normalised", "Fitted to the min-max normalised weights",

@@ -112,6 +112,11 @@ class MLP(nn.Module):
         return dense(self.out, bias_init=nn.initializers.constant(self.out_bias))(x)
 
 
+AGGREGATIONS = ("mean", "sum", "weighted_mean", "concat")
+# regulator.reaches: what the spatial loss trains ("encoder": the paper; see PatchWiseModel).
+REACHES = ("encoder", "weight_mlp")
+
+
 def aggregate(a: jax.Array, g: jax.Array, how: str) -> jax.Array:
     """Eq. 4's aggregation of a_j * g(x_j) over the patch axis: a (B, K, 1), g (B, K, F) -> (B, F').
 
@@ -128,9 +133,7 @@ def aggregate(a: jax.Array, g: jax.Array, how: str) -> jax.Array:
         return jnp.sum(weighted, axis=1) / jnp.sum(a, axis=1)
     if how == "concat":
         return weighted.reshape(weighted.shape[0], -1)
-    raise ValueError(
-        f"unknown aggregation {how!r}: use 'mean', 'sum', 'weighted_mean' or 'concat'"
-    )
+    raise ValueError(f"unknown aggregation {how!r}: use one of {AGGREGATIONS}")
 
 
 class PatchWiseModel(nn.Module):

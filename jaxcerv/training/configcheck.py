@@ -17,13 +17,16 @@ from jaxcerv.evaluation.metrics import THRESHOLD_CRITERIA
 from jaxcerv.model import regulator
 from jaxcerv.model.conv import IMPLS
 from jaxcerv.model.losses import CLASS_WEIGHTS
-from jaxcerv.model.networks import FAMILIES, WHOLE_IMAGE, init_from_for_fold
+from jaxcerv.model.networks import (
+    AGGREGATIONS,
+    FAMILIES,
+    REACHES,
+    WHOLE_IMAGE,
+    init_from_for_fold,
+)
 from jaxcerv.training.steps import SCHEDULES
 
 DATASETS = ("synthetic_cervix", "iarc_colposcopy_atlas", "cervix_folder", "annocerv")
-AGGREGATIONS = ("mean", "sum", "weighted_mean", "concat")
-# regulator.reaches: what the spatial loss trains (jaxcerv.model.networks.PatchWiseModel).
-REACHES = ("encoder", "weight_mlp")
 DTYPES = ("float32", "bfloat16")
 
 
