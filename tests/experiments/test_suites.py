@@ -53,6 +53,33 @@ def test_regulator_rows_differ_from_the_recipe_in_the_one_setting_they_name():
             printed.regulator.normalise) == ("mean", "encoder", "weights")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+@pytest.mark.parametrize("base", [paper.get_config, smoke.get_config])
+def test_recipe_suite_rows_change_only_the_setting_they_name(base):
+    """The factor screen is the recipe (whatever the base) plus one setting per row: every
+    other config value equals the reference row's, and each row's change is a real change."""
+    rows = {v.name: _flat(suites.variant_config(base(), v).to_dict())
+            for v in suites.recipe(base())}
+    reference = rows.pop(suites.PROPOSED)
+    assert {k: reference[k] for k in suites.RECIPE} == suites.RECIPE
+    expected = {"no_feature_norm": {"model.feature_norm"},
+                "weight_bias_0": {"model.weight_bias_init"},
+                "lr_1e-3": {"train.learning_rate"},
+                "warmup_cosine": {"train.schedule", "train.warmup_epochs",
+                                  "train.final_lr_fraction"},
+                "grad_clip": {"train.grad_clip"}, "adam_eps": {"train.adam_eps"},
+                "lambda_warmup": {"regulator.lam_hold_epochs", "regulator.lam_ramp_epochs"}}
+    assert set(rows) == set(expected)
+    for name, row in rows.items():
+        assert {k for k in row if row[k] != reference[k]} == expected[name], name
+
+
 # ------------------------------------------------------------------------- protocol and checks
 
 
