@@ -144,7 +144,8 @@ def eight(tmp_path_factory) -> Path:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                     f"--xla_force_host_platform_device_count={DEVICES}",
     }
     proc = subprocess.run(
         [sys.executable, __file__, str(out)],
