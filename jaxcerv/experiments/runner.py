@@ -2,7 +2,9 @@
 ``W/<row>/`` (so resuming, locking and the checks hold per row and per fold), all on the same
 session-grouped splits: the first row's ``splits.json`` is handed to the others, and all share
 one dataset folder (``W/tfds`` unless ``data.data_dir`` is set). A finished row (its
-``results.json`` written) is skipped on a rerun; an unfinished one resumes fold by fold.
+``results.json`` written) is skipped on a rerun; an unfinished one resumes fold by fold. A row
+other than the first that diverges is an ablation's result, not the suite's end: its message goes
+to ``W/<row>/diverged.txt``, the suite goes on, and the table names it without numbers.
 
 Rows whose ``model.init_from`` is ``suites.PRETRAINED`` start from the suite's own encoders:
 before any row, ``pretrain.pretrain`` trains one per fold into ``W/pretrain/`` (resumed, skipped
@@ -29,6 +31,17 @@ from jaxcerv.experiments.suites import (
 )
 from jaxcerv.runtime.rundir import RunDir, RunError, read_json
 from jaxcerv.training import configcheck
+
+DIVERGED = "diverged.txt"  # in W/<row>/: why the row has no results
+
+
+def diverged(workdir: str, name: str) -> str | None:
+    """The divergence message of row ``name``, or None when it did not diverge."""
+    path = os.path.join(workdir, name, DIVERGED)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
 
 # Settings a family never reads: a suite may change them (e.g. the whole-image baselines' CPU
 # budget) without invalidating a finished run of that family.
@@ -88,6 +101,7 @@ def run_suite(
     if train_fn is None:
         from jaxcerv.training import train
         train_fn = train.train_and_evaluate
+    from jaxcerv.training.train import DivergenceError
     entries = {"train": train_fn, "handcrafted": handcrafted.run_baseline}
     variants = suite_variants(suite, base)
     if only:
@@ -125,9 +139,23 @@ def run_suite(
         if os.path.exists(run.results):
             print(f"{head}: finished earlier, skipped", flush=True)
             continue
+        if diverged(workdir, v.name) is not None:
+            print(f"{head}: diverged earlier ({os.path.join(run.root, DIVERGED)}; delete the "
+                  "folder to train it again), skipped", flush=True)
+            continue
         print(f"{head}: {v.label} ...", flush=True)
         t0 = time.perf_counter()
-        entries[v.entry](c, run.root)
+        try:
+            entries[v.entry](c, run.root)
+        except DivergenceError as e:
+            if k == 0:  # the reference of every paired test: nothing to compare with
+                raise
+            os.makedirs(run.root, exist_ok=True)
+            with open(os.path.join(run.root, DIVERGED), "w") as f:
+                f.write(f"{e}\n")
+            print(f"{head}: diverged, recorded in {os.path.join(run.root, DIVERGED)}; the "
+                  "suite goes on", flush=True)
+            continue
         print(f"{head}: done in {time.perf_counter() - t0:.0f} s "
               f"(suite so far {time.perf_counter() - t_suite:.0f} s)", flush=True)
     return variants
@@ -144,6 +172,8 @@ def run(suite: str, config: ml_collections.ConfigDict, workdir: str,
     variants = run_suite(suite, config, workdir, only)
     for v in variants:
         run_dir = os.path.join(workdir, v.name)
+        if diverged(workdir, v.name) is not None:
+            continue
         if not os.path.exists(os.path.join(run_dir, "report", "index.html")):
             report.write_report(run_dir)
     writer = real_heatmaps.write_outputs if suite == real_heatmaps.SUITE else outputs.write_outputs

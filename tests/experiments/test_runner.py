@@ -84,6 +84,41 @@ def test_runner_shares_splits_skips_finished_variants_and_tabulates_the_pooled_f
     assert "2 min for all rows on 1 x cpu." in open(out["md"]).read()
 
 
+def test_a_diverged_row_is_recorded_named_in_the_table_and_the_suite_goes_on(tmp_path, capsys):
+    """An ablation row that diverges is a result: the rows after it still train, a rerun does not
+    train it again, and the table leaves it out but says why. The reference row diverging has
+    nothing to be compared with: it stops the suite."""
+    from jaxcerv.training.train import DivergenceError
+
+    config = smoke.get_config()
+    w = str(tmp_path / "w")
+    calls, fake = [], _fake_train([])
+    why = "training diverged at epoch 2, step 5 (learning rate 0.001): not finite"
+
+    def train(config, workdir, diverging=("lenet",)):
+        calls.append(os.path.basename(workdir))
+        if os.path.basename(workdir) in diverging:
+            raise DivergenceError(why)
+        fake(config, workdir)
+
+    variants = runner.run_suite("table1", config, w, ["lenet", "alexnet"], train_fn=train)
+    assert calls == ["proposed", "lenet", "alexnet"]
+    assert runner.diverged(w, "lenet") == why and runner.diverged(w, "alexnet") is None
+    assert "lenet: diverged, recorded in" in capsys.readouterr().out
+    runner.run_suite("table1", config, w, ["lenet", "alexnet"], train_fn=train)
+    assert calls == ["proposed", "lenet", "alexnet"]  # nothing trained again
+    assert "lenet: diverged earlier" in capsys.readouterr().out
+    out = outputs.write_outputs("table1", w, variants, n_boot=20, seed=0)
+    with open(out["csv"]) as f:
+        assert [r["variant"] for r in csv.DictReader(f)] == ["proposed", "alexnet"]
+    lenet = next(v for v in variants if v.name == "lenet")
+    assert f"Diverged, no result: {lenet.label} ({why})" in open(out["md"]).read()
+
+    with pytest.raises(DivergenceError):
+        runner.run_suite("table1", config, str(tmp_path / "w2"), ["lenet"],
+                         train_fn=lambda c, d: train(c, d, diverging=("proposed",)))
+
+
 def test_runner_refuses_a_variant_folder_from_another_config(tmp_path):
     config = smoke.get_config()
     w = str(tmp_path / "w")
