@@ -12,8 +12,7 @@ from typing import Any
 import ml_collections
 
 from jaxcerv.experiments import figures, tables
-from jaxcerv.experiments.results import add_explanation, load_row
-from jaxcerv.experiments.runner import diverged
+from jaxcerv.experiments.results import add_explanation, diverged, load_row
 from jaxcerv.experiments.suites import PROPOSED, SUITES, Variant
 
 

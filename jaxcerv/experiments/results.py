@@ -14,6 +14,17 @@ from jaxcerv.evaluation import metrics as metrics_lib
 from jaxcerv.experiments.suites import Variant
 from jaxcerv.runtime.rundir import RunDir, RunError, read_json
 
+DIVERGED = "diverged.txt"  # in W/<row>/: why the row has no results (the runner writes it)
+
+
+def diverged(workdir: str, name: str) -> str | None:
+    """The divergence message of row ``name``, or None when it did not diverge."""
+    path = os.path.join(workdir, name, DIVERGED)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
 # (results key, column title); the classification metrics of Table 1.
 METRICS = (
     ("balanced_accuracy", "Balanced acc."),

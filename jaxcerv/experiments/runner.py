@@ -21,6 +21,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxcerv.experiments.results import DIVERGED, diverged
 from jaxcerv.experiments.suites import (
     PRETRAIN_DIR,
     PRETRAINED,
@@ -31,17 +32,6 @@ from jaxcerv.experiments.suites import (
 )
 from jaxcerv.runtime.rundir import RunDir, RunError, read_json
 from jaxcerv.training import configcheck
-
-DIVERGED = "diverged.txt"  # in W/<row>/: why the row has no results
-
-
-def diverged(workdir: str, name: str) -> str | None:
-    """The divergence message of row ``name``, or None when it did not diverge."""
-    path = os.path.join(workdir, name, DIVERGED)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return f.read().strip()
 
 # Settings a family never reads: a suite may change them (e.g. the whole-image baselines' CPU
 # budget) without invalidating a finished run of that family.

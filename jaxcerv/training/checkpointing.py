@@ -191,14 +191,38 @@ def _quiet_orbax() -> Iterator[None]:
         logger.setLevel(level)
 
 
+# What a read of a failed restore fails with: the TensorStore error the CheckpointError names, or
+# the closed loop that the remaining reads complete into.
+_FAILED_READ = ("Encountered error while reading array index", "Event loop is closed")
+
+
+class _DropFailedRestoreTasks(std_logging.Filter):
+    """asyncio's "Task exception was never retrieved" for orbax's read tasks of a failed restore,
+    logged (at ERROR, from the task's garbage collection, some time after the restore raised)
+    for each read that failed with it: the CheckpointError has said it in one line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("Task exception was never retrieved"):
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]}"
+        return not (any(name in text for name in _ORBAX_READS)
+                    or any(error in text for error in _FAILED_READ))
+
+
 def _drop_closed_loop_reports() -> None:
     """Installed before every restore. After a failed one, tensorstore completes the other
     pending reads into the asyncio loop orbax has already closed, and each is reported
     (sys.unraisablehook) as a ``RuntimeError('Event loop is closed')`` traceback, some time
     later, from another thread.
     Likewise orbax's per-array read coroutines of that restore, garbage-collected with their
-    read error still set ("Exception ignored in: <coroutine _read_array_index_and_device_put>").
+    read error still set ("Exception ignored in: <coroutine _read_array_index_and_device_put>"),
+    and their tasks, which asyncio logs instead ("Task exception was never retrieved").
     They say nothing beyond the CheckpointError already raised: drop exactly those reports."""
+    asyncio_log = std_logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropFailedRestoreTasks) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropFailedRestoreTasks())
     previous = sys.unraisablehook
     if getattr(previous, "_jaxcerv_filter", False):
         return

@@ -71,3 +71,32 @@ def test_newest_unusable_step_falls_back_to_the_one_before(tmp_path, capsys):
     assert "latest/2: parameters do not match" in capsys.readouterr().err
     assert ckpt.restore_newest("best", _state(0.0)) is None  # nothing saved there
     ckpt.close()
+
+
+def test_failed_restore_reads_are_not_logged_but_other_lost_task_errors_are(caplog):
+    """A read task of a failed restore, never awaited and garbage-collected with its error set,
+    is dropped from asyncio's log; any other task's lost exception is still logged."""
+    import asyncio
+    import gc
+
+    async def _read_array_index_and_device_put():  # orbax's name for one array read
+        raise Exception("Encountered error while reading array index: (slice(0, 3, 1),)")
+
+    async def some_other_task():
+        raise ValueError("a bug of our own")
+
+    def lose(coro) -> None:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(coro)
+        loop.run_until_complete(asyncio.sleep(0))  # the task runs and fails, nobody awaits it
+        loop.close()
+        del task
+        gc.collect()
+
+    checkpointing._drop_closed_loop_reports()
+    with caplog.at_level("ERROR", logger="asyncio"):
+        lose(_read_array_index_and_device_put())
+        lose(some_other_task())
+    lost = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("Task exception was never retrieved")]
+    assert len(lost) == 1 and "some_other_task" in lost[0], lost
