@@ -31,9 +31,9 @@ def write_outputs(suite: str, workdir: str, variants: Sequence[Variant], *, n_bo
     """Tables, figures and index.html for the finished variants (a diverged row is named in the
     caption, without numbers); returns name -> path."""
     from jaxcerv.reporting import viz
-    gone = {v.label: diverged(workdir, v.name) for v in variants}
-    gone = {label: why for label, why in gone.items() if why is not None}
-    variants = [v for v in variants if v.label not in gone]
+    why = {v.name: diverged(workdir, v.name) for v in variants}
+    gone = {v.label: why[v.name] for v in variants if why[v.name] is not None}
+    variants = [v for v in variants if why[v.name] is None]
     rows = [load_row(workdir, v) for v in variants]
     data: dict[str, tuple[Any, Any]] = {}
     for row in rows:
@@ -45,7 +45,8 @@ def write_outputs(suite: str, workdir: str, variants: Sequence[Variant], *, n_bo
         add_explanation(row, data[key][1], n_boot, seed)
     records = tables.table_rows(rows, n_boot, seed)
     text = tables.caption(suite, rows, n_boot, tables.pretrain_minutes(workdir))
-    text += "".join(f" Diverged, no result: {label} ({why})" for label, why in gone.items())
+    text += "".join(f" Diverged, no result: {label} ({message})"
+                    for label, message in gone.items())
     out = {"md": os.path.join(workdir, f"{suite}.md"), "csv": os.path.join(workdir, f"{suite}.csv")}
     with open(out["md"], "w") as f:
         f.write(tables.markdown_table(records, text))
