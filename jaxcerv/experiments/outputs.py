@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from jaxcerv.experiments import figures, tables
-from jaxcerv.experiments.results import add_explanation, diverged, load_row
+from jaxcerv.experiments.results import add_explanation, load_row, split_diverged
 from jaxcerv.experiments.suites import PROPOSED, SUITES, Variant
 
 
@@ -31,9 +31,7 @@ def write_outputs(suite: str, workdir: str, variants: Sequence[Variant], *, n_bo
     """Tables, figures and index.html for the finished variants (a diverged row is named in the
     caption, without numbers); returns name -> path."""
     from jaxcerv.reporting import viz
-    why = {v.name: diverged(workdir, v.name) for v in variants}
-    gone = {v.label: why[v.name] for v in variants if why[v.name] is not None}
-    variants = [v for v in variants if why[v.name] is None]
+    variants, diverged_note = split_diverged(workdir, variants)
     rows = [load_row(workdir, v) for v in variants]
     data: dict[str, tuple[Any, Any]] = {}
     for row in rows:
@@ -45,8 +43,7 @@ def write_outputs(suite: str, workdir: str, variants: Sequence[Variant], *, n_bo
         add_explanation(row, data[key][1], n_boot, seed)
     records = tables.table_rows(rows, n_boot, seed)
     text = tables.caption(suite, rows, n_boot, tables.pretrain_minutes(workdir))
-    text += "".join(f" Diverged, no result: {label} ({message})"
-                    for label, message in gone.items())
+    text += diverged_note
     out = {"md": os.path.join(workdir, f"{suite}.md"), "csv": os.path.join(workdir, f"{suite}.csv")}
     with open(out["md"], "w") as f:
         f.write(tables.markdown_table(records, text))

@@ -534,6 +534,7 @@ def write_outputs(suite: str, workdir: str, variants_run: Sequence[Variant], *, 
     from jaxcerv.data import pipeline
 
     t0 = time.perf_counter()
+    variants_run, diverged_note = results.split_diverged(workdir, variants_run)
     rows = [results.load_row(workdir, v) for v in variants_run]
     names = {r.variant.name for r in rows}
     if COLOUR not in names:
@@ -550,7 +551,7 @@ def write_outputs(suite: str, workdir: str, variants_run: Sequence[Variant], *, 
     cls = classification_records(rows, n_boot, seed)
     exp = explanation_records(maps, records, photo, n_boot, seed)
     suite_s = sum(r.train_s or 0.0 for r in rows) + (time.perf_counter() - t0)
-    text = caption(rows, maps, n_boot, suite_s / 60)
+    text = caption(rows, maps, n_boot, suite_s / 60) + diverged_note
     c = rows[0].config
     budget = (f"Budget: {c['grid_size']} x {c['grid_size']} patches of {c['patch_size']} px, at "
               f"most {c['train']['epochs']} epochs, {suite_s / 60:.0f} min of training epochs "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,15 @@ def diverged(workdir: str, name: str) -> str | None:
         return None
     with open(path) as f:
         return f.read().strip()
+
+
+def split_diverged(workdir: str, variants: Sequence[Variant]) -> tuple[list[Variant], str]:
+    """(the rows to tabulate, the caption's sentence naming each diverged row and why): every
+    suite's tables leave a diverged row out and say so."""
+    why = {v.name: diverged(workdir, v.name) for v in variants}
+    note = "".join(f" Diverged, no result: {v.label} ({why[v.name]})"
+                   for v in variants if why[v.name] is not None)
+    return [v for v in variants if why[v.name] is None], note
 
 # (results key, column title); the classification metrics of Table 1.
 METRICS = (

@@ -198,11 +198,25 @@ def test_suite_runs_end_to_end_on_a_tiny_annocerv_folder(tmp_path, monkeypatch):
     tiny = {"grid_size": 4, "patch_size": 16, "train.epochs": 1, "train.patience": 1,
             "eval.num_heatmaps": 0}
     monkeypatch.setattr(suites, "REAL_BUDGET", tiny)
+    # One row diverges: the suite records it, goes on, and its tables name it without numbers.
+    from jaxcerv.training import train
+    trained = train.train_and_evaluate
+
+    def train_or_diverge(config, workdir):
+        if os.path.basename(workdir) == "no_regulator":
+            raise train.DivergenceError("training diverged at epoch 1, step 2: not finite")
+        return trained(config, workdir)
+
+    monkeypatch.setattr(train, "train_and_evaluate", train_or_diverge)
     w = str(tmp_path / "w")
-    out = runner.run("real_heatmaps", config, w, [real_heatmaps.CNN, real_heatmaps.COLOUR])
+    out = runner.run("real_heatmaps", config, w,
+                     [real_heatmaps.CNN, real_heatmaps.COLOUR, "no_regulator"])
     with open(out["json"]) as f:
         doc = json.load(f)
     assert "Swede >= 5, an expert's visual score, not histology" in doc["caption"]
+    no_regulator = next(v for v in suites.real_heatmaps(config) if v.name == "no_regulator")
+    assert (f"Diverged, no result: {no_regulator.label} (training diverged at epoch 1, step 2: "
+            "not finite)") in doc["caption"]
     exp = {r["variant"]: r for r in doc["explanation"]}
     assert set(exp) == {suites.PROPOSED, real_heatmaps.CNN, real_heatmaps.COLOUR,
                         "colour_logistic", "centre_prior"}
