@@ -225,12 +225,13 @@ RERUN_MAY_CHANGE = (
 )
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"section.key": value}."""
     if not isinstance(node, dict):
         return {prefix[:-1]: node}
     out: dict[str, Any] = {}
     for k, v in node.items():
-        out.update(_flat(v, f"{prefix}{k}."))
+        out.update(flatten_config(v, f"{prefix}{k}."))
     return out
 
 
@@ -238,8 +239,8 @@ def config_changes(recorded: dict, new: dict) -> tuple[list[str], list[str]]:
     """(allowed, refused): the dotted keys whose value differs between the config a run folder
     recorded and a rerun's, split by ``RERUN_MAY_CHANGE``; each item reads ``key: old -> new``.
     Both are compared as JSON (tuples are lists there); a key on one side only differs."""
-    old, now = _flat(json.loads(json.dumps(recorded, default=json_default))), \
-        _flat(json.loads(json.dumps(new, default=json_default)))
+    old, now = flatten_config(json.loads(json.dumps(recorded, default=json_default))), \
+        flatten_config(json.loads(json.dumps(new, default=json_default)))
     allowed, refused = [], []
     for key in sorted(old.keys() | now.keys()):
         a, b = old.get(key, "(absent)"), now.get(key, "(absent)")

@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 from jaxcerv.experiments import suites
 from jaxcerv.model import regulator
+from jaxcerv.runtime.rundir import flatten_config
 from jaxcerv.training import configcheck
 
 
@@ -53,18 +54,11 @@ def test_regulator_rows_differ_from_the_recipe_in_the_one_setting_they_name():
             printed.regulator.normalise) == ("mean", "encoder", "weights")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
 @pytest.mark.parametrize("base", [paper.get_config, smoke.get_config])
 def test_recipe_suite_rows_change_only_the_setting_they_name(base):
     """The factor screen is the recipe (whatever the base) plus one setting per row: every
     other config value equals the reference row's, and each row's change is a real change."""
-    rows = {v.name: _flat(suites.variant_config(base(), v).to_dict())
+    rows = {v.name: flatten_config(suites.variant_config(base(), v).to_dict())
             for v in suites.recipe(base())}
     reference = rows.pop(suites.PROPOSED)
     assert {k: reference[k] for k in suites.RECIPE} == suites.RECIPE
