@@ -11,7 +11,8 @@ stubbed; the steps never touch them). Compilation is timed apart; steady state i
 over ``--repeats`` timed repeats of ``--steps`` back-to-back steps, after ``--warmup`` untimed
 ones. ``--impls`` takes several ``config.model.conv_impl`` values and times them interleaved in one
 process, so their ratios are fair on a noisy machine; ``IMPL+KEY=VALUE`` also sets
-``config.model.KEY`` for that variant (``s2d+remat=false``), ``IMPL@OPTS`` its XLA options.
+``config.model.KEY`` for that variant (``s2d+remat=false``; a dotted KEY sets that field of the
+config: ``s2d+regulator.reaches=encoder``), ``IMPL@OPTS`` its XLA options.
 
 FLOP count (analytic; a multiply-add is 2 FLOPs), per P x P patch, layer l = 1..L:
     convs:      sum_l 2 * s_l^2 * 9 * c_{l-1} * c_l,  s_1 = P, s_{l+1} = s_l // 2, c_0 = 3
@@ -88,7 +89,7 @@ _BATCH = flags.DEFINE_integer("batch", 4, "global batch (images per step)")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype; default: config")
 _IMPLS = flags.DEFINE_list(
     "impls", None, "conv implementations to time (default: config's); IMPL@OPTS picks XLA_OPTIONS, "
-    "IMPL+KEY=VALUE sets config.model.KEY for that variant"
+    "IMPL+KEY=VALUE sets config.model.KEY for that variant (a dotted KEY: that config field)"
 )
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed repeats; the median is reported")
 _STEPS = flags.DEFINE_integer("steps", 2, "steps per timed repeat, dispatched back to back")
@@ -194,11 +195,16 @@ class Case:
         name, _, opts = impl.partition("@")
         name, *overrides = name.split("+")
         config.model.conv_impl = name
-        for item in overrides:  # "+patch_chunk=144": a config.model field for this variant
-            key, _, value = item.partition("=")
-            if key not in config.model:
-                raise app.UsageError(f"--impls {impl!r}: config.model has no field {key!r}")
-            config.model[key] = type(config.model[key])(_parse(value))
+        for item in overrides:  # "+remat_chunk=144": a config.model field for this variant,
+            key, _, value = item.partition("=")  # "+regulator.reaches=encoder": any dotted field
+            *parents, leaf = key.split(".") if "." in key else ("model", key)
+            node = config
+            for part in parents:
+                node = node.get(part) if hasattr(node, "get") else None
+            if node is None or not hasattr(node, "keys") or leaf not in node:
+                where = "config." + ".".join(parents)
+                raise app.UsageError(f"--impls {impl!r}: {where} has no field {leaf!r}")
+            node[leaf] = type(node[leaf])(_parse(value))
         self.impl = impl
         self.batch = batch
         self.model = model_lib.from_config(config)

@@ -147,18 +147,19 @@ class PatchWiseModel(nn.Module):
     dropout: float = 0.0
     feature_norm: bool = True
     weight_bias_init: float = 0.0
-    # False: in training the weights the model returns (what the spatial loss reads) are the
-    # weight MLP applied again to the patch features with their gradient stopped, so the spatial
-    # loss trains the weight MLP only and the encoder learns from the classification loss alone.
-    # Same values either way; the second pass through the weight MLP costs 7-9% of training
-    # throughput at the demo's and the benchmark's size (docs/recipe.md); evaluation skips it.
+    # False: in training the weights the model returns (what the spatial loss reads) carry their
+    # gradient to the weight MLP only (``params_only_copy``), so the spatial loss trains the
+    # weight MLP and the encoder learns from the classification loss alone. Same values either
+    # way.
     spatial_into_encoder: bool = True
     dtype: Any = jnp.float32
     remat: bool = False
     remat_chunk: int = 36  # patches of each image per chunk
     conv_impl: str = "xla"
 
-    def _per_patch_rematerialised(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def _per_patch_rematerialised(
+        self, x: jax.Array, split: bool
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Encoder and weight MLP on (B, K, P, P, C) raw patches, ``remat_chunk`` patches of every
         image at a time, each chunk under ``jax.checkpoint``.
 
@@ -168,20 +169,36 @@ class PatchWiseModel(nn.Module):
         while a chunk's stay in cache: 1.1-1.2x training and 1.5x inference at paper scale
         (benchmarks/README.md). Chunks run along the patch axis, so the batch axis, which is
         sharded over devices, stays whole in every chunk. A pure function of the two modules'
-        parameters: the parameter tree is the same as without remat."""
+        parameters: the parameter tree is the same as without remat.
+
+        Returns the patch features, the weight logits and (``split``) their copy whose gradient
+        reaches the weight MLP only (else the same logits again)."""
         params = self.variables["params"]
         encoder = PatchEncoder(self.conv_features, self.dtype, self.conv_impl)
-        mlp = MLP(self.weight_hidden, 1, dtype=self.dtype, out_bias=self.weight_bias_init)
 
-        def per_patch(chunk: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def per_patch(chunk: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
             b, k = chunk.shape[:2]
             chunk = normalise_pixels(chunk.reshape(b * k, *chunk.shape[2:]), self.dtype)
             g = encoder.apply({"params": params["encoder"]}, chunk)
-            return g.reshape(b, k, -1), mlp.apply({"params": params["weight_mlp"]}, g).reshape(
-                b, k, 1
-            )
+            logit, logit_out = self._weight_logits(params["weight_mlp"], g, split)
+            return g.reshape(b, k, -1), logit.reshape(b, k, 1), logit_out.reshape(b, k, 1)
 
         return map_patch_chunks(per_patch, x, self.remat_chunk)
+
+    def _weight_logits(
+        self, params: Any, g: jax.Array, split: bool
+    ) -> tuple[jax.Array, jax.Array]:
+        """The weight MLP on ``g`` with explicit parameters, and (``split``) the same logits
+        whose gradient reaches the parameters only."""
+        mlp = MLP(self.weight_hidden, 1, dtype=self.dtype, out_bias=self.weight_bias_init)
+
+        def apply(p: Any, x: jax.Array) -> jax.Array:
+            return mlp.apply({"params": p}, x)
+
+        if split:
+            return params_only_copy(apply)(params, g)
+        logit = apply(params, g)
+        return logit, logit
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> ModelOutput:
@@ -194,18 +211,26 @@ class PatchWiseModel(nn.Module):
             self.weight_hidden, 1, dtype=self.dtype, out_bias=self.weight_bias_init,
             name="weight_mlp",
         )
+        # (evaluation: the same values, no gradient to split)
+        split = train and not self.spatial_into_encoder and not self.is_initializing()
         if self.remat and not self.is_initializing():
-            g, logit_a = self._per_patch_rematerialised(x)
+            g, logit_a, logit_out = self._per_patch_rematerialised(x, split)
         else:
             patches = normalise_pixels(x.reshape(b * k, *x.shape[2:]), self.dtype)
             encoder = PatchEncoder(self.conv_features, self.dtype, self.conv_impl, name="encoder")
             g = encoder(patches).reshape(b, k, -1)  # (B, K, F)
-            logit_a = weight_mlp(g)
+            if split:
+                logit_a, logit_out = self._weight_logits(
+                    self.variables["params"]["weight_mlp"], g, split
+                )
+            else:
+                logit_a = logit_out = weight_mlp(g)
         a = nn.sigmoid(logit_a.astype(jnp.float32))  # (B, K, 1)
-        logit_out, a_out = logit_a, a
-        if train and not self.spatial_into_encoder:  # (evaluation: the same values, no need)
-            logit_out = weight_mlp(jax.lax.stop_gradient(g))
-            a_out = nn.sigmoid(logit_out.astype(jnp.float32))
+        a_out = nn.sigmoid(logit_out.astype(jnp.float32)) if split else a
+        if self.aggregation == "weighted_mean":
+            # the same weighted mean, from weights rescaled to sum to 1 in log space: sum(a) is
+            # 0 in float32 where every logit is below about -104, and sum(a g) / sum(a) NaN
+            a = nn.softmax(jax.nn.log_sigmoid(logit_a.astype(jnp.float32)), axis=1)
         f = aggregate(a.astype(self.dtype), g, self.aggregation)
         if self.feature_norm:
             # Not in the paper: under Xavier init the average of ~1e3 weighted patch features is
@@ -220,6 +245,38 @@ class PatchWiseModel(nn.Module):
             features=f.astype(jnp.float32),
             weight_logits=logit_out[..., 0].astype(jnp.float32).reshape(-1, rows, cols),
         )
+
+
+def params_only_copy(
+    apply_fn: Callable[[Any, jax.Array], jax.Array],
+) -> Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]:
+    """``(params, x) -> (y, y_copy)`` with ``y = apply_fn(params, x)`` computed once; the
+    gradient that reaches ``y_copy`` flows to ``params`` only, never to ``x``.
+
+    What ``regulator.reaches=weight_mlp`` needs: the spatial loss reads ``y_copy`` and trains the
+    weight MLP without moving the encoder. The straightforward form, a second forward pass on
+    ``stop_gradient(x)``, gives the same gradients and cost 7-9% of training throughput; here the
+    backward pass runs the MLP's VJP twice instead (once with both cotangents for the
+    parameters, once with the first alone for ``x``; XLA drops the half of each it does not
+    use) and the forward pass once."""
+
+    @jax.custom_vjp
+    def both(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        y = apply_fn(params, x)
+        return y, y
+
+    def fwd(params: Any, x: jax.Array):
+        y, vjp = jax.vjp(apply_fn, params, x)
+        return (y, y), vjp
+
+    def bwd(vjp: Any, cts: tuple[jax.Array, jax.Array]) -> tuple[Any, jax.Array]:
+        ct, ct_params_only = cts
+        d_params, _ = vjp(ct + ct_params_only)
+        _, d_x = vjp(ct)
+        return d_params, d_x
+
+    both.defvjp(fwd, bwd)
+    return both
 
 
 def map_patch_chunks(fn: Callable[[jax.Array], Any], x: jax.Array, size: int) -> Any:

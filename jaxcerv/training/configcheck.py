@@ -186,11 +186,11 @@ def check_config(config: Any) -> None:
             f"regulator: set config.regulator.mode=none (it is {config.regulator.mode!r})"
         )
     if has_key(config, "regulator.normalise") and config.regulator.normalise == "logits" and \
-            config.regulator.loss == "mass_outside":
+            config.regulator.loss == "mass_outside" and config.model.family == "abmil":
         raise ConfigError(
-            "config.regulator.normalise=logits needs a min-max normalised loss, and "
-            "regulator.loss=mass_outside takes the weights as they are: use loss=paper or "
-            "one_sided, or normalise=weights"
+            "config.regulator.loss=mass_outside with normalise=logits reads sigmoid weights from "
+            "their logits, and model.family=abmil's attention is a softmax: use "
+            "normalise=weights for abmil"
         )
     if d.get("resident") and d.augment:
         raise ConfigError(

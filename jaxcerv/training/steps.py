@@ -162,8 +162,8 @@ def make_train_step(
     max_bce = config.train.max_bce
     grid = (config.grid_size, config.grid_size)
     cw = tuple(float(w) for w in class_weights)
-    spatial_loss = regulator.spatial_loss_fn(config.regulator.loss)
     on_logits = config.regulator.normalise == "logits"
+    spatial_loss = regulator.spatial_loss_fn(config.regulator.loss, on_logits)
     kernel = config.regulator.get("kernel", "gaussian")
     stop = stop_thresholds(config)
     hold = config.regulator.get("lam_hold_epochs", 0) * steps_per_epoch

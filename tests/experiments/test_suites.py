@@ -179,3 +179,23 @@ def test_min_max_of_a_map_constant_but_for_an_ulp_is_zero_not_huge():
     # The spatial loss of Eq. 6 is then bounded by the patch count, never negative.
     w = jnp.asarray(np.random.default_rng(0).random((1, 2, 2)))
     assert 0 <= float(regulator.spatial_loss(w, jnp.asarray(x))[0]) <= 4
+
+
+def test_mass_outside_from_logits_is_the_weights_loss_and_stays_finite_where_they_underflow():
+    rng = np.random.default_rng(2)
+    z, s = rng.normal(0, 3, (3, 4, 5)), rng.random((3, 4, 5))
+    w = 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(regulator.mass_outside_from_logits(jnp.asarray(z), jnp.asarray(s)),
+                               regulator.mass_outside_loss(jnp.asarray(w), jnp.asarray(s)),
+                               rtol=1e-5)
+    # every weight below float32's smallest number: sigmoid(z) ~ exp(z), so the share is the
+    # softmax of z (numpy oracle), where the weights' own loss is 0 / 0
+    deep = z - 300.0
+    norm_s = (s - s.min(axis=(1, 2), keepdims=True)) / np.ptp(s, axis=(1, 2), keepdims=True)
+    e = np.exp(deep - deep.max(axis=(1, 2), keepdims=True))
+    expected = 20 * (e / e.sum(axis=(1, 2), keepdims=True) * (1 - norm_s)).sum(axis=(1, 2))
+    got = regulator.mass_outside_from_logits(jnp.asarray(deep, jnp.float32), jnp.asarray(s))
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    # the weights themselves are all 0 there: their loss can only read the collapse as free
+    under = jnp.asarray(1 / (1 + np.exp(-deep)), jnp.float32)
+    np.testing.assert_array_equal(regulator.mass_outside_loss(under, jnp.asarray(s)), 0.0)

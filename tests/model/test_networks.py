@@ -345,3 +345,52 @@ def test_spatial_loss_reaches_the_weight_mlp_only_when_told(remat):
     for x, y in zip(jax.tree.leaves(grads(full, "bce")), jax.tree.leaves(grads(mlp_only, "bce")),
                     strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_params_only_copy_has_the_two_pass_gradients():
+    """The one-pass copy against the straightforward form (a second pass on stop_gradient(x)):
+    same values, same gradient for the parameters and for x."""
+    rng = np.random.default_rng(7)
+    p = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32),
+         "b": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+    x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    c1, c2 = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(2))
+
+    def apply(q, v):
+        return jnp.tanh(v @ q["w"] + q["b"]) ** 2
+
+    def one_pass(q, v):
+        y, y_copy = model_lib.params_only_copy(apply)(q, v)
+        return jnp.sum(y * c1) + jnp.sum(y_copy * c2)
+
+    def two_pass(q, v):
+        return jnp.sum(apply(q, v) * c1) + jnp.sum(apply(q, jax.lax.stop_gradient(v)) * c2)
+
+    np.testing.assert_allclose(one_pass(p, x), two_pass(p, x), rtol=1e-6)
+    got, want = jax.grad(one_pass, (0, 1))(p, x), jax.grad(two_pass, (0, 1))(p, x)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # x's gradient is the first output's alone: c2 does not reach it
+    np.testing.assert_allclose(got[1], jax.grad(lambda v: jnp.sum(apply(p, v) * c1))(x),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_weighted_mean_stays_finite_where_every_weight_underflows():
+    """Weight logits near -300 (every sigmoid 0 in float32): sum(a g) / sum(a) would be NaN. The
+    weighted mean reads the weights in log space, so it is finite, and (sigmoid(z) ~ exp(z) there)
+    shifting every logit by 10 leaves it unchanged, as the exact weighted mean does."""
+    kw = dict(patch_size=8, conv_features=(4, 6, 8), weight_hidden=(16, 8),
+              classifier_hidden=(8, 4), aggregation="weighted_mean")
+    rng = np.random.default_rng(9)
+    img = jnp.asarray(rng.integers(0, 255, size=(2, 24, 16, 3), dtype=np.uint8))
+    params = model_lib.PatchWiseModel(**kw).init(jax.random.PRNGKey(0), img)["params"]
+    feats = []
+    for bias in (-300.0, -310.0):
+        p = jax.tree.map(lambda x: x, params)
+        p["weight_mlp"]["Dense_2"]["bias"] = jnp.full_like(p["weight_mlp"]["Dense_2"]["bias"],
+                                                           bias)
+        out = model_lib.PatchWiseModel(**kw).apply({"params": p}, img)
+        assert np.all(np.asarray(out.weights) == 0)
+        assert np.all(np.isfinite(out.features)) and np.all(np.isfinite(out.logits))
+        feats.append(np.asarray(out.features))
+    np.testing.assert_allclose(feats[0], feats[1], rtol=1e-4, atol=1e-5)

@@ -68,12 +68,14 @@ def test_patch_size_floor_follows_the_number_of_pools():
         configcheck.check_config(config)
 
 
-def test_logits_normalisation_needs_a_min_max_loss():
+def test_mass_outside_on_logits_needs_sigmoid_weights():
     config = default.get_config()
     config.regulator.normalise, config.regulator.loss = "logits", "mass_outside"
-    with pytest.raises(configcheck.ConfigError, match="normalise=logits needs a min-max"):
+    configcheck.check_config(config)
+    config.model.family = "abmil"
+    with pytest.raises(configcheck.ConfigError, match="abmil's attention is a softmax"):
         configcheck.check_config(config)
-    config.regulator.loss = "one_sided"
+    config.regulator.normalise = "weights"
     configcheck.check_config(config)
 
 
