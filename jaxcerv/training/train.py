@@ -291,10 +291,21 @@ def _validate(fold: Fold, params) -> dict[str, float]:
     return row
 
 
-def health_notes(row: dict[str, Any]) -> str:
+def _flat_map_hint(regulator_config: Any) -> str:
+    """The setting that keeps the weights off the sigmoid's flat ends, for this config."""
+    if regulator_config is None or regulator_config.normalise == "weights":
+        return "weights saturated: regulator.normalise=logits avoids it"
+    if regulator_config.loss != "paper":  # their scale is free: nothing holds the logits' range
+        return (f"weights saturated: regulator.loss={regulator_config.loss} leaves their range "
+                "free, regulator.loss=paper holds it")
+    return "weights saturated"
+
+
+def health_notes(row: dict[str, Any], regulator_config: Any = None) -> str:
     """What an epoch's validation numbers say went wrong, with the setting to change: a
     classifier whose output no longer depends on the image (its features collapsed, measured on
-    configs/benchmark.py: every encoder feature dead), or heatmaps flat in most images."""
+    configs/benchmark.py: every encoder feature dead), or heatmaps flat in most images
+    (``regulator_config``: the run's ``config.regulator``, which picks the advice)."""
     notes = []
     if row.get("val_dead_features", 0.0) >= metrics_lib.DEAD_FRACTION:
         notes.append(f"dead encoder: {100 * row['val_dead_features']:.0f}% of the image "
@@ -305,7 +316,7 @@ def health_notes(row: dict[str, Any]) -> str:
                      "train.learning_rate or another seed)")
     if row.get("val_flat_heatmaps", 0.0) > 0.5:
         notes.append(f"heatmaps flat in {100 * row['val_flat_heatmaps']:.0f}% of images "
-                     "(weights saturated: regulator.normalise=logits avoids it)")
+                     f"({_flat_map_hint(regulator_config)})")
     return "".join(f" | warning: {n}" for n in notes)
 
 
@@ -326,7 +337,7 @@ def _log_epoch(fold: Fold, writer: MetricWriter, row: dict[str, Any], regs: np.n
         )
         + (f" | {row['regulators_frozen']} of {row['regulators_total']} images frozen"
            if "regulators_frozen" in row else "")
-        + health_notes(row),
+        + health_notes(row, fold.config.regulator),
         flush=True,
     )
 

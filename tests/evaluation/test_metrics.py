@@ -462,6 +462,12 @@ def test_epoch_line_warns_about_a_collapsed_classifier_and_flat_heatmaps():
     dead = health_notes({"val_dead_features": 1.0, "val_logit_sd": 0.0})
     assert "dead encoder" in dead and "train.learning_rate" in dead
     assert "same for every image (features" not in dead  # one note, not two
+    # the advice follows the run's settings: normalise=logits is already on there
+    from jaxcerv.configs import default
+    reg = default.get_config().regulator
+    reg.loss = "mass_outside"
+    flat = health_notes({"val_flat_heatmaps": 0.9}, reg)
+    assert "regulator.loss=paper" in flat and "normalise=logits" not in flat
 
 
 def test_dead_encoder_rule_on_hand_built_features():
