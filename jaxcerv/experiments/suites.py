@@ -137,6 +137,9 @@ def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
                 {**RECIPE, "regulator.kernel": "mixture"}),
         Variant("stop_kl", "Recommended, refitting stops after 3 fits within KL 0.01",
                 {**RECIPE, "regulator.stop_kl": 0.01}),
+        Variant("recipe_mass_outside", "Recommended, share of weight mass outside the "
+                "regulator (read from the logits) instead of Eq. 6",
+                {**RECIPE, "regulator.loss": "mass_outside"}),
         Variant("fixed", "Fixed regulator (G0 for every image)", {"regulator.mode": "fixed"}),
         Variant("no_regulator", "No regulator", NO_REGULATOR),
         # The paper's method with one change each (the settings these rows were measured on).
