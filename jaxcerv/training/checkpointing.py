@@ -18,6 +18,7 @@ import json
 import logging as std_logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -176,6 +177,8 @@ def restore_params(step_dir: str, like: Any) -> Any:
 
 # orbax's coroutines that read one array of a checkpoint (orbax-checkpoint 0.12.8, pinned).
 _ORBAX_READS = ("_read_array_index_and_device_put",)
+# Python's warning for those read coroutines when a failed restore left them never started.
+_UNAWAITED_READS = r"coroutine '([\w.<>]+\.)?(%s)' was never awaited" % "|".join(_ORBAX_READS)
 
 
 @contextlib.contextmanager
@@ -218,8 +221,12 @@ def _drop_closed_loop_reports() -> None:
     later, from another thread.
     Likewise orbax's per-array read coroutines of that restore, garbage-collected with their
     read error still set ("Exception ignored in: <coroutine _read_array_index_and_device_put>"),
-    and their tasks, which asyncio logs instead ("Task exception was never retrieved").
+    and their tasks, which asyncio logs instead ("Task exception was never retrieved"), and
+    those never started, which Python warns of ("RuntimeWarning: coroutine ... was never
+    awaited", two lines on stderr).
     They say nothing beyond the CheckpointError already raised: drop exactly those reports."""
+    if not any(f[1] is not None and f[1].pattern == _UNAWAITED_READS for f in warnings.filters):
+        warnings.filterwarnings("ignore", message=_UNAWAITED_READS, category=RuntimeWarning)
     asyncio_log = std_logging.getLogger("asyncio")
     if not any(isinstance(f, _DropFailedRestoreTasks) for f in asyncio_log.filters):
         asyncio_log.addFilter(_DropFailedRestoreTasks())
