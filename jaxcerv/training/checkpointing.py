@@ -178,7 +178,7 @@ def restore_params(step_dir: str, like: Any) -> Any:
 # orbax's coroutines that read one array of a checkpoint (orbax-checkpoint 0.12.8, pinned).
 _ORBAX_READS = ("_read_array_index_and_device_put",)
 # Python's warning for those read coroutines when a failed restore left them never started.
-_UNAWAITED_READS = r"coroutine '([\w.<>]+\.)?(%s)' was never awaited" % "|".join(_ORBAX_READS)
+_UNAWAITED_READS = rf"coroutine '([\w.<>]+\.)?({'|'.join(_ORBAX_READS)})' was never awaited"
 
 
 @contextlib.contextmanager
