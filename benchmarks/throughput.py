@@ -81,7 +81,7 @@ from jaxcerv.inference import predict  # noqa: E402
 from jaxcerv.model import conv, regulator  # noqa: E402
 from jaxcerv.model import networks as model_lib  # noqa: E402
 from jaxcerv.runtime import parallel  # noqa: E402
-from jaxcerv.training import steps  # noqa: E402
+from jaxcerv.training import configcheck, steps  # noqa: E402
 from jaxcerv.training.resident import ResidentImages  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs/paper.py"))
@@ -197,13 +197,14 @@ class Case:
         config.model.conv_impl = name
         for item in overrides:  # "+remat_chunk=144": a config.model field for this variant,
             key, _, value = item.partition("=")  # "+regulator.reaches=encoder": any dotted field
-            *parents, leaf = key.split(".") if "." in key else ("model", key)
+            dotted = key if "." in key else f"model.{key}"
+            if not configcheck.has_key(config, dotted):
+                raise app.UsageError(
+                    f"--impls {impl!r}: {configcheck.unknown_key_message(dotted, config)}")
+            *parents, leaf = dotted.split(".")
             node = config
             for part in parents:
-                node = node.get(part) if hasattr(node, "get") else None
-            if node is None or not hasattr(node, "keys") or leaf not in node:
-                where = "config." + ".".join(parents)
-                raise app.UsageError(f"--impls {impl!r}: {where} has no field {leaf!r}")
+                node = node[part]
             node[leaf] = type(node[leaf])(_parse(value))
         self.impl = impl
         self.batch = batch
