@@ -20,7 +20,7 @@ MODES = ("iterative", "fixed", "none")
 # What each regulator is fitted to: see ``fit_targets``.
 FIT_ON = ("weights", "normalised", "above_median")
 # The spatial loss: Eq. 5-6 ("paper") or its one-sided form (see ``one_sided_spatial_loss``).
-LOSSES = ("paper", "one_sided", "mass_outside")
+LOSSES = ("paper", "one_sided", "mass_outside", "softmax_outside")
 # What the spatial loss min-max normalises: the patch weights (Eq. 6) or their logits.
 NORMALISE = ("weights", "logits")
 
@@ -109,6 +109,17 @@ def mass_outside_from_logits(logits: jax.Array, density: jax.Array) -> jax.Array
     return k * jnp.sum(share * (1.0 - min_max(density)), axis=(-2, -1))
 
 
+def softmax_outside_loss(logits: jax.Array, density: jax.Array) -> jax.Array:
+    """The share of softmax(z) outside the regulator, times the patch count: K * sum(softmax(z)_m *
+    (1 - norm(s_m))) -> (...). Like ``mass_outside_from_logits`` where the weights are small
+    (log sigmoid(z) ~ z), but shift-invariant in z: the loss never moves the logits' shared
+    level, so it cannot drive the weights into the sigmoid's flat top."""
+    k = logits.shape[-2] * logits.shape[-1]
+    flat = logits.astype(jnp.float32).reshape(*logits.shape[:-2], k)
+    share = jax.nn.softmax(flat, axis=-1).reshape(logits.shape)
+    return k * jnp.sum(share * (1.0 - min_max(density)), axis=(-2, -1))
+
+
 def spatial_loss_fn(name: str, on_logits: bool = False):
     """The spatial loss named by ``config.regulator.loss``, for the weights or (``on_logits``,
     ``regulator.normalise=logits``) their logits."""
@@ -116,6 +127,8 @@ def spatial_loss_fn(name: str, on_logits: bool = False):
         raise ValueError(f"config.regulator.loss={name!r}: use one of {LOSSES}")
     if name == "mass_outside":
         return mass_outside_from_logits if on_logits else mass_outside_loss
+    if name == "softmax_outside":
+        return softmax_outside_loss
     return {"paper": spatial_loss, "one_sided": one_sided_spatial_loss}[name]
 
 

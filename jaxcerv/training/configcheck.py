@@ -192,6 +192,12 @@ def check_config(config: Any) -> None:
             "their logits, and model.family=abmil's attention is a softmax: use "
             "normalise=weights for abmil"
         )
+    if has_key(config, "regulator.normalise") and config.regulator.loss == "softmax_outside" \
+            and config.regulator.normalise != "logits":
+        raise ConfigError(
+            "config.regulator.loss=softmax_outside is a softmax over the weights' logits: set "
+            f"config.regulator.normalise=logits (it is {config.regulator.normalise!r})"
+        )
     if d.get("resident") and d.augment:
         raise ConfigError(
             "config.data.resident=True trains on the images as stored on the device, and "

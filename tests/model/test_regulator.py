@@ -1,5 +1,6 @@
 """The regulator's equations against independent oracles (numpy moments, scipy's normal pdf)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,6 +55,27 @@ def test_spatial_loss_constant_map_is_finite():
     a = np.full((3, 3), 0.5, np.float32)
     s = np.arange(9, dtype=np.float32).reshape(3, 3)
     np.testing.assert_allclose(regulator.spatial_loss(a, s), 9.0)  # normalised weights are all 0
+
+
+def test_softmax_outside_is_the_softmax_share_outside_and_ignores_the_shared_level():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0.0, 3.0, size=(2, *GRID)).astype(np.float32)
+    s = rng.uniform(size=(2, *GRID)).astype(np.float32)
+    k = GRID[0] * GRID[1]
+    for b in range(2):
+        share = np.exp(z[b] - z[b].max()) / np.exp(z[b] - z[b].max()).sum()
+        norm_s = (s[b] - s[b].min()) / (s[b].max() - s[b].min())
+        want = k * np.sum(share * (1.0 - norm_s))
+        np.testing.assert_allclose(regulator.softmax_outside_loss(z, s)[b], want, rtol=1e-5)
+    # The recipe's weights sigmoid(z) sink or saturate with the logits' shared level; this loss
+    # does not see it: a shift gives the same value, finite far beyond float32's exp range, and
+    # its gradient has no component along the shift (the weight MLP's bias gets none).
+    for shift in (-300.0, 40.0, 300.0):
+        np.testing.assert_allclose(regulator.softmax_outside_loss(z + shift, s),
+                                   regulator.softmax_outside_loss(z, s), rtol=1e-5)
+    grad = jax.grad(lambda x: regulator.softmax_outside_loss(x, s).sum())(jnp.asarray(z))
+    np.testing.assert_allclose(np.asarray(grad).sum(axis=(1, 2)), 0.0, atol=1e-5)
+    assert np.abs(np.asarray(grad)).max() > 1e-2
 
 
 def test_fit_of_density_recovers_its_parameters():

@@ -79,6 +79,15 @@ def test_mass_outside_on_logits_needs_sigmoid_weights():
     configcheck.check_config(config)
 
 
+def test_softmax_outside_reads_the_logits():
+    config = default.get_config()
+    config.regulator.loss = "softmax_outside"
+    configcheck.check_config(config)
+    config.regulator.normalise = "weights"
+    with pytest.raises(configcheck.ConfigError, match="softmax_outside.*normalise=logits"):
+        configcheck.check_config(config)
+
+
 def test_resident_data_refuses_host_augmentation():
     config = default.get_config()
     config.data.resident, config.data.augment = True, True
