@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Adam at a constant learning rate with its default epsilon, no gradient clipping.
     config.regulator.loss = "paper"
     config.regulator.normalise = "weights"
+    config.regulator.logit_decay = 0.0
     config.regulator.reaches = "encoder"  # one loss, one backward pass through every layer
     config.model.aggregation = "mean"  # Eq. 4 with the mean as its aggregation
     config.regulator.kernel = "gaussian"

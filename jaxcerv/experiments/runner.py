@@ -38,11 +38,17 @@ from jaxcerv.training import configcheck
 _WHOLE_IMAGE_ONLY = ("model.input_size", "model.width", "model.freeze_blocks", "data.center_crop")
 UNREAD = {"patchwise": (*_WHOLE_IMAGE_ONLY, "model.attention_hidden"),
           "abmil": _WHOLE_IMAGE_ONLY}
+# What only the spatial loss reads: a run without a regulator (every whole-image baseline) never
+# computes it into its loss, so a new recipe default leaves those rows finished.
+SPATIAL_LOSS_ONLY = ("regulator.loss", "regulator.logit_decay", "regulator.normalise")
 
 
 def _comparable(config: dict) -> dict:
     config = json.loads(json.dumps(config))
-    for dotted in UNREAD.get(config["model"]["family"], ()):
+    unread = UNREAD.get(config["model"]["family"], ())
+    if config["regulator"]["mode"] == "none":
+        unread = (*unread, *SPATIAL_LOSS_ONLY)
+    for dotted in unread:
         section, key = dotted.split(".")
         config[section].pop(key, None)
     return config

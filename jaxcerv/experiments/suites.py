@@ -99,14 +99,18 @@ def table2(config: ml_collections.ConfigDict) -> list[Variant]:
 # that imports it trains them); written out so that a row is the recipe whatever the base config.
 NO_WARMUP: dict[str, Any] = {"regulator.lam_hold_epochs": 0.0, "regulator.lam_ramp_epochs": 0.0}
 RECIPE: dict[str, Any] = {"model.aggregation": "weighted_mean", "regulator.reaches": "weight_mlp",
-                          "regulator.normalise": "logits", "train.learning_rate": 3e-4,
+                          "regulator.normalise": "logits", "regulator.loss": "softmax_outside",
+                          "regulator.logit_decay": 1e-3, "train.learning_rate": 3e-4,
                           **NO_WARMUP, "model.feature_norm": True, "model.weight_bias_init": -2.0,
                           "train.schedule": "constant", "train.grad_clip": 0.0,
                           "train.adam_eps": 1e-8}
 # The paper's choices of the same settings (Eq. 4 with the mean, Eq. 6 on the sigmoid weights
 # with its gradient through the encoder); the learning rate stays the base config's.
 PAPER_METHOD: dict[str, Any] = {"model.aggregation": "mean", "regulator.reaches": "encoder",
-                                "regulator.normalise": "weights", **NO_WARMUP}
+                                "regulator.normalise": "weights", "regulator.loss": "paper",
+                                "regulator.logit_decay": 0.0, **NO_WARMUP}
+# The recipe before softmax_outside (docs/recipe.md): Eq. 6 on the logits, nothing on their range.
+EQ6_RECIPE: dict[str, Any] = {**RECIPE, "regulator.loss": "paper", "regulator.logit_decay": 0.0}
 # The earlier recipe (docs/recipe.md): the paper's mean, Eq. 6 on the logits into the encoder,
 # held off by a lambda warm-up (0 for 3 epochs, then a 2-epoch ramp).
 WARMUP_RECIPE: dict[str, Any] = {**PAPER_METHOD, "regulator.normalise": "logits",
@@ -123,8 +127,12 @@ def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
         Variant("paper_as_printed", "Paper as printed (mean aggregation, Eq. 6 on the weights "
                 "into the encoder, lambda from the first step; lr 1e-3)",
                 {**PAPER_METHOD, "train.learning_rate": 1e-3}),
-        Variant("recommended", "Recommended (weighted mean, Eq. 6 on the logits into the "
-                "weight MLP only, lr 3e-4)", dict(RECIPE)),
+        Variant("recommended", "Recommended (weighted mean, softmax share outside the regulator "
+                "plus logit decay 1e-3, into the weight MLP only, lr 3e-4)", dict(RECIPE)),
+        Variant("recipe_no_decay", "Recommended without the logit decay",
+                {**RECIPE, "regulator.logit_decay": 0.0}),
+        Variant("recipe_eq6", "Earlier recommended: Eq. 6 on the logits instead of the softmax "
+                "share, no logit decay", dict(EQ6_RECIPE)),
         Variant("recipe_mean", "Recommended with the paper's mean aggregation",
                 {**RECIPE, "model.aggregation": "mean"}),
         Variant("recipe_into_encoder", "Recommended with the spatial loss into the encoder",
@@ -137,9 +145,9 @@ def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
                 {**RECIPE, "regulator.kernel": "mixture"}),
         Variant("stop_kl", "Recommended, refitting stops after 3 fits within KL 0.01",
                 {**RECIPE, "regulator.stop_kl": 0.01}),
-        Variant("recipe_mass_outside", "Recommended, share of weight mass outside the "
+        Variant("recipe_mass_outside", "Earlier recommended, share of weight mass outside the "
                 "regulator (read from the logits) instead of Eq. 6",
-                {**RECIPE, "regulator.loss": "mass_outside"}),
+                {**EQ6_RECIPE, "regulator.loss": "mass_outside"}),
         Variant("fixed", "Fixed regulator (G0 for every image)", {"regulator.mode": "fixed"}),
         Variant("no_regulator", "No regulator", NO_REGULATOR),
         # The paper's method with one change each (the settings these rows were measured on).
@@ -231,8 +239,9 @@ def real_heatmaps(config: ml_collections.ConfigDict) -> list[Variant]:
         Variant(CNN, "Whole-image CNN, AlexNet-style (heatmap: input gradient)",
                 {**REAL_BUDGET, "model.family": "alexnet", "model.input_size": 128,
                  "model.width": 0.25, **no_reg}),
-        Variant("recipe", "Recommended recipe (the default: weighted mean, Eq. 6 on the "
-                "logits into the weight MLP only, lr 3e-4)", {**REAL_BUDGET, **RECIPE}),
+        Variant("recipe", "Recommended recipe (the default: weighted mean, softmax share "
+                "outside the regulator plus logit decay, into the weight MLP only, lr 3e-4)",
+                {**REAL_BUDGET, **RECIPE}),
         Variant("recommended", "Earlier stand-in: Eq. 6 on the logits, lr 3e-4",
                 {**REAL_BUDGET, **PAPER_METHOD, "regulator.normalise": "logits",
                  "train.learning_rate": 3e-4}),

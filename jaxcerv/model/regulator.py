@@ -120,6 +120,13 @@ def softmax_outside_loss(logits: jax.Array, density: jax.Array) -> jax.Array:
     return k * jnp.sum(share * (1.0 - min_max(density)), axis=(-2, -1))
 
 
+def logit_decay_loss(logits: jax.Array) -> jax.Array:
+    """Sum over an image's patches of z_m^2 -> (...): pulls the weight logits towards 0 (weight
+    0.5), so a loss that rewards their range (``softmax_outside``) cannot push them into the
+    sigmoid's flat ends, where every weight inside the regulator reads 1.0 in float32."""
+    return jnp.sum(jnp.square(logits.astype(jnp.float32)), axis=(-2, -1))
+
+
 def spatial_loss_fn(name: str, on_logits: bool = False):
     """The spatial loss named by ``config.regulator.loss``, for the weights or (``on_logits``,
     ``regulator.normalise=logits``) their logits."""

@@ -122,6 +122,8 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("regulator.mode", lambda v: v in regulator.MODES, f"one of {regulator.MODES}"),
         ("regulator.lam", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
          "a finite number >= 0"),
+        ("regulator.logit_decay", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
+         "a finite number >= 0"),
         ("regulator.fit_on", lambda v: v in regulator.FIT_ON, f"one of {regulator.FIT_ON}"),
         ("regulator.kernel", lambda v: v in regulator.KERNELS, f"one of {regulator.KERNELS}"),
         ("regulator.stop_kl", lambda v: is_num(v) and v >= 0, "0 (off) or a KL > 0"),
@@ -248,12 +250,23 @@ def unknown_key_message(override: str, config: Any) -> str:
     return f"config.{override} is not a setting of this config{hint}"
 
 
+# Settings added with a default that is not the behaviour before them: the value a run recorded
+# before the setting existed ran with.
+BEFORE_ADDED = {"regulator.logit_decay": 0.0}
+
+
 def with_defaults(recorded: dict) -> dict:
     """A recorded config (``config.json``) with every setting added since filled in at its
-    default: a run made before a setting existed ran as its default does (new settings default
-    to the old behaviour), so adding one neither invalidates a finished experiment row nor
-    counts as a config change on a rerun."""
+    default, or for a setting in ``BEFORE_ADDED`` at the value it had before it existed: adding
+    one neither invalidates a finished experiment row nor counts as a config change on a rerun,
+    and a run made before the recipe's logit decay existed stays a run without it."""
     from jaxcerv.configs import default
+
+    defaults = default.get_config().to_dict()
+    for dotted, before in BEFORE_ADDED.items():
+        section, key = dotted.split(".")
+        if key not in recorded.get(section, {}):
+            defaults[section][key] = before
 
     def fill(node: dict, defaults: dict) -> dict:
         out = dict(defaults)
@@ -262,4 +275,4 @@ def with_defaults(recorded: dict) -> dict:
                 defaults.get(k), dict) else v
         return out
 
-    return fill(recorded, default.get_config().to_dict())
+    return fill(recorded, defaults)

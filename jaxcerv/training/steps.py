@@ -168,6 +168,7 @@ def make_train_step(
     stop = stop_thresholds(config)
     hold = config.regulator.get("lam_hold_epochs", 0) * steps_per_epoch
     ramp = config.regulator.get("lam_ramp_epochs", 0) * steps_per_epoch
+    decay = config.regulator.get("logit_decay", 0.0)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, dropout_rng = jax.random.split(state.rng)
@@ -187,6 +188,8 @@ def make_train_step(
                 spatial = jnp.zeros_like(bce)
             else:
                 spatial = spatial_loss(out.weight_logits if on_logits else out.weights, density)
+                if decay > 0:
+                    spatial += decay * regulator.logit_decay_loss(out.weight_logits)
             total = losses.combined_loss(
                 losses.weighted(bce, batch["label"], cw), spatial,
                 losses.lambda_at(state.step, lam, hold, ramp), mode

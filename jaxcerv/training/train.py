@@ -295,10 +295,14 @@ def _flat_map_hint(regulator_config: Any) -> str:
     """The setting that keeps the weights off the sigmoid's flat ends, for this config."""
     if regulator_config is None or regulator_config.normalise == "weights":
         return "weights saturated: regulator.normalise=logits avoids it"
-    if regulator_config.loss != "paper":  # their scale is free: nothing holds the logits' range
-        return (f"weights saturated: regulator.loss={regulator_config.loss} leaves their range "
-                "free, regulator.loss=paper holds it")
-    return "weights saturated"
+    if regulator_config.loss == "paper":
+        return "weights saturated"
+    # these losses leave the logits' level or range free: only regulator.logit_decay holds it
+    if regulator_config.get("logit_decay", 0.0) > 0:
+        return (f"weights saturated: a larger regulator.logit_decay (now "
+                f"{regulator_config.logit_decay:g}) holds their range")
+    return (f"weights saturated: regulator.loss={regulator_config.loss} leaves their range "
+            "free, regulator.logit_decay > 0 holds it (docs/recipe.md)")
 
 
 def health_notes(row: dict[str, Any], regulator_config: Any = None) -> str:

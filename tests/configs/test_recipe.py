@@ -10,6 +10,8 @@ RECIPE = {
     "model.aggregation": "weighted_mean",
     "regulator.reaches": "weight_mlp",
     "regulator.normalise": "logits",
+    "regulator.loss": "softmax_outside",  # the share of softmax(logits) outside the regulator
+    "regulator.logit_decay": 1e-3,
     "regulator.lam_hold_epochs": 0.0,
     "regulator.lam_ramp_epochs": 0.0,
     "train.learning_rate": 3e-4,
@@ -47,7 +49,7 @@ def test_paper_has_the_papers_settings():
         "train.schedule": "constant", "train.grad_clip": 0.0, "train.adam_eps": 1e-8,
         "regulator.lam_hold_epochs": 0.0, "regulator.lam_ramp_epochs": 0.0,
         # Eq. 5-6: D(a, s) = 1 - norm(a) norm(s) on the patch weights a (after the sigmoid).
-        "regulator.loss": "paper", "regulator.normalise": "weights",
+        "regulator.loss": "paper", "regulator.normalise": "weights", "regulator.logit_decay": 0.0,
         # Eq. 11: one loss, so its spatial term trains every layer the weights depend on.
         "regulator.reaches": "encoder",
         # Eq. 4: the weighted patch features aggregated (we implement the mean).

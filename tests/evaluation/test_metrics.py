@@ -465,9 +465,12 @@ def test_epoch_line_warns_about_a_collapsed_classifier_and_flat_heatmaps():
     # the advice follows the run's settings: normalise=logits is already on there
     from jaxcerv.configs import default
     reg = default.get_config().regulator
-    reg.loss = "mass_outside"
+    reg.loss, reg.logit_decay = "mass_outside", 0.0
     flat = health_notes({"val_flat_heatmaps": 0.9}, reg)
-    assert "regulator.loss=paper" in flat and "normalise=logits" not in flat
+    assert "regulator.logit_decay > 0" in flat and "normalise=logits" not in flat
+    reg.loss, reg.logit_decay = "softmax_outside", 0.001
+    flat = health_notes({"val_flat_heatmaps": 0.9}, reg)
+    assert "a larger regulator.logit_decay (now 0.001)" in flat
 
 
 def test_dead_encoder_rule_on_hand_built_features():

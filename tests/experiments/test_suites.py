@@ -49,9 +49,12 @@ def test_regulator_rows_differ_from_the_recipe_in_the_one_setting_they_name():
     assert differs("recommended") == set()
     assert differs("recipe_mean") == {"model.aggregation"}
     assert differs("recipe_into_encoder") == {"regulator.reaches"}
-    assert differs("recipe_mass_outside") == set()
-    assert rows["recipe_mass_outside"].regulator.loss == "mass_outside" != rows[
-        "recommended"].regulator.loss
+    assert differs("recipe_no_decay") == {"regulator.logit_decay"}
+    assert differs("recipe_eq6") == {"regulator.loss", "regulator.logit_decay"}
+    assert rows["recipe_eq6"].regulator.loss == "paper"
+    assert differs("recipe_mass_outside") == {"regulator.loss", "regulator.logit_decay"}
+    assert rows["recipe_mass_outside"].regulator.loss == "mass_outside"
+    assert rows["recommended"].regulator.loss == "softmax_outside"
     printed = rows["paper_as_printed"]
     assert (printed.model.aggregation, printed.regulator.reaches,
             printed.regulator.normalise) == ("mean", "encoder", "weights")

@@ -78,6 +78,12 @@ def test_softmax_outside_is_the_softmax_share_outside_and_ignores_the_shared_lev
     assert np.abs(np.asarray(grad)).max() > 1e-2
 
 
+def test_logit_decay_is_the_sum_of_squared_logits_per_image():
+    z = np.random.default_rng(4).normal(0.0, 5.0, size=(3, *GRID)).astype(np.float32)
+    np.testing.assert_allclose(regulator.logit_decay_loss(z), (z.astype(np.float64) ** 2).sum(
+        axis=(1, 2)), rtol=1e-5)
+
+
 def test_fit_of_density_recovers_its_parameters():
     # Weighted MLE on a Gaussian's own density recovers it when it lies well inside a big grid.
     grid = (60, 60)

@@ -33,6 +33,7 @@ def test_shipped_configs_pass(module):
         ("data.num_folds", 1, "0 (one split) or >= 2"),
         ("regulator.mode", "iterativ", "one of ('iterative', 'fixed', 'none')"),
         ("regulator.lam", -0.1, ">= 0"),
+        ("regulator.logit_decay", float("inf"), "finite number >= 0"),
         ("regulator.normalise", "logit", "one of ('weights', 'logits')"),
         ("model.dtype", "float16", "one of ('float32', 'bfloat16')"),
         ("eval.threshold_criterion", "best", "one of"),
@@ -133,3 +134,20 @@ def test_main_answers_in_one_line_and_writes_nothing(tmp_path, flag, words):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
     assert not workdir.exists()
+
+
+def test_a_config_recorded_before_the_logit_decay_existed_reads_as_without_it():
+    """The recipe's logit decay defaults to 1e-3, but a run recorded before the setting existed
+    trained without it: filling it at today's default would let such a run resume (or count as
+    finished) under the new recipe."""
+    recorded = default.get_config().to_dict()
+    del recorded["regulator"]["logit_decay"]
+    del recorded["pretrain"]["per_fold"]  # an added setting whose default is the old behaviour
+    filled = configcheck.with_defaults(recorded)
+    assert filled["regulator"]["logit_decay"] == 0.0
+    assert filled["pretrain"]["per_fold"] is default.get_config().pretrain.per_fold
+    assert default.get_config().regulator.logit_decay == 1e-3
+    recorded["regulator"]["logit_decay"] = 1e-3
+    assert configcheck.with_defaults(recorded)["regulator"]["logit_decay"] == 1e-3
+    assert configcheck.with_defaults(default.get_config().to_dict()) == \
+        default.get_config().to_dict()

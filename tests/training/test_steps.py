@@ -15,11 +15,12 @@ from jaxcerv.training import steps
 
 
 @functools.cache
-def _compiled(mode, normalise="weights"):
+def _compiled(mode, normalise="weights", loss="paper", logit_decay=0.0):
     """One compiled step per mode for the whole module (compilation dominates these tests)."""
     config = smoke.get_config()
     config.regulator.mode = mode
     config.regulator.normalise = normalise
+    config.regulator.loss, config.regulator.logit_decay = loss, logit_decay
     model = model_lib.from_config(config)
     tx = steps.make_optimizer(config)
     state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
@@ -35,8 +36,8 @@ def _compiled(mode, normalise="weights"):
     return config, model, state, step, batch
 
 
-def _setup(mode="iterative", normalise="weights"):
-    config, model, state, step, batch = _compiled(mode, normalise)
+def _setup(mode="iterative", normalise="weights", loss="paper", logit_decay=0.0):
+    config, model, state, step, batch = _compiled(mode, normalise, loss, logit_decay)
     return config, model, jax.tree.map(jnp.copy, state), step, batch  # the step donates its state
 
 
@@ -186,6 +187,38 @@ def test_spatial_loss_on_logits_is_eq6_of_the_logits_and_blind_to_the_weight_bia
         results[normalise] = abs(float(m2["spatial_sum"]) - float(m["spatial_sum"]))
     assert results["logits"] < 1e-3 * float(m["spatial_sum"])
     assert results["weights"] > 1e-2, results
+
+
+def test_softmax_outside_with_logit_decay_is_the_softmax_share_plus_the_squared_logits():
+    """Oracle from the returned weights' logits z = log(a / (1 - a)): per image
+    K * sum(softmax(z) * (1 - norm(s))) + decay * sum(z^2); the decay term is what moves when the
+    weight MLP's bias shifts (the share alone is blind to it)."""
+    decay = 0.01
+    config, model, state, step, batch = _setup(normalise="logits", loss="softmax_outside",
+                                               logit_decay=decay)
+    grid, index, mask = config.grid_size, np.asarray(batch["index"]), np.asarray(batch["mask"])
+    k = grid * grid
+
+    def oracle(params):
+        out = model.apply({"params": params}, batch["image"], train=True,
+                          rngs={"dropout": jax.random.PRNGKey(0)})
+        a = np.asarray(out.weights, np.float64)
+        z = np.log(a / (1 - a))
+        total = 0.0
+        for b in np.flatnonzero(mask):
+            share = np.exp(z[b] - z[b].max()) / np.exp(z[b] - z[b].max()).sum()
+            s = _numpy_density(np.asarray(state.regulators[index[b]]), grid)
+            total += k * np.sum(share * (1 - _min_max(s))) + decay * np.sum(z[b] ** 2)
+        return total
+
+    _, m = step(jax.tree.map(jnp.copy, state), batch)
+    np.testing.assert_allclose(float(m["spatial_sum"]), oracle(state.params), rtol=1e-3)
+    params = jax.tree.map(jnp.copy, state.params)
+    params["weight_mlp"]["Dense_3"]["bias"] = params["weight_mlp"]["Dense_3"]["bias"] + 2.0
+    want = oracle(params)  # before the step, which donates its state
+    _, m2 = step(jax.tree.map(jnp.copy, state).replace(params=params), batch)
+    np.testing.assert_allclose(float(m2["spatial_sum"]), want, rtol=1e-3)
+    assert abs(float(m2["spatial_sum"]) - float(m["spatial_sum"])) > 1e-2
 
 
 def test_step_reports_divergence():
