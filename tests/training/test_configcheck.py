@@ -147,6 +147,10 @@ def test_a_config_recorded_before_the_logit_decay_existed_reads_as_without_it():
     assert filled["regulator"]["logit_decay"] == 0.0
     assert filled["pretrain"]["per_fold"] is default.get_config().pretrain.per_fold
     assert default.get_config().regulator.logit_decay == 1e-3
+    # rerunning such a folder with today's defaults is a refused config change, not a resume
+    from jaxcerv.runtime.rundir import config_changes
+    _, refused = config_changes(filled, default.get_config().to_dict())
+    assert refused == ["regulator.logit_decay: 0.0 -> 0.001"]
     recorded["regulator"]["logit_decay"] = 1e-3
     assert configcheck.with_defaults(recorded)["regulator"]["logit_decay"] == 1e-3
     assert configcheck.with_defaults(default.get_config().to_dict()) == \
