@@ -597,8 +597,8 @@ def training_curves_figure(rows: Sequence[Mapping[str, float]]) -> Figure:
     panels = (
         (bce_ax, (("train_bce", "Train BCE"), ("val_loss", "Validation BCE")), "BCE",
          "Classification loss (BCE)"),
-        (spatial_ax, (("train_spatial", "Train spatial loss"),), "Spatial loss (Eq. 5-6)",
-         "Spatial loss per image (added x lambda)"),
+        (spatial_ax, (("train_spatial", "Train spatial loss"),), "Spatial loss",
+         "Spatial loss per image (config.regulator.loss, added x lambda)"),
         (score_ax, (("val_roc_auc", "Validation ROC AUC"),
                     ("val_balanced_accuracy", "Validation balanced accuracy")), "Score",
          "Validation scores (CIN2+ vs rest)"),
