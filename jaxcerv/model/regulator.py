@@ -19,7 +19,8 @@ from jaxcerv.model.tolerances import FLAT_ABS, FLAT_REL
 MODES = ("iterative", "fixed", "none")
 # What each regulator is fitted to: see ``fit_targets``.
 FIT_ON = ("weights", "normalised", "above_median")
-# The spatial loss: Eq. 5-6 ("paper") or its one-sided form (see ``one_sided_spatial_loss``).
+# The spatial loss (``spatial_loss_fn``): Eq. 5-6 ("paper"), its one-sided form, or the share of
+# the map's mass outside the regulator, read from the weights or from the softmax of their logits.
 LOSSES = ("paper", "one_sided", "mass_outside", "softmax_outside")
 # What the spatial loss min-max normalises: the patch weights (Eq. 6) or their logits.
 NORMALISE = ("weights", "logits")
