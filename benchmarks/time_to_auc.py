@@ -8,7 +8,10 @@ Trains ``jaxcerv train --config=<config>`` once per seed (one after the other) i
 ``<out>/seed_<s>``, timing each epoch line as it is printed, and writes ``<out>/result.json``:
 per seed the first epoch whose validation AUC reaches ``--target`` and the wall seconds from
 the command's start to that line (``null`` when never reached), the epochs run, the selected
-epoch and the test ROC AUC of the selected model, plus the load average before and after.
+epoch and the test ROC AUC of the selected model, plus the load average before and after. On
+synthetic data it also counts the test records whose label ``label_noise`` flipped and gives the
+test ROC AUC against the class the pixels show, and the ceiling the flips leave (the drawn class
+scored against the records): a seed's shortfall can then be told apart from its labels' noise.
 A benchmark, not a timed test: the seconds depend on the machine and on its other tenants.
 Nothing tracked is written; an existing seed folder is resumed by ``jaxcerv train``, so point
 ``--out`` at a fresh folder for a fresh measurement.
@@ -24,7 +27,31 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
+from jaxcerv.data import synthetic
+from jaxcerv.evaluation import metrics
+
 EPOCH_LINE = re.compile(r"^epoch (\d+): .*\| val loss \S+ auc ([0-9.]+|nan)")
+
+
+def drawn_class_scores(workdir: str) -> dict:
+    """On synthetic data: the test split's flipped records, the selected model's test ROC AUC
+    against the drawn class, and the recorded labels' ceiling (the drawn class as the score).
+    Empty for other data."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    if config["data"]["name"] != "synthetic_cervix":
+        return {}
+    test = np.load(os.path.join(workdir, "eval", "test.npz"))
+    drawn = synthetic.drawn_labels(
+        test["ids"], seed=config["data"]["synthetic_seed"], grid=config["grid_size"],
+        patch=config["patch_size"], knobs=synthetic.Knobs.from_mapping(config["data"]["synthetic"]))
+    return {
+        "test_flipped_labels": int((drawn != test["labels"]).sum()),
+        "test_roc_auc_drawn_class": metrics.roc_auc(drawn, test["probabilities"]),
+        "test_roc_auc_ceiling": metrics.roc_auc(test["labels"], drawn),
+    }
 
 
 def time_one_seed(config: str, seed: int, workdir: str, target: float,
@@ -63,6 +90,7 @@ def time_one_seed(config: str, seed: int, workdir: str, target: float,
         "selected_epoch": results.get("best_epoch"),
         "test_roc_auc": results["test"]["roc_auc"],
         "dead_encoder": results.get("dead_encoder"),
+        **drawn_class_scores(workdir),
         "wall_s_total": round(wall, 1),
         "load_average_before_after": [load_before, os.getloadavg()[0]],
     }

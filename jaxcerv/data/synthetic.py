@@ -621,6 +621,20 @@ def generate(index: int, *, seed: int, grid: int, patch: int, knobs: Knobs = DEM
     }
 
 
+def drawn_labels(ids, *, seed: int, grid: int, patch: int, knobs: Knobs = DEMO) -> np.ndarray:
+    """The class the pixels show for each record id ("syn_000042"), which ``label_noise`` may
+    have flipped in the record: what an evaluation on a noisy benchmark can compare against
+    to tell a model's errors from the labels' (benchmarks/time_to_auc.py)."""
+    out = []
+    for record_id in ids:
+        prefix, _, number = str(record_id).partition("_")
+        if prefix != "syn" or not number.isdigit():
+            raise ValueError(f"{record_id!r} is not a synthetic record id (syn_NNNNNN)")
+        out.append(make_scene(int(number), seed=seed, grid=grid, patch=patch,
+                              knobs=knobs).true_label)
+    return np.asarray(out, dtype=np.int64)
+
+
 def generate_all(
     num_images: int, *, seed: int, grid: int, patch: int, knobs: Knobs = DEMO
 ) -> Iterator[dict]:

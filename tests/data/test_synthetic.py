@@ -487,6 +487,19 @@ def test_benchmark_truth_still_matches_the_pixels():
         assert bool(d["lesion"].any()) == bool(scene.true_label)
 
 
+def test_drawn_labels_are_the_pixels_class_under_label_noise():
+    """drawn_labels gives the class the pixels show (lesion patches exist exactly in CIN2+
+    images), also where the recorded label was flipped; a foreign id is refused."""
+    knobs = dataclasses.replace(BENCH, label_noise=0.3)
+    samples = [sy.generate(i, seed=82, grid=GRID, patch=PATCH, knobs=knobs) for i in range(30)]
+    drawn = sy.drawn_labels([d["id"] for d in samples], seed=82, grid=GRID, patch=PATCH,
+                            knobs=knobs)
+    np.testing.assert_array_equal(drawn, [int(d["lesion"].any()) for d in samples])
+    assert (drawn != [d["label"] for d in samples]).any()  # some records are flipped
+    with pytest.raises(ValueError, match="case_7"):
+        sy.drawn_labels(["case_7"], seed=82, grid=GRID, patch=PATCH, knobs=knobs)
+
+
 def test_knobs_name_the_dataset_build(tmp_path):
     """Changed knobs give a new dataset (never a stale build); the demo keeps its name."""
     from jaxcerv.data import builders
