@@ -183,6 +183,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.final_lr_fraction = 0.0
     config.train.grad_clip = 0.0  # > 0: clip the global gradient norm to this before Adam
     config.train.adam_eps = 1e-8
+    # > 0: validate, test and serve an exponential moving average of the parameters over about
+    # this many epochs (steps.ema_decay), not the last step's; training itself is unchanged.
+    # 0: the raw parameters (the paper).
+    config.train.ema_epochs = 0.0
     config.train.patience = 4  # early stopping: epochs without a better validation AUC
     config.train.log_every_steps = 10
     # "balanced": each class's BCE weighted by n / (2 n_class) of the training split (losses.py).

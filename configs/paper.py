@@ -37,4 +37,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.warmup_epochs = 0.0
     config.train.grad_clip = 0.0
     config.train.adam_eps = 1e-8
+    config.train.ema_epochs = 0.0
     return config

@@ -100,7 +100,7 @@ class Predictor:
         threshold = run.read_threshold()
         like = steps.abstract_params(config, model_lib.from_config(config))
         step_dir = checkpoint or best_checkpoint_dir(run.root)
-        params = restore_params(step_dir, like)
+        params = restore_params(step_dir, like, steps.served_params_key(config))
         card = served.model_card(config, threshold, run.read_results(), os.path.abspath(step_dir))
         return cls(config, params, threshold, card)
 

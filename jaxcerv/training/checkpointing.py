@@ -67,6 +67,8 @@ class Checkpoints:
     def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
         """Commit ``state`` as step ``epoch`` of ``kind``; any failure is a CheckpointError."""
         meta = {**meta, "digest": params_digest(state.params)}
+        if state.ema_params is not None:
+            meta["ema_digest"] = params_digest(state.ema_params)
         try:
             self.managers[kind].save(
                 epoch,
@@ -104,7 +106,10 @@ class Checkpoints:
         except Exception as e:
             raise CheckpointError(f"{where} is unreadable ({_one_line(e)})") from e
         state, meta = out.state, dict(out.meta)
-        if meta.get("digest") != params_digest(state.params):
+        if meta.get("digest") != params_digest(state.params) or (
+            state.ema_params is not None
+            and meta.get("ema_digest") != params_digest(state.ema_params)
+        ):
             raise CheckpointError(f"{where}: parameters do not match the digest saved with them")
         return state, meta
 
@@ -137,9 +142,10 @@ class Checkpoints:
             m.close()
 
 
-def restore_params(step_dir: str, like: Any) -> Any:
+def restore_params(step_dir: str, like: Any, key: str = "params") -> Any:
     """Only the model parameters of a saved train state (no optimizer state or regulators),
-    checked against the digest saved with them: what ``predict`` and ``export`` serve.
+    checked against the digest saved with them: what ``predict`` and ``export`` serve. ``key``:
+    the state's field, ``params`` or ``ema_params`` (their average, ``train.ema_epochs``).
 
     A partial orbax restore: it needs neither the number of training images nor the optimizer.
     """
@@ -151,7 +157,7 @@ def restore_params(step_dir: str, like: Any) -> Any:
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     _drop_closed_loop_reports()
     target = {
-        "params": jax.tree.map(
+        key: jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like
         )
     }
@@ -164,9 +170,9 @@ def restore_params(step_dir: str, like: Any) -> Any:
                     restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                     partial_restore=True,
                 ),
-            )["params"]
+            )[key]
         with open(meta_path) as f:
-            digest = json.load(f).get("digest")
+            digest = json.load(f).get("ema_digest" if key == "ema_params" else "digest")
     except Exception as e:
         raise CheckpointError(f"{step_dir} is unreadable ({_one_line(e)})") from e
     if digest is not None and digest != params_digest(params):

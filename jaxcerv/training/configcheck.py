@@ -142,6 +142,8 @@ def _rules(config: Any) -> list[tuple[str, Callable[[Any], bool], str]]:
         ("train.final_lr_fraction", lambda v: is_num(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
         ("train.grad_clip", lambda v: is_num(v) and v >= 0, "0 (off) or a norm > 0"),
         ("train.adam_eps", lambda v: is_num(v) and v > 0, "a number > 0"),
+        ("train.ema_epochs", lambda v: is_num(v) and math.isfinite(v) and v >= 0,
+         "0 (off: the raw parameters are tested) or the average's horizon in epochs > 0"),
         ("regulator.lam_hold_epochs", lambda v: is_num(v) and v >= 0, "a number of epochs >= 0"),
         ("regulator.lam_ramp_epochs", lambda v: is_num(v) and v >= 0, "a number of epochs >= 0"),
         ("train.class_weight", lambda v: v in CLASS_WEIGHTS, f"one of {CLASS_WEIGHTS}"),
@@ -252,7 +254,7 @@ def unknown_key_message(override: str, config: Any) -> str:
 
 # Settings added with a default that is not the behaviour before them: the value a run recorded
 # before the setting existed ran with.
-BEFORE_ADDED = {"regulator.logit_decay": 0.0}
+BEFORE_ADDED = {"regulator.logit_decay": 0.0, "train.ema_epochs": 0.0}
 
 
 def with_defaults(recorded: dict) -> dict:

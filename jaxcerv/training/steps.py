@@ -35,6 +35,9 @@ class TrainState:
     regulators: jax.Array  # (N_train, 5) per-image Gaussian, patch units (wider: other kernels)
     # (N_train,) successive agreeing fits per image (regulator.stop_kl; frozen at stop_epochs)
     regulator_agree: jax.Array
+    # The exponential moving average of params that is validated, tested and served
+    # (train.ema_epochs > 0); None when off, so a checkpoint keeps its earlier layout.
+    ema_params: Any = None
 
 
 # train.schedule: "constant" (the paper) | "warmup_cosine" (linear warm-up, then cosine decay).
@@ -61,6 +64,28 @@ def lr_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int) ->
     """The learning rate at ``step`` (for the epoch log)."""
     lr = learning_rate(config, steps_per_epoch)
     return float(lr(step)) if callable(lr) else float(lr)
+
+
+def ema_decay(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> float:
+    """The per-step decay of the parameter average: 1 - 1 / (``train.ema_epochs`` x steps per
+    epoch), so its horizon is that many epochs whatever the data set's size; 0 when off."""
+    epochs = config.train.get("ema_epochs", 0.0)
+    return 0.0 if epochs <= 0 else 1.0 - 1.0 / max(epochs * steps_per_epoch, 1.0)
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+    """One step of the exponential moving average: decay * ema + (1 - decay) * params."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def eval_params(state: TrainState) -> Any:
+    """The parameters that are validated, tested and served: the average when there is one."""
+    return state.params if state.ema_params is None else state.ema_params
+
+
+def served_params_key(config: ml_collections.ConfigDict) -> str:
+    """The train-state field ``eval_params`` reads for this config (what predict restores)."""
+    return "ema_params" if config.train.get("ema_epochs", 0.0) > 0 else "params"
 
 
 def make_optimizer(
@@ -123,6 +148,8 @@ def create_train_state(
         rng=state_rng,
         regulators=jnp.tile(g0, (num_train, 1)),
         regulator_agree=jnp.zeros((num_train,), jnp.int32),
+        ema_params=(jax.tree.map(jnp.copy, params) if served_params_key(config) == "ema_params"
+                    else None),
     )
 
 
@@ -169,6 +196,7 @@ def make_train_step(
     hold = config.regulator.get("lam_hold_epochs", 0) * steps_per_epoch
     ramp = config.regulator.get("lam_ramp_epochs", 0) * steps_per_epoch
     decay = config.regulator.get("logit_decay", 0.0)
+    average = ema_decay(config, steps_per_epoch)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, dropout_rng = jax.random.split(state.rng)
@@ -212,6 +240,8 @@ def make_train_step(
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, rng=rng,
             regulators=regulators, regulator_agree=agree,
+            ema_params=None if state.ema_params is None
+            else ema_update(state.ema_params, params, average),
         )
         metrics = {
             "loss_sum": loss * count,

@@ -378,7 +378,7 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
             if len(fold.split["val"]):
                 with reporting.announce("validating (compiles the eval step)",
                                         enabled=parallel.is_writer() and epoch == first_epoch):
-                    row.update(_validate(fold, state.params))
+                    row.update(_validate(fold, steps.eval_params(state)))
                 is_best = progress.selection.update(epoch, row["val_roc_auc"], row["val_loss"])
             else:  # no validation set (data.val_fraction=0): fixed epochs, the last one is tested
                 is_best = progress.selection.update(epoch, float(epoch), 0.0)
@@ -400,6 +400,7 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
                 print(f"early stopping: no better validation AUC for {config.train.patience} "
                       "epochs")
         digest = parallel.assert_replicas_agree({"params": state.params,
+                                                 "ema_params": state.ema_params,
                                                  "regulators": state.regulators})
         print(f"process {jax.process_index()}/{jax.process_count()}: state sha256 {digest}",
               flush=True)
@@ -412,7 +413,7 @@ def _train_fold(config, run: RunDir, source, records, split, mesh) -> dict[str, 
         ckpt.close()
     with reporting.announce(f"evaluating the selected model (epoch {best_epoch}) on val and test",
                             enabled=parallel.is_writer()):
-        results = _evaluate(fold, best_state.params)
+        results = _evaluate(fold, steps.eval_params(best_state))
     results["best_epoch"] = best_epoch
     results["epochs_run"] = progress.epoch
     if model_lib.has_weights(config):  # a whole-image baseline has no regulator to summarise

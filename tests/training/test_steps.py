@@ -345,3 +345,32 @@ def test_stopping_criterion_in_the_step_freezes_rows_and_counts_them():
     second, m = stop_step(first, batch)
     assert float(m["valid_fits"]) > 0
     np.testing.assert_array_equal(np.asarray(second.regulators), np.asarray(first.regulators))
+
+
+def test_ema_params_follow_the_numpy_recurrence():
+    """train.ema_epochs=2 at 2 steps per epoch is a decay of 1 - 1/4: after each step the
+    average is 0.75 * average + 0.25 * the new parameters (numpy oracle over the recorded
+    parameters), it starts at the initial ones, and eval_params reads it; off, there is none."""
+    config = smoke.get_config()
+    config.train.ema_epochs = 0.0
+    assert steps.create_train_state(
+        config, model_lib.from_config(config), steps.make_optimizer(config), 8,
+        jax.random.PRNGKey(0)).ema_params is None
+    config.train.ema_epochs = 2.0
+    assert steps.ema_decay(config, 2) == 0.75 and steps.served_params_key(config) == "ema_params"
+    model = model_lib.from_config(config)
+    tx = steps.make_optimizer(config)
+    state = steps.create_train_state(config, model, tx, 8, jax.random.PRNGKey(0))
+    step = jax.jit(steps.make_train_step(config, model, tx, steps_per_epoch=2))
+    _, _, _, _, batch = _setup()
+    oracle = [np.asarray(x, np.float64) for x in jax.tree.leaves(state.params)]
+    for _ in range(3):
+        state, _ = step(state, batch)
+        oracle = [0.75 * e + 0.25 * np.asarray(p, np.float64)
+                  for e, p in zip(oracle, jax.tree.leaves(state.params), strict=True)]
+    got = jax.tree.leaves(steps.eval_params(state))
+    assert len(got) == len(oracle)
+    for g, want in zip(got, oracle, strict=True):
+        np.testing.assert_allclose(np.asarray(g), want, rtol=1e-5, atol=1e-7)
+    assert not all(np.allclose(a, b) for a, b in zip(
+        jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params), strict=True))

@@ -170,3 +170,40 @@ def test_a_run_folder_never_mixes_two_configs(smoke_workdir, tmp_path, capsys):
     new_digest = json.load(open(f"{run.checkpoint_dir('latest', 2)}/meta/metadata"))["digest"]
     assert new_digest != old_digest
     assert run.read_config().train.learning_rate == 0.01
+
+
+def test_with_a_parameter_average_the_average_is_tested_and_served(smoke_workdir, tmp_path):
+    """train.ema_epochs > 0: the saved test predictions are the selected checkpoint's average
+    (recomputed from its ema_params), not its raw parameters, and predict serves the same."""
+    from configs import smoke
+    from jaxcerv.data import pipeline
+    from jaxcerv.inference.predict import Predictor
+    from jaxcerv.model import networks as model_lib
+    from jaxcerv.runtime.rundir import RunDir
+    from jaxcerv.training import checkpointing, steps, train
+
+    config = smoke.get_config()
+    config.train.ema_epochs = 1.0
+    config.data.data_dir = os.path.join(smoke_workdir, "tfds")
+    train.train_and_evaluate(config, str(tmp_path))
+
+    run = RunDir(str(tmp_path))
+    best = run.checkpoint_dir("best", json.load(open(run.results))["best_epoch"])
+    model = model_lib.from_config(config)
+    like = steps.abstract_params(config, model)
+    test = _npz(run.eval_npz("test"))
+    source, records = pipeline.load(config, str(tmp_path))
+    index = {str(i): k for k, i in enumerate(records.ids)}
+    images = np.stack([np.asarray(source[index[str(i)]]["image"]) for i in test["ids"]])
+    forward = steps.jit_eval_step(config, model)
+
+    def probabilities(params):
+        return np.asarray(forward(params, {"image": images})["probabilities"])
+
+    average = checkpointing.restore_params(best, like, "ema_params")
+    np.testing.assert_allclose(probabilities(average), test["probabilities"], rtol=1e-5,
+                               atol=1e-6)
+    raw = probabilities(checkpointing.restore_params(best, like, "params"))
+    assert np.abs(raw - test["probabilities"]).max() > 1e-4  # the raw model would show
+    served = Predictor.from_run(str(tmp_path)).predict_arrays(images)["probabilities"]
+    np.testing.assert_allclose(served, test["probabilities"], rtol=1e-5, atol=1e-6)
