@@ -100,15 +100,16 @@ def table2(config: ml_collections.ConfigDict) -> list[Variant]:
 NO_WARMUP: dict[str, Any] = {"regulator.lam_hold_epochs": 0.0, "regulator.lam_ramp_epochs": 0.0}
 RECIPE: dict[str, Any] = {"model.aggregation": "weighted_mean", "regulator.reaches": "weight_mlp",
                           "regulator.normalise": "logits", "regulator.loss": "softmax_outside",
-                          "regulator.logit_decay": 1e-3, "train.learning_rate": 3e-4,
+                          "regulator.logit_decay": 5e-4, "train.learning_rate": 3e-4,
                           **NO_WARMUP, "model.feature_norm": True, "model.weight_bias_init": -2.0,
                           "train.schedule": "constant", "train.grad_clip": 0.0,
-                          "train.adam_eps": 1e-8}
+                          "train.adam_eps": 1e-8, "train.ema_epochs": 1.0}
 # The paper's choices of the same settings (Eq. 4 with the mean, Eq. 6 on the sigmoid weights
 # with its gradient through the encoder); the learning rate stays the base config's.
 PAPER_METHOD: dict[str, Any] = {"model.aggregation": "mean", "regulator.reaches": "encoder",
                                 "regulator.normalise": "weights", "regulator.loss": "paper",
-                                "regulator.logit_decay": 0.0, **NO_WARMUP}
+                                "regulator.logit_decay": 0.0, "train.ema_epochs": 0.0,
+                                **NO_WARMUP}
 # The recipe before softmax_outside (docs/recipe.md): Eq. 6 on the logits, nothing on their range.
 EQ6_RECIPE: dict[str, Any] = {**RECIPE, "regulator.loss": "paper", "regulator.logit_decay": 0.0}
 # The earlier recipe (docs/recipe.md): the paper's mean, Eq. 6 on the logits into the encoder,
@@ -128,11 +129,15 @@ def regulator(config: ml_collections.ConfigDict) -> list[Variant]:
                 "into the encoder, lambda from the first step; lr 1e-3)",
                 {**PAPER_METHOD, "train.learning_rate": 1e-3}),
         Variant("recommended", "Recommended (weighted mean, softmax share outside the regulator "
-                "plus logit decay 1e-3, into the weight MLP only, lr 3e-4)", dict(RECIPE)),
+                "plus logit decay 5e-4, into the weight MLP only, lr 3e-4, the parameters' "
+                "moving average over 1 epoch tested)", dict(RECIPE)),
         Variant("recipe_no_decay", "Recommended without the logit decay",
                 {**RECIPE, "regulator.logit_decay": 0.0}),
-        Variant("recipe_eq6", "Earlier recommended: Eq. 6 on the logits instead of the softmax "
-                "share, no logit decay", dict(EQ6_RECIPE)),
+        Variant("recipe_no_ema", "Recommended, testing the raw parameters instead of their "
+                "moving average", {**RECIPE, "train.ema_epochs": 0.0}),
+        Variant("recipe_eq6", "Recommended with Eq. 6 on the logits instead of the softmax "
+                "share, no logit decay (the recipe before 2026-12-06, now with the moving "
+                "average)", dict(EQ6_RECIPE)),
         Variant("recipe_mean", "Recommended with the paper's mean aggregation",
                 {**RECIPE, "model.aggregation": "mean"}),
         Variant("recipe_into_encoder", "Recommended with the spatial loss into the encoder",

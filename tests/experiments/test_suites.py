@@ -50,6 +50,7 @@ def test_regulator_rows_differ_from_the_recipe_in_the_one_setting_they_name():
     assert differs("recipe_mean") == {"model.aggregation"}
     assert differs("recipe_into_encoder") == {"regulator.reaches"}
     assert differs("recipe_no_decay") == {"regulator.logit_decay"}
+    assert differs("recipe_no_ema") == {"train.ema_epochs"}
     assert differs("recipe_eq6") == {"regulator.loss", "regulator.logit_decay"}
     assert rows["recipe_eq6"].regulator.loss == "paper"
     assert differs("recipe_mass_outside") == {"regulator.loss", "regulator.logit_decay"}
