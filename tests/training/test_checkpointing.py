@@ -57,6 +57,33 @@ def test_digest_is_the_sha256_of_the_params_and_is_checked_on_restore(tmp_path):
     ckpt.close()
 
 
+def test_the_parameter_average_has_its_own_digest_checked_on_restore(tmp_path):
+    """With ema_params (train.ema_epochs > 0) the meta also carries their digest, the same
+    sha256 as a state whose params held those values; a full restore and predict's partial
+    one both check it."""
+    run = RunDir(str(tmp_path))
+    ckpt = checkpointing.Checkpoints(run)
+    average = {"w": jnp.full((4, 3), 0.25, jnp.float32), "b": jnp.arange(3.0) / 2}
+    ckpt.save("best", 1, _state(1.5).replace(ema_params=average), {"epoch": 1})
+    ckpt.save("latest", 1, _state(1.5).replace(params=average), {"epoch": 1})
+    meta = json.load(open(_meta_file(run, "best", 1)))
+    assert meta["ema_digest"] == json.load(open(_meta_file(run, "latest", 1)))["digest"]
+    restored, _ = ckpt.restore("best", 1, _state(0.0).replace(ema_params=average))
+    np.testing.assert_array_equal(restored.ema_params["w"], average["w"])
+    step_dir = run.checkpoint_dir("best", 1)
+    served = checkpointing.restore_params(step_dir, average, "ema_params")
+    np.testing.assert_array_equal(served["b"], average["b"])
+
+    meta["ema_digest"] = "0" * 64
+    json.dump(meta, open(_meta_file(run, "best", 1), "w"))
+    with pytest.raises(checkpointing.CheckpointError, match="do not match the digest"):
+        ckpt.restore("best", 1, _state(0.0).replace(ema_params=average))
+    with pytest.raises(checkpointing.CheckpointError, match="do not match the digest"):
+        checkpointing.restore_params(step_dir, average, "ema_params")
+    checkpointing.restore_params(step_dir, average, "params")  # the raw digest still holds
+    ckpt.close()
+
+
 def test_newest_unusable_step_falls_back_to_the_one_before(tmp_path, capsys):
     run = RunDir(str(tmp_path))
     ckpt = checkpointing.Checkpoints(run)

@@ -79,7 +79,8 @@ def test_run_tests_the_selected_checkpoint_with_a_validation_threshold(earlier_b
     config = run.read_config()
     model = model_lib.from_config(config)
     params = checkpointing.restore_params(
-        run.checkpoint_dir("best", results["best_epoch"]), steps.abstract_params(config, model)
+        run.checkpoint_dir("best", results["best_epoch"]), steps.abstract_params(config, model),
+        steps.served_params_key(config),
     )
     test = _npz(run.eval_npz("test"))
     from jaxcerv.data import pipeline
