@@ -14,6 +14,7 @@ waited on each other's barrier until the 300 s timeout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging as std_logging
 import os
@@ -56,6 +57,21 @@ def _abstract(like: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
 
 
+def _on_disk(state: Any) -> Any:
+    """What is written for a train state: without ``ema_params`` when there is no parameter
+    average (``None``), a dict of the other fields, the layout every checkpoint had before the
+    field existed, so those still restore."""
+    if state.ema_params is not None:
+        return state
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.name != "ema_params"}
+
+
+def _from_disk(restored: Any, like: Any) -> Any:
+    """The train state ``_on_disk`` wrote, back in ``like``'s type."""
+    return restored if isinstance(restored, type(like)) else like.replace(**restored)
+
+
 class Checkpoints:
     """Save/restore ``(state, meta)`` where meta is a JSON dict (epoch, model selection, digest)."""
 
@@ -73,7 +89,7 @@ class Checkpoints:
             self.managers[kind].save(
                 epoch,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                    state=ocp.args.StandardSave(_on_disk(state)), meta=ocp.args.JsonSave(meta)
                 ),
                 force=True,
             )
@@ -99,13 +115,13 @@ class Checkpoints:
                 out = self.managers[kind].restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_abstract(like)),
+                        state=ocp.args.StandardRestore(_abstract(_on_disk(like))),
                         meta=ocp.args.JsonRestore(),
                     ),
                 )
         except Exception as e:
             raise CheckpointError(f"{where} is unreadable ({_one_line(e)})") from e
-        state, meta = out.state, dict(out.meta)
+        state, meta = _from_disk(out.state, like), dict(out.meta)
         if meta.get("digest") != params_digest(state.params) or (
             state.ema_params is not None
             and meta.get("ema_digest") != params_digest(state.ema_params)

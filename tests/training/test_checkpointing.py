@@ -84,6 +84,42 @@ def test_the_parameter_average_has_its_own_digest_checked_on_restore(tmp_path):
     ckpt.close()
 
 
+def test_a_checkpoint_written_before_the_average_existed_still_restores(tmp_path):
+    """A train state saved (by orbax itself) as the six-field dataclass of before ema_params
+    restores into today's state with no average, and resaving keeps that layout."""
+    import flax
+    import orbax.checkpoint as ocp
+
+    @flax.struct.dataclass
+    class Before:
+        step: jnp.ndarray
+        params: dict
+        opt_state: dict
+        rng: jnp.ndarray
+        regulators: jnp.ndarray
+        regulator_agree: jnp.ndarray
+
+    today = _state(1.5)
+    before = Before(**{k: getattr(today, k) for k in Before.__dataclass_fields__})
+    run = RunDir(str(tmp_path))
+    with ocp.CheckpointManager(str(tmp_path / "checkpoints" / "latest")) as manager:
+        manager.save(4, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(before),
+            meta=ocp.args.JsonSave({"epoch": 4,
+                                    "digest": checkpointing.params_digest(before.params)})))
+    ckpt = checkpointing.Checkpoints(run)
+    restored, meta = ckpt.restore("latest", 4, _state(0.0))
+    assert meta["epoch"] == 4 and restored.ema_params is None
+    np.testing.assert_array_equal(restored.params["w"], before.params["w"])
+    np.testing.assert_array_equal(restored.regulators, before.regulators)
+    ckpt.save("latest", 5, restored, {"epoch": 5})
+    ckpt.close()
+    with ocp.CheckpointManager(str(tmp_path / "checkpoints" / "latest")) as manager:
+        again = manager.restore(5, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(before), meta=ocp.args.JsonRestore()))
+    np.testing.assert_array_equal(again.state.params["b"], before.params["b"])
+
+
 def test_newest_unusable_step_falls_back_to_the_one_before(tmp_path, capsys):
     run = RunDir(str(tmp_path))
     ckpt = checkpointing.Checkpoints(run)
