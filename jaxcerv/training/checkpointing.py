@@ -61,7 +61,7 @@ def _on_disk(state: Any) -> Any:
     """What is written for a train state: without ``ema_params`` when there is no parameter
     average (``None``), a dict of the other fields, the layout every checkpoint had before the
     field existed, so those still restore."""
-    if state.ema_params is not None:
+    if getattr(state, "ema_params", True) is not None:  # pretraining's state has no such field
         return state
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
             if f.name != "ema_params"}
@@ -83,7 +83,7 @@ class Checkpoints:
     def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
         """Commit ``state`` as step ``epoch`` of ``kind``; any failure is a CheckpointError."""
         meta = {**meta, "digest": params_digest(state.params)}
-        if state.ema_params is not None:
+        if getattr(state, "ema_params", None) is not None:
             meta["ema_digest"] = params_digest(state.ema_params)
         try:
             self.managers[kind].save(
@@ -123,7 +123,7 @@ class Checkpoints:
             raise CheckpointError(f"{where} is unreadable ({_one_line(e)})") from e
         state, meta = _from_disk(out.state, like), dict(out.meta)
         if meta.get("digest") != params_digest(state.params) or (
-            state.ema_params is not None
+            getattr(state, "ema_params", None) is not None
             and meta.get("ema_digest") != params_digest(state.ema_params)
         ):
             raise CheckpointError(f"{where}: parameters do not match the digest saved with them")
