@@ -102,6 +102,8 @@ def launched(tmp_path_factory):
 
 
 def test_every_process_ends_with_the_checkpointed_params_and_regulators(launched):
+    """Both processes print the digest of the parameters, their moving average and the
+    regulators that process 0 saved."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -115,7 +117,8 @@ def test_every_process_ends_with_the_checkpointed_params_and_regulators(launched
     metadata = checkpointer.metadata(path).item_metadata
     as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
     saved = checkpointer.restore(path, restore_args=as_numpy)
-    want = parallel.replica_digest({"params": saved["params"], "regulators": saved["regulators"]})
+    want = parallel.replica_digest({"params": saved["params"], "ema_params": saved["ema_params"],
+                                    "regulators": saved["regulators"]})
     assert digests == {"0": want, "1": want}
 
 

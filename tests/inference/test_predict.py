@@ -187,7 +187,8 @@ def _spread_run(smoke_workdir, folder, images, threshold) -> list[float]:
                                              opt_state={"none": jnp.zeros(1)},
                                              rng=jnp.zeros(2, jnp.uint32),
                                              regulators=jnp.zeros((1, 5)),
-                                             regulator_agree=jnp.zeros((1,), jnp.int32)), meta)
+                                             regulator_agree=jnp.zeros((1,), jnp.int32),
+                                             ema_params=params), meta)
     ckpt.close()
     return predict.Predictor.from_run(str(folder)).predict_arrays(images)["probabilities"]
 

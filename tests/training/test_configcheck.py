@@ -136,21 +136,23 @@ def test_main_answers_in_one_line_and_writes_nothing(tmp_path, flag, words):
     assert not workdir.exists()
 
 
-def test_a_config_recorded_before_the_logit_decay_existed_reads_as_without_it():
-    """The recipe's logit decay defaults to 1e-3, but a run recorded before the setting existed
-    trained without it: filling it at today's default would let such a run resume (or count as
-    finished) under the new recipe."""
+def test_a_config_recorded_before_the_logit_decay_or_the_average_reads_as_without_them():
+    """The recipe's logit decay and parameter average default to 5e-4 and 1 epoch, but a run
+    recorded before either setting existed trained without it: filling them at today's
+    defaults would let such a run resume (or count as finished) under the new recipe."""
     recorded = default.get_config().to_dict()
     del recorded["regulator"]["logit_decay"]
+    del recorded["train"]["ema_epochs"]
     del recorded["pretrain"]["per_fold"]  # an added setting whose default is the old behaviour
     filled = configcheck.with_defaults(recorded)
-    assert filled["regulator"]["logit_decay"] == 0.0
+    assert filled["regulator"]["logit_decay"] == 0.0 and filled["train"]["ema_epochs"] == 0.0
     assert filled["pretrain"]["per_fold"] is default.get_config().pretrain.per_fold
-    assert default.get_config().regulator.logit_decay == 1e-3
+    assert default.get_config().regulator.logit_decay == 5e-4
+    assert default.get_config().train.ema_epochs == 1.0
     # rerunning such a folder with today's defaults is a refused config change, not a resume
     from jaxcerv.runtime.rundir import config_changes
     _, refused = config_changes(filled, default.get_config().to_dict())
-    assert refused == ["regulator.logit_decay: 0.0 -> 0.001"]
+    assert refused == ["regulator.logit_decay: 0.0 -> 0.0005", "train.ema_epochs: 0.0 -> 1.0"]
     recorded["regulator"]["logit_decay"] = 1e-3
     assert configcheck.with_defaults(recorded)["regulator"]["logit_decay"] == 1e-3
     assert configcheck.with_defaults(default.get_config().to_dict()) == \
