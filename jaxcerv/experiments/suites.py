@@ -245,7 +245,8 @@ def real_heatmaps(config: ml_collections.ConfigDict) -> list[Variant]:
                 {**REAL_BUDGET, "model.family": "alexnet", "model.input_size": 128,
                  "model.width": 0.25, **no_reg}),
         Variant("recipe", "Recommended recipe (the default: weighted mean, softmax share "
-                "outside the regulator plus logit decay, into the weight MLP only, lr 3e-4)",
+                "outside the regulator plus logit decay, into the weight MLP only, lr 3e-4, "
+                "the parameters' moving average tested)",
                 {**REAL_BUDGET, **RECIPE}),
         Variant("recommended", "Earlier stand-in: Eq. 6 on the logits, lr 3e-4",
                 {**REAL_BUDGET, **PAPER_METHOD, "regulator.normalise": "logits",
