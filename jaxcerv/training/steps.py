@@ -36,7 +36,7 @@ class TrainState:
     # (N_train,) successive agreeing fits per image (regulator.stop_kl; frozen at stop_epochs)
     regulator_agree: jax.Array
     # The exponential moving average of params that is validated, tested and served
-    # (train.ema_epochs > 0); None when off, so a checkpoint keeps its earlier layout.
+    # (train.ema_epochs > 0); None when off (checkpointing then writes the layout of before).
     ema_params: Any = None
 
 
