@@ -221,14 +221,20 @@ def _quiet_orbax() -> Iterator[None]:
 _FAILED_READ = ("Encountered error while reading array index", "Event loop is closed")
 
 
+# asyncio's report of a future whose exception nobody read: a task, or the future that
+# asyncio.gather returns (orbax gathers the reads of a restore).
+_LOST = ("Task exception was never retrieved", "_GatheringFuture exception was never retrieved")
+
+
 class _DropFailedRestoreTasks(std_logging.Filter):
     """asyncio's "Task exception was never retrieved" for orbax's read tasks of a failed restore,
-    logged (at ERROR, from the task's garbage collection, some time after the restore raised)
-    for each read that failed with it: the CheckpointError has said it in one line."""
+    and the same for the gathering future of those reads, logged (at ERROR, from garbage
+    collection, some time after the restore raised) for each that failed with a read error: the
+    CheckpointError has said it in one line."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         text = record.getMessage()
-        if not text.startswith("Task exception was never retrieved"):
+        if not text.startswith(_LOST):
             return True
         if record.exc_info and record.exc_info[1] is not None:
             text += f" {record.exc_info[1]}"

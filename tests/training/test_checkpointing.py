@@ -156,13 +156,31 @@ def test_failed_restore_reads_are_not_logged_but_other_lost_task_errors_are(capl
         del task
         gc.collect()
 
+    def lose_gathered(coro) -> None:
+        """asyncio.gather's future of a failed read, never awaited: asyncio logs
+        "_GatheringFuture exception was never retrieved" (seen in `make test` after a truncated
+        checkpoint, now that a state has more arrays to read)."""
+        loop = asyncio.new_event_loop()
+
+        async def gather():
+            return asyncio.gather(coro)
+
+        future = loop.run_until_complete(gather())
+        loop.run_until_complete(asyncio.sleep(0))  # the read runs and fails into the future
+        loop.close()
+        del future
+        gc.collect()
+
     checkpointing._drop_closed_loop_reports()
     with caplog.at_level("ERROR", logger="asyncio"):
         lose(_read_array_index_and_device_put())
         lose(some_other_task())
-    lost = [r.getMessage() for r in caplog.records
-            if r.getMessage().startswith("Task exception was never retrieved")]
-    assert len(lost) == 1 and "some_other_task" in lost[0], lost
+        lose_gathered(_read_array_index_and_device_put())
+        lose_gathered(some_other_task())
+    lost = [r for r in caplog.records
+            if r.getMessage().splitlines()[0].endswith("exception was never retrieved")]
+    assert [r.getMessage().split()[0] for r in lost] == ["Task", "_GatheringFuture"], lost
+    assert all("a bug of our own" in str(r.exc_info[1]) for r in lost), lost
 
 
 def test_a_read_coroutine_left_unstarted_by_a_failed_restore_is_not_warned_about():
