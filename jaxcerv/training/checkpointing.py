@@ -41,6 +41,16 @@ def params_digest(params: Any) -> str:
     return parallel.replica_digest(params)
 
 
+# The meta entry that holds each parameter field's digest (``ema_params``: train.ema_epochs).
+DIGESTS = {"params": "digest", "ema_params": "ema_digest"}
+
+
+def _digests(state: Any) -> dict[str, str]:
+    """The digest of each parameter field the state has (an absent average has none)."""
+    return {name: params_digest(getattr(state, field)) for field, name in DIGESTS.items()
+            if getattr(state, field, None) is not None}
+
+
 def _manager(root: str, kind: str) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=2,
@@ -82,9 +92,7 @@ class Checkpoints:
 
     def save(self, kind: str, epoch: int, state: Any, meta: dict) -> None:
         """Commit ``state`` as step ``epoch`` of ``kind``; any failure is a CheckpointError."""
-        meta = {**meta, "digest": params_digest(state.params)}
-        if getattr(state, "ema_params", None) is not None:
-            meta["ema_digest"] = params_digest(state.ema_params)
+        meta = {**meta, **_digests(state)}
         try:
             self.managers[kind].save(
                 epoch,
@@ -122,10 +130,7 @@ class Checkpoints:
         except Exception as e:
             raise CheckpointError(f"{where} is unreadable ({_one_line(e)})") from e
         state, meta = _from_disk(out.state, like), dict(out.meta)
-        if meta.get("digest") != params_digest(state.params) or (
-            getattr(state, "ema_params", None) is not None
-            and meta.get("ema_digest") != params_digest(state.ema_params)
-        ):
+        if any(meta.get(name) != digest for name, digest in _digests(state).items()):
             raise CheckpointError(f"{where}: parameters do not match the digest saved with them")
         return state, meta
 
@@ -188,7 +193,7 @@ def restore_params(step_dir: str, like: Any, key: str = "params") -> Any:
                 ),
             )[key]
         with open(meta_path) as f:
-            digest = json.load(f).get("ema_digest" if key == "ema_params" else "digest")
+            digest = json.load(f).get(DIGESTS[key])
     except Exception as e:
         raise CheckpointError(f"{step_dir} is unreadable ({_one_line(e)})") from e
     if digest is not None and digest != params_digest(params):
