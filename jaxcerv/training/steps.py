@@ -66,11 +66,17 @@ def lr_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int) ->
     return float(lr(step)) if callable(lr) else float(lr)
 
 
+def averages(config: ml_collections.ConfigDict) -> bool:
+    """Whether the state carries a moving average of the parameters (``train.ema_epochs`` > 0)."""
+    return config.train.get("ema_epochs", 0.0) > 0
+
+
 def ema_decay(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> float:
     """The per-step decay of the parameter average: 1 - 1 / (``train.ema_epochs`` x steps per
     epoch), so its horizon is that many epochs whatever the data set's size; 0 when off."""
-    epochs = config.train.get("ema_epochs", 0.0)
-    return 0.0 if epochs <= 0 else 1.0 - 1.0 / max(epochs * steps_per_epoch, 1.0)
+    if not averages(config):
+        return 0.0
+    return 1.0 - 1.0 / max(config.train.ema_epochs * steps_per_epoch, 1.0)
 
 
 def ema_update(ema: Any, params: Any, decay: float) -> Any:
@@ -85,7 +91,7 @@ def eval_params(state: TrainState) -> Any:
 
 def served_params_key(config: ml_collections.ConfigDict) -> str:
     """The train-state field ``eval_params`` reads for this config (what predict restores)."""
-    return "ema_params" if config.train.get("ema_epochs", 0.0) > 0 else "params"
+    return "ema_params" if averages(config) else "params"
 
 
 def make_optimizer(
@@ -148,8 +154,7 @@ def create_train_state(
         rng=state_rng,
         regulators=jnp.tile(g0, (num_train, 1)),
         regulator_agree=jnp.zeros((num_train,), jnp.int32),
-        ema_params=(jax.tree.map(jnp.copy, params) if served_params_key(config) == "ema_params"
-                    else None),
+        ema_params=jax.tree.map(jnp.copy, params) if averages(config) else None,
     )
 
 
