@@ -45,6 +45,15 @@ def _npz(path: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def _test_images(config, workdir: str, ids) -> np.ndarray:
+    """The run's test images with these ids, read from its dataset."""
+    from jaxcerv.data import pipeline
+
+    source, records = pipeline.load(config, workdir)
+    index = {str(i): k for k, i in enumerate(records.ids)}
+    return np.stack([np.asarray(source[index[str(i)]]["image"]) for i in ids])
+
+
 @pytest.fixture(scope="module")
 def earlier_best_workdir(smoke_workdir, tmp_path_factory) -> str:
     """A smoke run whose selected epoch is not its last (at lr 1e-3 its validation AUC falls
@@ -83,11 +92,7 @@ def test_run_tests_the_selected_checkpoint_with_a_validation_threshold(earlier_b
         steps.served_params_key(config),
     )
     test = _npz(run.eval_npz("test"))
-    from jaxcerv.data import pipeline
-
-    source, records = pipeline.load(config, earlier_best_workdir)
-    index = {str(i): k for k, i in enumerate(records.ids)}
-    images = np.stack([np.asarray(source[index[str(i)]]["image"]) for i in test["ids"]])
+    images = _test_images(config, earlier_best_workdir, test["ids"])
     out = steps.jit_eval_step(config, model)(params, {"image": images})
     np.testing.assert_allclose(np.asarray(out["probabilities"]), test["probabilities"],
                                rtol=1e-5, atol=1e-6)
@@ -173,29 +178,23 @@ def test_a_run_folder_never_mixes_two_configs(smoke_workdir, tmp_path, capsys):
     assert run.read_config().train.learning_rate == 0.01
 
 
-def test_with_a_parameter_average_the_average_is_tested_and_served(smoke_workdir, tmp_path):
-    """train.ema_epochs > 0: the saved test predictions are the selected checkpoint's average
-    (recomputed from its ema_params), not its raw parameters, and predict serves the same."""
-    from configs import smoke
-    from jaxcerv.data import pipeline
+def test_with_a_parameter_average_the_average_is_tested_and_served(smoke_workdir):
+    """train.ema_epochs > 0 (the shared smoke run's, from the default): the saved test
+    predictions are the selected checkpoint's average (recomputed from its ema_params), not its
+    raw parameters, and predict serves the same."""
     from jaxcerv.inference.predict import Predictor
     from jaxcerv.model import networks as model_lib
     from jaxcerv.runtime.rundir import RunDir
-    from jaxcerv.training import checkpointing, steps, train
+    from jaxcerv.training import checkpointing, steps
 
-    config = smoke.get_config()
-    config.train.ema_epochs = 1.0
-    config.data.data_dir = os.path.join(smoke_workdir, "tfds")
-    train.train_and_evaluate(config, str(tmp_path))
-
-    run = RunDir(str(tmp_path))
+    run = RunDir(smoke_workdir)
+    config = run.read_config()
+    assert config.train.ema_epochs > 0  # precondition: the run averages
     best = run.checkpoint_dir("best", json.load(open(run.results))["best_epoch"])
     model = model_lib.from_config(config)
     like = steps.abstract_params(config, model)
     test = _npz(run.eval_npz("test"))
-    source, records = pipeline.load(config, str(tmp_path))
-    index = {str(i): k for k, i in enumerate(records.ids)}
-    images = np.stack([np.asarray(source[index[str(i)]]["image"]) for i in test["ids"]])
+    images = _test_images(config, smoke_workdir, test["ids"])
     forward = steps.jit_eval_step(config, model)
 
     def probabilities(params):
@@ -206,5 +205,5 @@ def test_with_a_parameter_average_the_average_is_tested_and_served(smoke_workdir
                                atol=1e-6)
     raw = probabilities(checkpointing.restore_params(best, like, "params"))
     assert np.abs(raw - test["probabilities"]).max() > 1e-4  # the raw model would show
-    served = Predictor.from_run(str(tmp_path)).predict_arrays(images)["probabilities"]
+    served = Predictor.from_run(smoke_workdir).predict_arrays(images)["probabilities"]
     np.testing.assert_allclose(served, test["probabilities"], rtol=1e-5, atol=1e-6)
